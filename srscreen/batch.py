@@ -1,0 +1,80 @@
+"""Crystal graphs stored CSR-style (numpy) -> one batched graph (torch) for the network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class GraphBatch:
+    """Several crystal graphs merged into one disconnected graph.
+
+    `nbr_idx` indexes the batch's atoms (global), so the network never needs per-crystal loops;
+    `crystal` tells which crystal each atom belongs to, for pooling.
+    """
+
+    numbers: torch.Tensor  # long (N,) atomic numbers
+    nbr_idx: torch.Tensor  # long (N, M) global neighbour indices
+    nbr_dist: torch.Tensor  # float32 (N, M) neighbour distances in Å
+    crystal: torch.Tensor  # long (N,) crystal index of each atom, 0..n_crystals-1
+    n_crystals: int
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GraphBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> GraphBatch:
+        """Page-locked copy, so a later `.to(cuda, non_blocking=True)` overlaps with compute."""
+        return self._map(torch.Tensor.pin_memory)
+
+    def _map(self, fn) -> GraphBatch:
+        tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "n_crystals"}
+        return GraphBatch(**tensors, n_crystals=self.n_crystals)
+
+
+def collate(
+    n_atoms: np.ndarray,
+    atomic_numbers: np.ndarray,
+    nbr_idx: np.ndarray,
+    nbr_dist: np.ndarray,
+) -> GraphBatch:
+    """Batch a contiguous run of structures given as CSR arrays (neighbour indices local to each structure)."""
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    total = int(n_atoms.sum())
+    if not (len(atomic_numbers) == len(nbr_idx) == len(nbr_dist) == total):
+        raise ValueError(
+            f"CSR arrays disagree: n_atoms sums to {total} but got {len(atomic_numbers)} atomic numbers, "
+            f"{len(nbr_idx)} neighbour-index rows, {len(nbr_dist)} distance rows"
+        )
+    starts = np.cumsum(n_atoms) - n_atoms
+    atom_offset = np.repeat(starts, n_atoms)
+    crystal = np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)
+    return GraphBatch(
+        numbers=torch.from_numpy(np.asarray(atomic_numbers, dtype=np.int64)),
+        nbr_idx=torch.from_numpy(np.asarray(nbr_idx, dtype=np.int64) + atom_offset[:, None]),
+        nbr_dist=torch.from_numpy(np.ascontiguousarray(nbr_dist, dtype=np.float32)),
+        crystal=torch.from_numpy(crystal),
+        n_crystals=len(n_atoms),
+    )
+
+
+def pack_by_atoms(n_atoms: np.ndarray, max_atoms: int) -> list[slice]:
+    """Split structures, in order, into contiguous runs of at most `max_atoms` atoms.
+
+    Batching by atoms rather than by structures keeps memory bounded whatever the cell sizes.
+    A structure larger than `max_atoms` gets a batch of its own. One binary search per batch.
+    """
+    if max_atoms < 1:
+        raise ValueError(f"max_atoms must be at least 1, got {max_atoms}")
+    ends = np.concatenate([[0], np.cumsum(np.asarray(n_atoms, dtype=np.int64))])
+    n = len(ends) - 1
+    runs = []
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(ends, ends[start] + max_atoms, side="right")) - 1
+        stop = max(stop, start + 1)
+        runs.append(slice(start, stop))
+        start = stop
+    return runs

@@ -1,0 +1,263 @@
+"""The featurize pipeline: sources -> parallel workers (parse + graph) -> one shard writer.
+
+Workers receive chunks of inputs and send back compact CSR arrays, never Python objects per atom,
+so the parent (which only lists files, writes shards and reports progress) does not compete with
+them. Results stream through joblib's unordered generator with a bounded number of chunks in
+flight, so memory does not grow with the database. Every input ends up featurized, failed
+(with a reason) or skipped (not a structure file): the summary reconciles the three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from joblib import Parallel, delayed, parallel_config
+
+from . import elements
+from .graph import GraphError, GraphSettings, build_graph
+from .readers import DisorderPolicy, ParseFailure, detect_format, parse_bytes, parse_extxyz_frames, parse_jsonl_lines
+from .shards import Failure, GraphRecords, consolidate, read_parts_state, start_parts, write_part
+from .sources import Item, Skipped, iter_inputs
+
+ITEMS_PER_TASK = 64
+
+
+@dataclass(frozen=True)
+class FeaturizeOptions:
+    """Everything that decides what ends up in the file; saved in it and checked on resume."""
+
+    graph: GraphSettings = GraphSettings()
+    max_atoms: int = 1000
+    on_disorder: DisorderPolicy = "fail"
+    shard_size: int = 4096
+
+
+@dataclass(frozen=True)
+class FeaturizeSummary:
+    structures: int
+    failed: int
+    skipped: int
+    resumed: int
+    out: str
+
+    @property
+    def inputs(self) -> int:
+        return self.structures + self.failed + self.skipped
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    keys: list[str]
+    records: GraphRecords
+    failures: list[Failure]
+
+
+@lru_cache(maxsize=1)
+def _element_info() -> tuple[list[str], np.ndarray]:
+    """Symbols and Pauling electronegativities by Z, for pymatgen-style reduced formulas."""
+    import warnings
+
+    from pymatgen.core.periodic_table import Element
+
+    symbols, x = [""], [np.inf]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # noble gases and superheavies have no X: sorted last, as pymatgen does
+        for z in range(1, 119):
+            el = Element.from_Z(z)
+            symbols.append(el.symbol)
+            x.append(el.X if el.X == el.X else np.inf)
+    return symbols, np.array(x)
+
+
+def reduced_formula(numbers: np.ndarray) -> str:
+    """Reduced formula ordered by electronegativity, as pymatgen writes it (``Li2O``, ``SrTiO3``)."""
+    symbols, x = _element_info()
+    zs, counts = np.unique(numbers, return_counts=True)
+    divisor = math.gcd(*counts.tolist())
+    order = sorted(range(len(zs)), key=lambda i: (x[zs[i]], symbols[zs[i]]))
+    parts = []
+    for i in order:
+        n = counts[i] // divisor
+        parts.append(symbols[zs[i]] + (str(n) if n != 1 else ""))
+    return "".join(parts)
+
+
+def _parse_item(item: Item, policy: DisorderPolicy):
+    if item.error is not None:
+        return [ParseFailure(detect_format(item.name)[1], item.error)]
+    if item.path is not None:
+        try:
+            data = Path(item.path).read_bytes()
+        except OSError as e:
+            return [ParseFailure(detect_format(item.name)[1], f"unreadable: {e.strerror}")]
+        return parse_bytes(item.name, data, policy)
+    fmt, stem = detect_format(item.name)
+    if item.key == item.source:  # a whole file held in memory (archive member)
+        return parse_bytes(item.name, item.data, policy)
+    text = item.data.decode("utf-8", errors="replace")
+    if fmt == "jsonl":
+        return parse_jsonl_lines(stem, text.splitlines(), item.first_frame, policy)
+    return parse_extxyz_frames(stem, text, item.first_frame)
+
+
+def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.ndarray) -> ChunkResult:
+    """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent."""
+    ids, sources, formulas, n_atoms, numbers, idx, dist = [], [], [], [], [], [], []
+    failures: list[Failure] = []
+    for item in items:
+        for parsed in _parse_item(item, options.on_disorder):
+            if isinstance(parsed, ParseFailure):
+                failures.append(Failure(parsed.id, item.source, parsed.reason))
+                continue
+            reason = _unusable(parsed.numbers, supported, options.max_atoms)
+            if reason is None:
+                try:
+                    graph = build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, options.graph)
+                except GraphError as e:
+                    reason = str(e)
+            if reason is not None:
+                failures.append(Failure(parsed.id, item.source, reason))
+                continue
+            ids.append(parsed.id)
+            sources.append(item.source)
+            formulas.append(reduced_formula(parsed.numbers))
+            n_atoms.append(len(parsed.numbers))
+            numbers.append(graph.numbers)
+            idx.append(graph.nbr_idx)
+            dist.append(graph.nbr_dist)
+    k = options.graph.max_nbr
+    records = GraphRecords(
+        ids, sources, formulas, np.array(n_atoms, dtype=np.int32),
+        np.concatenate(numbers) if numbers else np.zeros(0, np.uint8),
+        np.concatenate(idx) if idx else np.zeros((0, k), np.int32),
+        np.concatenate(dist) if dist else np.zeros((0, k), np.float32),
+    )
+    return ChunkResult([item.key for item in items], records, failures)
+
+
+def _unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str | None:
+    if len(numbers) > max_atoms:
+        return f"cell has {len(numbers)} atoms, more than --max-atoms {max_atoms}"
+    outside = numbers[(numbers >= len(supported)) | ~supported[np.minimum(numbers, len(supported) - 1)]]
+    if outside.size:
+        symbols = _element_info()[0]
+        z = int(outside[0])
+        return f"element {symbols[z] if z < len(symbols) else z} (Z={z}) has no features in the element table"
+    return None
+
+
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class _Writer:
+    """Collects chunk results in the parent and writes a part file every `shard_size` records."""
+
+    def __init__(self, parts: Path, shard_size: int, seen_ids: dict[str, str], next_index: int) -> None:
+        self.parts, self.shard_size, self.seen_ids, self.index = parts, shard_size, seen_ids, next_index
+        self.runs: list[GraphRecords] = []
+        self.failures: list[Failure] = []
+        self.keys: list[str] = []
+        self.buffered = 0
+        self.n_structures = 0
+        self.n_failed = 0
+
+    def add(self, result: ChunkResult) -> None:
+        records = result.records
+        keep = np.ones(len(records), dtype=bool)
+        for i, (id_, source) in enumerate(zip(records.ids, records.sources)):
+            first = self.seen_ids.get(id_)
+            if first is not None:
+                keep[i] = False
+                result.failures.append(Failure(id_, source, f"duplicate id (already featurized from {first})"))
+            else:
+                self.seen_ids[id_] = source
+        if not keep.all():
+            records = records.select(keep)
+        self.runs.append(records)
+        self.failures.extend(result.failures)
+        self.keys.extend(result.keys)
+        self.buffered += len(records) + len(result.failures)
+        self.n_structures += len(records)
+        self.n_failed += len(result.failures)
+        if self.buffered >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.keys:
+            return
+        write_part(self.parts, self.index, GraphRecords.concat(self.runs), self.failures, self.keys)
+        self.index += 1
+        self.runs, self.failures, self.keys, self.buffered = [], [], [], 0
+
+
+def featurize(
+    source: str | Path,
+    out: str | Path,
+    *,
+    options: FeaturizeOptions = FeaturizeOptions(),
+    atom_features: str | Path | None = None,
+    jobs: int = -1,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> FeaturizeSummary:
+    """Featurize every structure under `source` into the graph file `out`, resuming an unfinished run.
+
+    `on_progress(structures, failed)` is called after each chunk with running totals.
+    """
+    out = Path(out)
+    table = elements.cgcnn_feature_table() if atom_features is None else elements.load_atom_features(atom_features)
+    attrs = {
+        **options.graph.as_attrs(),
+        "feature_table_id": elements.table_id(table),
+        "feature_table_name": elements.BUILTIN_TABLE_NAME if atom_features is None else Path(atom_features).name,
+        "policies": json.dumps(
+            {"max_atoms": options.max_atoms, "on_disorder": options.on_disorder,
+             "on_isolated_atoms": options.graph.on_isolated_atoms, "min_distance": options.graph.min_distance,
+             "shard_size": options.shard_size},
+            sort_keys=True,
+        ),
+        "source": str(Path(source).resolve()),
+    }
+    if overwrite and out.exists():
+        out.unlink()
+    if out.exists():
+        raise FileExistsError(f"{out} already exists and is complete; use --overwrite to rebuild it")
+    parts = start_parts(out, attrs, overwrite)
+    state = read_parts_state(parts)
+    writer = _Writer(parts, options.shard_size, state.seen_ids, state.next_index)
+    skipped: list[tuple[str, str]] = []
+    resumed = state.n_structures + state.n_failed
+
+    def pending() -> Iterator[Item]:
+        for entry in iter_inputs(source):
+            if isinstance(entry, Skipped):
+                skipped.append((entry.source, entry.reason))
+            elif entry.key not in state.done_keys:
+                yield entry
+
+    supported = elements.supported_numbers(table)
+    tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in _chunks(pending(), ITEMS_PER_TASK))
+    with parallel_config(n_jobs=jobs):
+        for result in Parallel(return_as="generator_unordered", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
+            writer.add(result)
+            if on_progress is not None:
+                on_progress(state.n_structures + writer.n_structures, state.n_failed + writer.n_failed)
+    writer.flush()
+    consolidate(out, parts, attrs, skipped)
+    return FeaturizeSummary(
+        structures=state.n_structures + writer.n_structures,
+        failed=state.n_failed + writer.n_failed,
+        skipped=len(skipped),
+        resumed=resumed,
+        out=str(out),
+    )

@@ -1,0 +1,119 @@
+"""The network: CGCNN (Xie & Grossman 2018) and SR-CGCNN, whose convolution weights are tied across steps.
+
+The maths is CGCNN's (txie-93/cgcnn model.py), step t for atom i with neighbours j:
+    z_ij = [v_i, v_j, u_ij] W_t + b_t
+    v_i <- softplus(v_i + BN2_t(sum_j sigmoid(BN1_t(z_ij)_filter) * softplus(BN1_t(z_ij)_core)))
+With shared=True one (W, b) serves every step; each step keeps its own BN1_t, BN2_t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srscreen.batch import GraphBatch
+
+
+class CrystalGraphNet(nn.Module):
+    """SR-CGCNN (`shared=True`) or CGCNN (`shared=False`) regressing one property per crystal.
+
+    The element feature table is a buffer, so a saved model carries the features it was trained with.
+    Parameter names follow CGCNN's where the two coincide (embedding, conv_to_fc, fcs, fc_out);
+    convolution weights live in `fc_full.k` (one entry when shared), normalisation in `bn1.t`, `bn2.t`.
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_table: torch.Tensor | np.ndarray,
+        steps: int = 3,
+        shared: bool = True,
+        atom_fea_len: int = 64,
+        h_fea_len: int = 128,
+        n_h: int = 1,
+        radius: float = 8.0,
+        gaussian_step: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if steps < 1 or n_h < 1:
+            raise ValueError(f"steps and n_h must be at least 1, got steps={steps}, n_h={n_h}")
+        table = torch.as_tensor(feature_table).detach().to("cpu", torch.float32)
+        if table.ndim != 2:
+            raise ValueError(f"feature_table must be 2-D (element, feature), got shape {tuple(table.shape)}")
+        self.steps, self.shared = steps, shared
+        self.atom_fea_len, self.h_fea_len, self.n_h = atom_fea_len, h_fea_len, n_h
+        self.radius, self.gaussian_step = radius, gaussian_step
+
+        self.register_buffer("feature_table", table.clone())
+        # CGCNN's GaussianDistance: centres np.arange(0, radius + step, step), width = step.
+        n_gaussians = int(round(radius / gaussian_step)) + 1
+        centres = torch.arange(n_gaussians, dtype=torch.float64) * gaussian_step
+        self.register_buffer("gaussian_centres", centres.float(), persistent=False)
+
+        fea = atom_fea_len
+        self.embedding = nn.Linear(table.shape[1], fea)
+        self.fc_full = nn.ModuleList(nn.Linear(2 * fea + n_gaussians, 2 * fea) for _ in range(1 if shared else steps))
+        self.bn1 = nn.ModuleList(nn.BatchNorm1d(2 * fea) for _ in range(steps))
+        self.bn2 = nn.ModuleList(nn.BatchNorm1d(fea) for _ in range(steps))
+        self.conv_to_fc = nn.Linear(fea, h_fea_len)
+        self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
+        self.fc_out = nn.Linear(h_fea_len, 1)
+
+    def architecture(self) -> dict:
+        """Constructor arguments except the table: with the state dict, enough to rebuild the model."""
+        return {
+            "steps": self.steps,
+            "shared": self.shared,
+            "atom_fea_len": self.atom_fea_len,
+            "h_fea_len": self.h_fea_len,
+            "n_h": self.n_h,
+            "radius": self.radius,
+            "gaussian_step": self.gaussian_step,
+        }
+
+    def conv_parameter_count(self) -> int:
+        """Trainable parameters of the convolutions (fc_full and the BatchNorms): the paper's comparison."""
+        modules = [*self.fc_full, *self.bn1, *self.bn2]
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        """Normalised prediction per crystal, shape (n_crystals,)."""
+        fea = self.atom_fea_len
+        # Embedding the ~100-row table then indexing equals embedding each atom's features, and is cheaper.
+        v = self.embedding(self.feature_table)[batch.numbers]
+        gaussians = torch.exp(-((batch.nbr_dist.unsqueeze(-1) - self.gaussian_centres) ** 2) / self.gaussian_step**2)
+        n_atoms, n_nbr = batch.nbr_idx.shape
+        flat_nbr = batch.nbr_idx.reshape(-1)
+
+        # [v_i, v_j, u_ij] W splits into v_i W_self + v_j W_nbr + u_ij W_edge: the first two are computed per
+        # atom and gathered, never building the (N, M, 2F + G) concatenation; the edge term (with the bias)
+        # depends only on distances, so it is computed once per weight set, i.e. once per forward when shared.
+        edge_terms = [F.linear(gaussians, fc.weight[:, 2 * fea :], fc.bias) for fc in self.fc_full]
+        for t in range(self.steps):
+            k = 0 if self.shared else t
+            w = self.fc_full[k].weight
+            self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
+            z = self_term.unsqueeze(1) + nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
+            z = self.bn1[t]((z + edge_terms[k]).view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
+            nbr_filter, nbr_core = z.chunk(2, dim=2)
+            summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
+            v = F.softplus(v + self.bn2[t](summed))
+
+        crystal_fea = self._mean_per_crystal(v, batch)
+        h = F.softplus(self.conv_to_fc(F.softplus(crystal_fea)))
+        for fc in self.fcs:
+            h = F.softplus(fc(h))
+        return self.fc_out(h).squeeze(-1)
+
+    @staticmethod
+    def _mean_per_crystal(v: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
+        sums = v.new_zeros(batch.n_crystals, v.shape[1]).index_add_(0, batch.crystal, v)
+        counts = torch.bincount(batch.crystal, minlength=batch.n_crystals).clamp_(min=1)
+        return sums / counts.unsqueeze(1).to(v.dtype)
+
+    def __repr__(self) -> str:
+        kind = "SR-CGCNN" if self.shared else "CGCNN"
+        settings = ", ".join(f"{k}={v}" for k, v in self.architecture().items())
+        return f"CrystalGraphNet[{kind}]({settings}, parameters={sum(p.numel() for p in self.parameters())})"

@@ -1,0 +1,156 @@
+"""Find the structure inputs in a source, lazily: a folder tree, one file, or a tar/zip archive.
+
+The parent process only lists files (and reads archive members, which must be streamed in order)
+and cuts multi-structure files into chunks of frames; parsing happens in the workers. Every input
+gets a stable key, so a resumed run can skip what a killed run already finished, and every file
+that is not a structure is reported as skipped, so counts always reconcile.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from .readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
+
+FRAMES_PER_ITEM = 256
+_ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: a whole file, or a chunk of frames of a multi-structure file.
+
+    `path` is set when the worker should read the file itself; otherwise `data` holds the bytes
+    (archive members) or the chunk's text (frames from `first_frame` on). `error` marks an input
+    that could not even be read here; the worker records it as a failure.
+    """
+
+    key: str
+    source: str
+    name: str
+    path: str | None = None
+    data: bytes | None = None
+    first_frame: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str
+    reason: str
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
+def iter_inputs(source: str | os.PathLike) -> Iterator[Item | Skipped]:
+    """Every input under `source`, in a deterministic order."""
+    root = Path(source)
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                yield from _file_inputs(Path(dirpath) / filename, root)
+    elif root.is_file():
+        yield from _file_inputs(root, root.parent)
+    else:
+        raise FileNotFoundError(f"{source}: no such file or folder")
+
+
+def _file_inputs(path: Path, root: Path) -> Iterator[Item | Skipped]:
+    rel = path.relative_to(root).as_posix()
+    if is_archive(path.name):
+        yield from _archive_inputs(path)
+        return
+    fmt, _ = detect_format(rel)
+    if fmt is None:
+        yield Skipped(str(path), "not a structure file (unknown extension)")
+    elif fmt in MULTI_STRUCTURE_FORMATS:
+        opener = _OPENERS.get(path.suffix.lower(), open)
+        try:
+            with opener(path, "rb") as stream:
+                yield from _frame_items(str(path), rel, fmt, stream)
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            yield Item(key=str(path), source=str(path), name=rel, error=f"unreadable: {e}")
+    else:
+        yield Item(key=str(path), source=str(path), name=rel, path=str(path))
+
+
+def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO) -> Iterator[Item]:
+    """Chunks of FRAMES_PER_ITEM frames, cut without parsing: bounded memory for any file size."""
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
+    frames: list[str] = []
+    first = 0
+    for frame in _split_frames(text, fmt):
+        frames.append(frame)
+        if len(frames) == FRAMES_PER_ITEM:
+            yield _chunk(source, name, first, frames)
+            first += len(frames)
+            frames = []
+    if frames or first == 0:
+        yield _chunk(source, name, first, frames)
+
+
+def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:
+    return Item(key=f"{source}#{first}", source=source, name=name, data="".join(frames).encode(), first_frame=first)
+
+
+def _split_frames(text: io.TextIOBase, fmt: Format) -> Iterator[str]:
+    if fmt == "jsonl":
+        yield from (line if line.endswith("\n") else line + "\n" for line in text if line.strip())
+        return
+    while True:
+        head = text.readline()
+        if not head:
+            return
+        if not head.strip():
+            continue
+        try:
+            n = int(head.split()[0])
+        except ValueError:
+            # Not a frame header: hand the rest over whole so the parser records the failure.
+            yield head + text.read()
+            return
+        yield head + "".join(text.readline() for _ in range(n + 1))
+
+
+def _archive_inputs(path: Path) -> Iterator[Item | Skipped]:
+    """Members of a tar or zip archive, read in archive order without unpacking to disk."""
+    try:
+        if path.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if not info.is_dir():
+                        with archive.open(info) as member:
+                            yield from _member_inputs(path, info.filename, member)
+        else:
+            with tarfile.open(path, "r|*") as archive:
+                for info in archive:
+                    if info.isfile():
+                        member = archive.extractfile(info)
+                        if member is not None:
+                            yield from _member_inputs(path, info.name, member)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError) as e:
+        yield Item(key=f"{path}::", source=str(path), name=path.name, error=f"unreadable archive: {e}")
+
+
+def _member_inputs(archive: Path, member_name: str, member: BinaryIO) -> Iterator[Item | Skipped]:
+    source = f"{archive}::{member_name}"
+    fmt, _ = detect_format(member_name)
+    if fmt is None:
+        yield Skipped(source, "not a structure file (unknown extension)")
+    elif fmt in MULTI_STRUCTURE_FORMATS and Path(member_name).suffix.lower() not in _OPENERS:
+        yield from _frame_items(source, member_name, fmt, member)
+    else:
+        yield Item(key=source, source=source, name=member_name, data=member.read())
