@@ -2,8 +2,8 @@
 
 Workers receive chunks of inputs and send back compact CSR arrays, never Python objects per atom,
 so the parent (which only lists files, writes shards and reports progress) does not compete with
-them. Results stream through joblib's unordered generator with a bounded number of chunks in
-flight, so memory does not grow with the database. Every input ends up featurized, failed
+them. Results stream through joblib's generator, in input order, with a bounded number of chunks
+in flight, so memory does not grow with the database. Every input ends up featurized, failed
 (with a reason) or skipped (not a structure file): the summary reconciles the three.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import islice
@@ -23,7 +24,7 @@ from joblib import Parallel, delayed, parallel_config
 from . import elements
 from .graph import GraphError, GraphSettings, build_graph
 from .readers import DisorderPolicy, ParseFailure, detect_format, parse_bytes, parse_extxyz_frames, parse_jsonl_lines
-from .shards import Failure, GraphRecords, consolidate, read_parts_state, start_parts, write_part
+from .shards import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
 from .sources import Item, Skipped, iter_inputs
 
 ITEMS_PER_TASK = 64
@@ -200,6 +201,20 @@ class _Writer:
         self.runs, self.failures, self.keys, self.buffered = [], [], [], 0
 
 
+def _completed_summary(out: Path, attrs: dict) -> FeaturizeSummary:
+    """A finished file is the answer to a rerun with the same settings; parts left by a kill just after
+    the rename go."""
+    with GraphFile(out) as graphs:
+        changed = [k for k in attrs if k != "source" and graphs.attrs.get(k) != attrs[k]]
+        if changed:
+            raise FileExistsError(f"{out} exists and was made with other {', '.join(changed)}; use --overwrite to rebuild it")
+        n, failed, skipped = len(graphs), int(graphs.attrs["n_failed"]), int(graphs.attrs["n_skipped"])
+    leftover = partial_dir(out)
+    if leftover.exists():
+        shutil.rmtree(leftover)
+    return FeaturizeSummary(structures=n, failed=failed, skipped=skipped, resumed=n + failed, out=str(out))
+
+
 def featurize(
     source: str | Path,
     out: str | Path,
@@ -211,6 +226,8 @@ def featurize(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> FeaturizeSummary:
     """Featurize every structure under `source` into the graph file `out`, resuming an unfinished run.
+
+    A complete `out` is left as it is (its summary is returned) unless `overwrite`.
 
     `on_progress(structures, failed)` is called after each chunk with running totals.
     """
@@ -228,10 +245,12 @@ def featurize(
         ),
         "source": str(Path(source).resolve()),
     }
+    if not Path(source).exists():  # before OUT.partial is made: a mistyped source must not pin the run
+        raise FileNotFoundError(f"{source}: no such file or folder")
     if overwrite and out.exists():
         out.unlink()
     if out.exists():
-        raise FileExistsError(f"{out} already exists and is complete; use --overwrite to rebuild it")
+        return _completed_summary(out, attrs)
     parts = start_parts(out, attrs, overwrite)
     state = read_parts_state(parts)
     writer = _Writer(parts, options.shard_size, state.seen_ids, state.next_index)
@@ -246,9 +265,12 @@ def featurize(
                 yield entry
 
     supported = elements.supported_numbers(table)
-    tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in _chunks(pending(), ITEMS_PER_TASK))
+    # Parts are written between tasks: a task of more files than shard_size would overfill the shard.
+    task_items = max(1, min(ITEMS_PER_TASK, options.shard_size))
+    tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in _chunks(pending(), task_items))
     with parallel_config(n_jobs=jobs):
-        for result in Parallel(return_as="generator_unordered", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
+        # In order: which of two inputs with the same id is "first" must not depend on worker timing.
+        for result in Parallel(return_as="generator", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
             writer.add(result)
             if on_progress is not None:
                 on_progress(state.n_structures + writer.n_structures, state.n_failed + writer.n_failed)

@@ -69,8 +69,10 @@ def _first_radius(lattice: np.ndarray, n_atoms: int, settings: GraphSettings) ->
 def _search(cart: np.ndarray, centres: np.ndarray, lattice: np.ndarray, r: float) -> tuple[np.ndarray, ...]:
     """All (centre, neighbour, distance) pairs within r, self-pairs removed."""
     ci, ni, _, d = find_points_in_spheres(cart, cart[centres], r, _PBC, lattice, tol=_SELF_TOL)
-    keep = d > _SELF_TOL
-    return centres[ci[keep]], ni[keep], d[keep]
+    ci = centres[ci]
+    # Only an atom's own position is a self-pair: another atom on the same spot is an overlap.
+    keep = (d > _SELF_TOL) | (ci != ni)
+    return ci[keep], ni[keep], d[keep]
 
 
 def _take_nearest(ci: np.ndarray, ni: np.ndarray, d: np.ndarray, n: int, k: int, pad_dist: float):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srscreen.batch import GraphBatch
+from .batch import GraphBatch
 
 
 class CrystalGraphNet(nn.Module):
@@ -82,8 +82,8 @@ class CrystalGraphNet(nn.Module):
         """Normalised prediction per crystal, shape (n_crystals,)."""
         fea = self.atom_fea_len
         # Embedding the ~100-row table then indexing equals embedding each atom's features, and is cheaper.
-        v = self.embedding(self.feature_table)[batch.numbers]
-        gaussians = torch.exp(-((batch.nbr_dist.unsqueeze(-1) - self.gaussian_centres) ** 2) / self.gaussian_step**2)
+        v = self.embedding(self.feature_table).index_select(0, batch.numbers)
+        gaussians = self._gaussians(batch.nbr_dist)
         n_atoms, n_nbr = batch.nbr_idx.shape
         flat_nbr = batch.nbr_idx.reshape(-1)
 
@@ -95,8 +95,9 @@ class CrystalGraphNet(nn.Module):
             k = 0 if self.shared else t
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
-            z = self_term.unsqueeze(1) + nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
-            z = self.bn1[t]((z + edge_terms[k]).view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
+            z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
+            z = z.add_(self_term.unsqueeze(1)).add_(edge_terms[k])  # in place: these tensors are the big ones
+            z = self.bn1[t](z.view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
             nbr_filter, nbr_core = z.chunk(2, dim=2)
             summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
             v = F.softplus(v + self.bn2[t](summed))
@@ -106,6 +107,15 @@ class CrystalGraphNet(nn.Module):
         for fc in self.fcs:
             h = F.softplus(fc(h))
         return self.fc_out(h).squeeze(-1)
+
+    def _gaussians(self, distances: torch.Tensor) -> torch.Tensor:
+        """CGCNN's GaussianDistance, exp(-(d - mu)^2 / step^2), expanded on the distances' device.
+
+        The exponent is floored at -80 (exp(-80) ~ 2e-35, zero for every later sum): exp of the large
+        negative exponents of far centres otherwise takes a slow underflow path on CPU.
+        """
+        exponent = (distances.unsqueeze(-1) - self.gaussian_centres).square_().div_(-(self.gaussian_step**2))
+        return exponent.clamp_(min=-80.0).exp_()
 
     @staticmethod
     def _mean_per_crystal(v: torch.Tensor, batch: GraphBatch) -> torch.Tensor:

@@ -36,6 +36,7 @@ _SUFFIX_FORMAT: dict[str, Format] = {
 }
 MULTI_STRUCTURE_FORMATS: frozenset[Format] = frozenset({"jsonl", "extxyz"})
 _OCCUPANCY_TOL = 1e-3
+_MAX_Z = 118
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def _checked(id_: str, lattice, frac, numbers) -> Parsed:
     volume = abs(float(np.linalg.det(lattice)))
     if volume < 0.1 * len(numbers):
         raise ReadError(f"degenerate cell (volume {volume:.3g} Å^3 for {len(numbers)} atoms)")
-    if (numbers <= 0).any():
+    if ((numbers <= 0) | (numbers > _MAX_Z)).any():
         raise ReadError("site without a chemical element (dummy or unknown species)")
     return Parsed(id_, lattice, frac, numbers)
 
@@ -188,9 +189,13 @@ def _parse_cif_pymatgen(stem: str, text: str, policy: DisorderPolicy, first_erro
 
 
 def _from_pymatgen(id_: str, structure, policy: DisorderPolicy) -> Parsed | ParseFailure:
+    from pymatgen.core.periodic_table import DummySpecies
+
     try:
         numbers = [
-            _species_number([(getattr(sp, "Z", 0), occ) for sp, occ in site.species.items()], policy)
+            # A DummySpecies' Z is hash(symbol): random, often positive. It has no element: 0.
+            _species_number([(0 if isinstance(sp, DummySpecies) else getattr(sp, "Z", 0), occ)
+                             for sp, occ in site.species.items()], policy)
             for site in structure
         ]
         return _checked(id_, structure.lattice.matrix, structure.frac_coords, numbers)
@@ -208,7 +213,7 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
         matrix = d["lattice"]["matrix"]
         frac, numbers = [], []
         for site in d["sites"]:
-            occ = [(Element(sp["element"]).Z, float(sp.get("occu", 1.0))) for sp in site["species"]]
+            occ = [(_element_number(Element, sp["element"]), float(sp.get("occu", 1.0))) for sp in site["species"]]
             numbers.append(_species_number(occ, policy))
             frac.append(site["abc"])
         return _checked(id_, matrix, frac, numbers)
@@ -216,6 +221,13 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
         return ParseFailure(id_, str(e))
     except (KeyError, TypeError, ValueError, IndexError) as e:
         return ParseFailure(id_, f"not a pymatgen structure dict ({type(e).__name__}: {_one_line(e)})")
+
+
+def _element_number(element_class, symbol: str) -> int:
+    try:
+        return element_class(symbol).Z
+    except ValueError:
+        raise ReadError(f"site without a chemical element ({symbol!r}: dummy or unknown species)") from None
 
 
 def _parse_json(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:

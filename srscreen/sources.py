@@ -89,7 +89,7 @@ def _file_inputs(path: Path, root: Path) -> Iterator[Item | Skipped]:
 
 def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO) -> Iterator[Item]:
     """Chunks of FRAMES_PER_ITEM frames, cut without parsing: bounded memory for any file size."""
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
+    text = io.TextIOWrapper(io.BufferedReader(_ForwardOnly(stream)), encoding="utf-8", errors="replace")
     frames: list[str] = []
     first = 0
     for frame in _split_frames(text, fmt):
@@ -98,8 +98,29 @@ def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO) -> Itera
             yield _chunk(source, name, first, frames)
             first += len(frames)
             frames = []
-    if frames or first == 0:
+    if frames:
         yield _chunk(source, name, first, frames)
+    elif first == 0:  # no frame at all: still an input, recorded as a failure
+        yield Item(key=f"{source}#0", source=source, name=name, error="empty file")
+
+
+class _ForwardOnly(io.RawIOBase):
+    """A stream read front to back. Tar members in streaming mode fail on seekable(), which
+    TextIOWrapper asks; closing this wrapper leaves the member to its archive."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:

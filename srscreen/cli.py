@@ -1,0 +1,275 @@
+"""The `srscreen` command line: parses options and calls the library; nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import torch
+
+from .checkpoint import ModelFileError
+from .featurize import FeaturizeOptions, featurize
+from .registry import resolve_model
+from .train import TrainConfig, train
+from .graph import GraphSettings
+from .shards import GraphFile, ShardFileError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="High-throughput screening of crystals with SR-CGCNN.")
+err = Console(stderr=True)
+
+# Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback.
+USAGE_ERRORS: tuple[type[Exception], ...] = (ShardFileError, ModelFileError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command("featurize")
+def featurize_cmd(
+    source: Path = typer.Argument(..., help="Folder, structure file, multi-structure file (.jsonl, .extxyz) or .tar/.zip archive."),
+    out: Path = typer.Argument(..., help="Graph file to write (HDF5)."),
+    radius: float = typer.Option(8.0, help="Neighbour cutoff radius in Å."),
+    max_nbr: int = typer.Option(12, "--max-nbr", help="Neighbours kept per atom (nearest first)."),
+    jobs: int = typer.Option(-1, "--jobs", "-j", help="Worker processes; -1 uses every core."),
+    shard_size: int = typer.Option(4096, help="Structures per shard."),
+    max_atoms: int = typer.Option(1000, help="Cells with more atoms are recorded as failures."),
+    on_disorder: str = typer.Option("fail", help="Partial occupancies: 'fail' records a failure, 'majority' keeps the majority species."),
+    on_isolated_atoms: str = typer.Option("fail", help="Atoms with no neighbour within the radius: 'fail' or 'pad' (CGCNN padding)."),
+    min_distance: float = typer.Option(0.5, help="Atoms closer than this (Å) are overlapping: a failure."),
+    atom_features: Optional[Path] = typer.Option(None, help="Element feature table (CGCNN atom_init.json); default: srscreen's built-in table."),
+    overwrite: bool = typer.Option(False, help="Start over instead of resuming or keeping an existing file."),
+    strict: bool = typer.Option(False, help="Exit 1 if any structure failed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Read a structure database in parallel, build crystal graphs and write them into HDF5 shards."""
+    if on_disorder not in ("fail", "majority"):
+        _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
+    if on_isolated_atoms not in ("fail", "pad"):
+        _fail(f"--on-isolated-atoms must be 'fail' or 'pad', not {on_isolated_atoms!r}")
+    if radius <= 0 or max_nbr < 1 or shard_size < 1 or max_atoms < 1 or jobs == 0:
+        _fail("--radius, --max-nbr, --shard-size and --max-atoms must be positive, and --jobs non-zero")
+    options = FeaturizeOptions(
+        graph=GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance, on_isolated_atoms=on_isolated_atoms),
+        max_atoms=max_atoms,
+        on_disorder=on_disorder,
+        shard_size=shard_size,
+    )
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
+        TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+        console=err, disable=quiet, transient=True,
+    )
+    started = time.perf_counter()
+    with progress:
+        task = progress.add_task("featurizing", total=None, rate="", failed=0)
+
+        def report(done: int, failed: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=done, rate=f"{done:,} structures, {rate:,.0f}/s", failed=failed)
+
+        try:
+            summary = featurize(source, out, options=options, atom_features=atom_features, jobs=jobs,
+                                overwrite=overwrite, on_progress=report)
+        except USAGE_ERRORS as e:
+            _fail(str(e))
+    if not quiet:
+        elapsed = time.perf_counter() - started
+        table = Table(title=f"{out}", show_header=False)
+        table.add_row("inputs", f"{summary.inputs:,}")
+        table.add_row("featurized", f"{summary.structures:,}")
+        table.add_row("failed", f"{summary.failed:,}")
+        table.add_row("skipped (not structures)", f"{summary.skipped:,}")
+        if summary.resumed:
+            table.add_row("done by an earlier run", f"{summary.resumed:,}")
+        table.add_row("time", f"{elapsed:.1f} s")
+        err.print(table)
+        if summary.failed:
+            err.print(f"failures by reason: srscreen info {out}")
+    if strict and summary.failed:
+        raise typer.Exit(1)
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its specifics, for counting failures by kind."""
+    return reason.split(":")[0].split("(")[0].strip()
+
+
+@app.command("info")
+def info_cmd(
+    path: Path = typer.Argument(..., help="Graph file written by `srscreen featurize`."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: structures, failed (id, source, reason), skipped, settings, shards."),
+    ids: bool = typer.Option(False, "--ids", help="Print the featurized ids, one per line."),
+) -> None:
+    """Counts, settings, shards and failures of a graph file."""
+    try:
+        graphs = GraphFile(path)
+    except ShardFileError as e:
+        _fail(str(e))
+    with graphs:
+        if ids:
+            for id_ in graphs.ids():
+                sys.stdout.write(id_ + "\n")
+            return
+        failures = graphs.failures()
+        settings = {k: graphs.attrs[k] for k in ("radius", "max_nbr", "neighbour_algorithm", "feature_table_id", "feature_table_name")}
+        settings["policies"] = json.loads(graphs.attrs["policies"])
+        if as_json:
+            obj = {
+                "structures": len(graphs),
+                "failed": [{"id": f.id, "source": f.source, "reason": f.reason} for f in failures],
+                "skipped": [{"source": s, "reason": r} for s, r in graphs.skipped()],
+                "settings": settings,
+                "shards": graphs.shard_sizes(),
+                "schema_version": graphs.attrs["schema_version"],
+                "srscreen_version": graphs.attrs["srscreen_version"],
+                "source": graphs.attrs["source"],
+                "created": graphs.attrs["created"],
+            }
+            sys.stdout.write(json.dumps(obj) + "\n")
+            return
+        out = Console()
+        table = Table(title=str(path), show_header=False)
+        table.add_row("structures", f"{len(graphs):,}")
+        table.add_row("failed", f"{len(failures):,}")
+        table.add_row("skipped", f"{int(graphs.attrs['n_skipped']):,}")
+        table.add_row("shards", f"{len(graphs.shard_names)}")
+        for key, value in settings.items():
+            table.add_row(key, str(value))
+        table.add_row("source", str(graphs.attrs["source"]))
+        table.add_row("created", str(graphs.attrs["created"]))
+        out.print(table)
+        if failures:
+            reasons = Table(title="failures by reason")
+            reasons.add_column("reason")
+            reasons.add_column("count", justify="right")
+            reasons.add_column("example")
+            examples: dict[str, str] = {}
+            for f in failures:
+                examples.setdefault(_reason_kind(f.reason), f"{f.id}: {f.reason}")
+            for kind, count in Counter(_reason_kind(f.reason) for f in failures).most_common():
+                reasons.add_row(kind, str(count), examples[kind])
+            out.print(reasons)
+
+
+def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict], None]]:
+    progress = Progress(
+        SpinnerColumn(), TextColumn("epoch {task.completed}/{task.total}"), BarColumn(bar_width=None),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet,
+    )
+    task = progress.add_task("training", total=epochs, status="")
+
+    def on_epoch(record: dict) -> None:
+        progress.update(
+            task, completed=record["epoch"],
+            status=f"loss {record['train_loss']:.4f}  val MAE {record['val_mae']:.4f} (best epoch {record['best_epoch']})  {record['epoch_s']:.1f} s/epoch",
+        )
+
+    return progress, on_epoch
+
+
+def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *, init_model: Optional[str],
+                  split: Optional[Path], resume: bool, unit: Optional[str], threads: int, quiet: bool) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    progress, on_epoch = _train_progress(config.epochs, quiet)
+    try:
+        init = resolve_model(init_model) if init_model else None
+        with progress:
+            result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,
+                           command=" ".join(["srscreen", *sys.argv[1:]]), on_epoch=on_epoch)
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    t = result.model_file.training
+    test = t["test"]
+    err.print(
+        f"wrote {out}: best epoch {t['best_epoch']}, val MAE {t['val_mae']:.4f}"
+        + (f", test MAE {test['mae']:.4f} {result.model_file.unit} on {test['count']} crystals" if test else "")
+    )
+
+
+@app.command("train")
+def train_cmd(
+    graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
+    labels: Path = typer.Option(..., help="CSV with an id column (id, material_id or the first) and target columns."),
+    target: str = typer.Option(..., help="Column of the labels file to learn."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
+    steps: int = typer.Option(3, help="Message-passing steps."),
+    shared: bool = typer.Option(True, "--shared/--stacked", help="SR-CGCNN (weights tied across steps) or CGCNN."),
+    atom_fea_len: int = typer.Option(64, help="Atom feature width."),
+    h_fea_len: int = typer.Option(128, help="Hidden width of the head."),
+    n_h: int = typer.Option(1, help="Hidden layers of the head."),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
+    weight_decay: float = typer.Option(0.0),
+    loss: str = typer.Option("mse", help="mse, l1 or huber."),
+    schedule: str = typer.Option("multistep", help="multistep (x0.1 at --milestone epochs), cosine or constant."),
+    milestone: list[int] = typer.Option([100], help="Epochs where multistep divides the rate by 10 (repeatable)."),
+    warmup_epochs: int = typer.Option(0),
+    ema_decay: float = typer.Option(0.0, help="Exponential moving average of the weights per step (0: off)."),
+    seed: int = typer.Option(0),
+    val_fraction: float = typer.Option(0.1),
+    test_fraction: float = typer.Option(0.1),
+    split: Optional[Path] = typer.Option(None, help="CSV of id,split (train/val/test) instead of a random split."),
+    patience: int = typer.Option(0, help="Stop after this many epochs without a better validation MAE (0: never)."),
+    unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
+    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
+    config = TrainConfig(
+        target=target, steps=steps, shared=shared, atom_fea_len=atom_fea_len, h_fea_len=h_fea_len, n_h=n_h,
+        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, schedule=schedule,
+        milestones=tuple(milestone), warmup_epochs=warmup_epochs, ema_decay=ema_decay, seed=seed,
+        val_fraction=val_fraction, test_fraction=test_fraction, patience=patience,
+    )
+    _run_training(graphs, labels, out, config, init_model=None, split=split, resume=resume, unit=unit,
+                  threads=threads, quiet=quiet)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
+    labels: Path = typer.Option(..., help="CSV with an id column and target columns."),
+    target: str = typer.Option(..., help="Column of the labels file to learn."),
+    from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
+    freeze_conv: bool = typer.Option(False, help="Train only the head; embedding and convolutions stay as they are."),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-4, help="Learning rate (lower than training from scratch)."),
+    weight_decay: float = typer.Option(0.0),
+    loss: str = typer.Option("l1", help="mse, l1 or huber."),
+    seed: int = typer.Option(0),
+    val_fraction: float = typer.Option(0.1),
+    test_fraction: float = typer.Option(0.1),
+    split: Optional[Path] = typer.Option(None, help="CSV of id,split (train/val/test) instead of a random split."),
+    patience: int = typer.Option(20, help="Stop after this many epochs without a better validation MAE."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
+    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""
+    config = TrainConfig(
+        target=target, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
+        schedule="constant", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        patience=patience, freeze_conv=freeze_conv,
+    )
+    _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=None,
+                  threads=threads, quiet=quiet)
+
+
+def main() -> None:
+    app()

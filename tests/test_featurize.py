@@ -1,0 +1,511 @@
+"""Featurizing a database: every structure in the graph file exactly once, every other input accounted for.
+
+The user's story: point ``featurize`` at a folder (or an archive) holding CIFs, POSCARs, JSON, JSON
+lines and extxyz files; get one HDF5 graph file whose graphs are exactly what ``build_graph`` gives;
+see every bad input in the failures table with its reason; kill the run and rerun to resume;
+never find a half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, cif_text, extxyz_text, poscar_text
+
+from srscreen.featurize import FeaturizeOptions, featurize
+from srscreen.graph import GraphSettings, build_graph
+from srscreen.readers import Parsed, parse_bytes
+from srscreen.shards import GraphFile, ShardFileError, partial_dir
+
+SMALL_SHARDS = FeaturizeOptions(shard_size=3)
+
+
+def read_graphs(path) -> dict:
+    """id -> (numbers, nbr_idx, nbr_dist) for every structure in a graph file, checking each id is unique."""
+    graphs = {}
+    with GraphFile(path) as f:
+        for shard in f.iter_shards():
+            offsets = np.concatenate(([0], np.cumsum(shard.n_atoms)))
+            assert len(shard.ids) == len(shard.n_atoms) == len(shard.formula)
+            assert offsets[-1] == len(shard.atomic_numbers) == len(shard.nbr_idx) == len(shard.nbr_dist)
+            for i, id_ in enumerate(shard.ids):
+                assert id_ not in graphs, f"{id_} appears twice in {path}"
+                a, b = offsets[i], offsets[i + 1]
+                graphs[id_] = (shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
+        assert len(graphs) == len(f)
+    return graphs
+
+
+def parsed_by_id(path: Path) -> dict:
+    """What srscreen's reader makes of one file (POSCARs are named with their folder, as in a walk)."""
+    name = f"{path.parent.name}/{path.name}" if path.name in ("POSCAR", "CONTCAR") else path.name
+    return {p.id: p for p in parse_bytes(name, path.read_bytes()) if isinstance(p, Parsed)}
+
+
+def assert_graphs_are_build_graph(graphs: dict, database, settings: GraphSettings = GraphSettings()) -> None:
+    """Each stored graph equals build_graph on the structure the file holds (read back by srscreen),
+    and its distances equal those of the pymatgen structure that was written (atoms paired by place)."""
+    for id_, (numbers, idx, dist) in graphs.items():
+        source = database.sources[id_]
+        parsed = parsed_by_id(source)[id_]
+        want = build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, settings)
+        np.testing.assert_array_equal(numbers, want.numbers, err_msg=id_)
+        np.testing.assert_array_equal(idx, want.nbr_idx, err_msg=id_)
+        np.testing.assert_array_equal(dist, want.nbr_dist, err_msg=id_)
+        assert idx.dtype == np.int32 and dist.dtype == np.float32 and numbers.dtype == np.uint8
+        # Against the structure as written, independent of the reader's atom order.
+        structure = database.expected[id_]
+        written = build_graph(structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers), settings)
+        perm = pair_atoms(parsed, structure)
+        np.testing.assert_allclose(dist, written.nbr_dist[perm], atol=1e-4, err_msg=id_)
+
+
+def pair_atoms(parsed: Parsed, structure) -> np.ndarray:
+    """For each parsed atom, the index of the same atom in the pymatgen structure."""
+    frac = structure.frac_coords
+    z = np.array(structure.atomic_numbers)
+    perm = []
+    for f, n in zip(parsed.frac_coords, parsed.numbers):
+        df = frac - f
+        df -= np.round(df)
+        d = np.linalg.norm(df @ parsed.lattice, axis=1)
+        d[z != n] = np.inf
+        perm.append(int(np.argmin(d)))
+    assert sorted(perm) == list(range(len(z)))
+    return np.array(perm)
+
+
+def assert_reconciles(summary, out) -> None:
+    """Counts agree between the summary and the file; nothing is counted twice or lost."""
+    with GraphFile(out) as f:
+        assert len(f) == summary.structures == sum(f.shard_sizes())
+        assert int(f.attrs["n_failed"]) == summary.failed == len(f.failures())
+        assert int(f.attrs["n_skipped"]) == summary.skipped == len(f.skipped())
+    assert summary.inputs == summary.structures + summary.failed + summary.skipped
+
+
+# --------------------------------------------------------------------------- the happy path
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_featurize_folder_every_structure_once(database, tmp_path, jobs):
+    out = tmp_path / "graphs.h5"
+    summary = featurize(database.root, out, options=SMALL_SHARDS, jobs=jobs)
+    assert (summary.structures, summary.failed, summary.skipped) == (len(database.expected), 0, 1)
+    assert_reconciles(summary, out)
+    graphs = read_graphs(out)
+    assert sorted(graphs) == sorted(database.expected)
+    assert_graphs_are_build_graph(graphs, database)
+    with GraphFile(out) as f:
+        assert f.skipped() == [(str(database.skipped[0]), "not a structure file (unknown extension)")]
+        assert f.graph_settings == {"radius": 8.0, "max_nbr": 12}
+        assert len(f.shard_names) > 1, "shard_size=3 must give several shards"
+        assert max(f.shard_sizes()) <= 3 + 4, "a shard holds about shard_size structures (one multi-frame file over)"
+        formulas = {id_: formula for shard in f.iter_shards() for id_, formula in zip(shard.ids, shard.formula)}
+    assert formulas["mp-1000"] == "NaCl" and formulas["SrTiO3"] == "SrTiO3" and formulas["run1/POSCAR"] == "Fe"
+    assert not partial_dir(out).exists(), "parts are removed once the file is complete"
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_jobs_do_not_change_the_file(database, tmp_path):
+    one = featurize(database.root, tmp_path / "one.h5", options=SMALL_SHARDS, jobs=1)
+    two = featurize(database.root, tmp_path / "two.h5", options=SMALL_SHARDS, jobs=2)
+    assert one.structures == two.structures
+    a, b = read_graphs(tmp_path / "one.h5"), read_graphs(tmp_path / "two.h5")
+    assert a.keys() == b.keys()
+    for id_ in a:
+        for x, y in zip(a[id_], b[id_]):
+            np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def folder_file(database, tmp_path_factory) -> Path:
+    """The fixture database featurized once with default options."""
+    out = tmp_path_factory.mktemp("folder") / "graphs.h5"
+    featurize(database.root, out, jobs=1)
+    return out
+
+
+@pytest.mark.parametrize("archive", ["tar_gz", "zip"])
+def test_archive_gives_the_same_graphs_as_the_folder(database, folder_file, tmp_path, archive):
+    folder = read_graphs(folder_file)
+    out = tmp_path / f"{archive}.h5"
+    summary = featurize(getattr(database, archive), out, jobs=1)
+    graphs = read_graphs(out)
+    want = set(database.expected) if archive == "tar_gz" else set(database.zip_ids)
+    assert set(graphs) == want
+    assert summary.failed == 0 and summary.skipped == (1 if archive == "tar_gz" else 0)
+    assert_reconciles(summary, out)
+    for id_, arrays in graphs.items():
+        for x, y in zip(arrays, folder[id_]):
+            np.testing.assert_array_equal(x, y, err_msg=id_)
+    with h5py.File(out, "r") as f:
+        sources = [s for g in f["shards"].values() for s in g["sources"].asstr()[()]]
+    archive_path = str(getattr(database, archive))
+    assert all(s.startswith(archive_path + "::") for s in sources), "members are named archive::member"
+
+
+# --------------------------------------------------------------------------- bad inputs and policies
+
+
+def add_bad_inputs(root: Path, p: dict) -> dict:
+    """Write bad inputs beside the good ones; id -> (file, words its reason must contain)."""
+    import ase.io
+    from ase import Atoms
+    from pymatgen.core import Lattice, Structure
+
+    def put(rel: str, data: str | bytes) -> Path:
+        path = root / "bad" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return path
+
+    bad = {}
+    bad["empty"] = (put("empty.cif", b""), ["empty"])
+    bad["garbage"] = (put("garbage.cif", bytes(range(256)) * 16), ["binary"])
+    bad["truncated"] = (put("truncated.cif", cif_text(p["ZnO"])[:-40]), ["invalid cif"])
+    bad["cif-in-json"] = (put("cif-in-json.json", cif_text(p["NaCl"])), ["invalid json"])
+    nan = poscar_text(p["Cu"]).splitlines()
+    nan[8] = "nan 0.0 0.0 Cu"
+    bad["nan"] = (put("nan.vasp", "\n".join(nan) + "\n"), ["non-finite"])
+    flat = p["NaCl"].as_dict()
+    m = np.array(flat["lattice"]["matrix"])
+    m[2] = m[0] + m[1]
+    flat["lattice"]["matrix"] = m.tolist()
+    bad["flat"] = (put("flat.json", json.dumps(flat)), ["degenerate"])
+    bad["dummy"] = (put("dummy.cif", cif_text(p["NaCl"]).replace("  Na  Na", "  X  X")), ["element"])
+    lr = p["NaCl"].copy()
+    lr.replace_species({"Na": "Lr"})
+    bad["lawrencium"] = (put("lawrencium.cif", cif_text(lr)), ["Lr", "no features"])
+    disordered = Structure(Lattice.cubic(3.75), [{"Au": 0.75, "Cu": 0.25}, "Cu", "Cu", "Cu"],
+                           [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    bad["disordered"] = (put("disordered.cif", cif_text(disordered)), ["disordered", "majority"])
+    lone = Structure(Lattice.cubic(30.0), ["Ar", "Ar"], [[0, 0, 0], [0.5, 0, 0]])
+    bad["lone"] = (put("lone.cif", cif_text(lone)), ["isolated atom"])
+    overlap = Structure(Lattice.cubic(5.0), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]], validate_proximity=False)
+    bad["overlap"] = (put("overlap.json", json.dumps(overlap.as_dict())), ["overlapping atoms"])
+    buf = io.StringIO()
+    ase.io.write(buf, Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]]), format="extxyz")
+    put("mixed.extxyz", buf.getvalue() + extxyz_text([p["Fe"]]))
+    bad["mixed:0"] = (root / "bad" / "mixed.extxyz", ["lattice"])
+    bad["nothing"] = (put("nothing.jsonl", b""), ["empty"])
+    return bad
+
+
+def test_failures_table_records_every_bad_input(database, prototypes, tmp_path):
+    db = database.copy_to(tmp_path / "db")
+    bad = add_bad_inputs(db.root, prototypes)
+    (db.root / "bad" / "notes.md").write_text("# not a structure\n")
+    out = tmp_path / "graphs.h5"
+    summary = featurize(db.root, out, options=SMALL_SHARDS, jobs=1)
+    assert_reconciles(summary, out)
+    graphs = read_graphs(out)
+    assert set(graphs) == set(db.expected) | {"mixed:1"}, "good frames of a file with a bad frame are kept"
+    assert summary.skipped == 2
+    with GraphFile(out) as f:
+        table = f.failures()
+    failures = {x.id: x for x in table}
+    assert len(failures) == len(table), "one failure record per bad input"
+    assert sorted(failures) == sorted(bad)
+    for id_, (path, words) in bad.items():
+        failure = failures[id_]
+        assert failure.source == str(path)
+        assert failure.reason and "\n" not in failure.reason
+        for word in words:
+            assert word.lower() in failure.reason.lower(), f"{id_}: {word!r} not in {failure.reason!r}"
+    # inputs = structures + failed + skipped, counted from what was written to disk:
+    n_written = len(db.expected) + 1 + len(bad) + 2
+    assert summary.inputs == n_written
+
+
+def test_disorder_majority_policy_featurizes_the_disordered_crystal(database, prototypes, tmp_path):
+    db = database.copy_to(tmp_path / "db")
+    add_bad_inputs(db.root, prototypes)
+    out = tmp_path / "graphs.h5"
+    summary = featurize(db.root, out, options=FeaturizeOptions(on_disorder="majority"), jobs=1)
+    with GraphFile(out) as f:
+        failed = {x.id for x in f.failures()}
+        assert json.loads(f.attrs["policies"])["on_disorder"] == "majority"
+    assert "disordered" not in failed and "disordered" in read_graphs(out)
+    assert_reconciles(summary, out)
+
+
+def test_isolated_atom_pad_policy_keeps_the_structure(prototypes, tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    (tmp_path / "in").mkdir()
+    lone = Structure(Lattice.cubic(30.0), ["Ar", "Ar"], [[0, 0, 0], [0.5, 0, 0]])
+    (tmp_path / "in" / "lone.cif").write_text(cif_text(lone))
+    settings = GraphSettings(on_isolated_atoms="pad")
+    summary = featurize(tmp_path / "in", tmp_path / "g.h5", options=FeaturizeOptions(graph=settings), jobs=1)
+    assert (summary.structures, summary.failed) == (1, 0)
+    numbers, idx, dist = read_graphs(tmp_path / "g.h5")["lone"]
+    assert (idx == 0).all() and (dist == np.float32(9.0)).all()
+
+
+def test_max_atoms_policy(database, tmp_path):
+    """The 128-atom supercell is over max_atoms=100: a failure naming the limit; the rest is featurized."""
+    out = tmp_path / "graphs.h5"
+    summary = featurize(database.root, out, options=FeaturizeOptions(max_atoms=100), jobs=1)
+    with GraphFile(out) as f:
+        (failure,) = f.failures()
+        assert json.loads(f.attrs["policies"])["max_atoms"] == 100
+    assert failure.id == "supercell" and "128 atoms" in failure.reason and "100" in failure.reason
+    assert set(read_graphs(out)) == set(database.expected) - {"supercell"}
+    assert_reconciles(summary, out)
+
+
+def test_duplicate_ids_second_is_a_failure_never_an_overwrite(prototypes, tmp_path):
+    """Same stem in two folders: the first (in listing order) is kept, the second is a failure."""
+    root = tmp_path / "in"
+    for folder, name in (("a", "NaCl"), ("b", "Cu")):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "mp-1.cif").write_text(cif_text(prototypes[name]))
+    (root / "c").mkdir()
+    (root / "c" / "mp-1.json").write_text(json.dumps(prototypes["ZnO"].as_dict()))
+    out = tmp_path / "graphs.h5"
+    summary = featurize(root, out, jobs=1)
+    assert (summary.structures, summary.failed) == (1, 2)
+    numbers, _, _ = read_graphs(out)["mp-1"]
+    assert sorted(set(numbers.tolist())) == [11, 17], "the first mp-1 (NaCl in a/) is the one kept"
+    with GraphFile(out) as f:
+        failures = f.failures()
+    assert [(x.id, Path(x.source).parent.name) for x in failures] == [("mp-1", "b"), ("mp-1", "c")]
+    for x in failures:
+        assert x.reason.startswith("duplicate id") and str(root / "a" / "mp-1.cif") in x.reason
+    assert_reconciles(summary, out)
+
+
+def test_duplicate_ids_resolve_in_listing_order_with_parallel_workers(prototypes, tmp_path, monkeypatch):
+    """With 2 workers and one file per task, a slow first file must still win over a quick second one."""
+    import srscreen.featurize as fz
+
+    root = tmp_path / "in"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    big = prototypes["NaCl"] * (4, 4, 4)  # 512 atoms: slower than the 4-atom duplicate
+    (root / "a" / "dup.json").write_text(json.dumps(big.as_dict()))
+    (root / "b" / "dup.cif").write_text(cif_text(prototypes["Cu"]))
+    monkeypatch.setattr(fz, "ITEMS_PER_TASK", 1)
+    out = tmp_path / "graphs.h5"
+    summary = featurize(root, out, options=FeaturizeOptions(max_atoms=1000), jobs=2)
+    assert (summary.structures, summary.failed) == (1, 1)
+    numbers, _, _ = read_graphs(out)["dup"]
+    assert len(numbers) == 512
+    with GraphFile(out) as f:
+        (failure,) = f.failures()
+    assert failure.source == str(root / "b" / "dup.cif")
+
+
+# --------------------------------------------------------------------------- existing output, settings
+
+
+def interrupt_after_first_part(source, out, options, **kw):
+    """Start a run and stop it (an exception from the progress callback) once a part is on disk."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(structures, failed):
+        if list(partial_dir(out).glob("part-*.h5")):
+            raise Stop
+
+    with pytest.raises(Stop):
+        featurize(source, out, options=options, jobs=1, on_progress=stop, **kw)
+    assert not out.exists()
+    assert list(partial_dir(out).glob("part-*.h5"))
+
+
+def test_interrupted_run_resumes_in_process(database, tmp_path):
+    out = tmp_path / "graphs.h5"
+    interrupt_after_first_part(database.root, out, SMALL_SHARDS)
+    summary = featurize(database.root, out, options=SMALL_SHARDS, jobs=1)
+    assert summary.resumed > 0
+    assert sorted(read_graphs(out)) == sorted(database.expected)
+    assert_reconciles(summary, out)
+
+
+def test_resume_with_other_settings_is_refused(database, tmp_path):
+    out = tmp_path / "graphs.h5"
+    interrupt_after_first_part(database.root, out, SMALL_SHARDS)
+    other = FeaturizeOptions(graph=GraphSettings(radius=6.0), shard_size=3)
+    with pytest.raises(ShardFileError) as err:
+        featurize(database.root, out, options=other, jobs=1)
+    message = str(err.value)
+    assert "radius" in message and "8.0" in message and "6.0" in message and "overwrite" in message
+    assert not out.exists() and partial_dir(out).exists(), "the refused run leaves the unfinished one alone"
+    with pytest.raises(ShardFileError):
+        featurize(database.root, out, options=FeaturizeOptions(max_atoms=10, shard_size=3), jobs=1)
+    # overwrite=True starts over with the new settings.
+    summary = featurize(database.root, out, options=other, jobs=1, overwrite=True)
+    assert summary.resumed == 0
+    with GraphFile(out) as f:
+        assert f.graph_settings["radius"] == 6.0
+    assert_reconciles(summary, out)
+
+
+def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
+    out = tmp_path / "graphs.h5"
+    first = featurize(database.root, out, jobs=1)
+    before = out.read_bytes()
+    try:
+        again = featurize(database.root, out, jobs=1)
+    except FileExistsError as e:
+        assert "overwrite" in str(e)
+    else:  # a finished file may instead be reported as it stands
+        assert (again.structures, again.failed, again.skipped) == (first.structures, first.failed, first.skipped)
+    assert out.read_bytes() == before, "a complete file is never touched without overwrite"
+    rebuilt = featurize(database.root, out, options=FeaturizeOptions(graph=GraphSettings(max_nbr=8)), jobs=1, overwrite=True)
+    assert rebuilt.resumed == 0 and rebuilt.structures == first.structures
+    with GraphFile(out) as f:
+        assert f.graph_settings["max_nbr"] == 8
+        assert next(f.iter_shards()).nbr_idx.shape[1] == 8
+
+
+# --------------------------------------------------------------------------- killed for real
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from srscreen.featurize import FeaturizeOptions, featurize
+    source, out = sys.argv[1], sys.argv[2]
+    # A slow consumer, so that the parent can kill the run part-way through.
+    featurize(source, out, options=FeaturizeOptions(shard_size=10), jobs=1,
+              on_progress=lambda s, f: time.sleep(0.05))
+    """
+)
+
+
+def write_strained_cifs(folder: Path, prototypes: dict, n: int) -> list[str]:
+    """n perturbed 2x1x1 rock-salt supercells: one CifWriter template, numbers substituted per file."""
+    folder.mkdir(parents=True)
+    base = prototypes["NaCl"] * (2, 1, 1)
+    template = cif_text(base)
+    head, sep, sites = template.partition("_atom_site_occupancy\n")
+    rows = [line.split() for line in sites.strip().splitlines()]
+    rng = np.random.default_rng(7)
+    ids = []
+    for i in range(n):
+        strain = 1.0 + rng.uniform(-0.03, 0.03, 3)
+        text = head
+        for axis, value in zip("abc", base.lattice.abc):
+            old = f"_cell_length_{axis}   {value:.8f}"
+            assert old in text
+            text = text.replace(old, f"_cell_length_{axis}   {value * strain['abc'.index(axis)]:.8f}")
+        body = []
+        for row in rows:
+            xyz = np.array(row[3:6], dtype=float) + rng.normal(0, 0.002, 3)
+            body.append("  ".join([*row[:3], *(f"{x:.8f}" for x in xyz), row[6]]))
+        ids.append(f"strained-{i:04d}")
+        (folder / f"{ids[-1]}.cif").write_text(text + sep + "\n".join(body) + "\n")
+    return ids
+
+
+def test_killed_run_resumes_with_every_id_once(prototypes, tmp_path):
+    source = tmp_path / "many"
+    ids = write_strained_cifs(source, prototypes, 400)
+    out = tmp_path / "graphs.h5"
+    parts = partial_dir(out)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(parts.glob("part-*.h5")):
+            assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()[1].decode()[-2000:]}"
+            assert time.monotonic() < deadline, "no part file appeared within 60 s"
+            assert not out.exists()
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists(), "a killed run never leaves OUT behind"
+    assert not out.with_name(out.name + ".tmp").exists()
+    done_before = len(list(parts.glob("part-*.h5")))
+    assert done_before >= 1
+
+    summary = featurize(source, out, options=FeaturizeOptions(shard_size=10), jobs=1)
+    assert summary.resumed >= 10, "the finished parts were kept, not redone"
+    assert (summary.structures, summary.failed, summary.skipped) == (400, 0, 0)
+    assert_reconciles(summary, out)
+    with GraphFile(out) as f:
+        all_ids = list(f.ids())
+    assert Counter(all_ids) == Counter(ids), "every id exactly once"
+    graphs = read_graphs(out)
+    for id_ in (ids[0], ids[199], ids[-1]):
+        (p,) = parse_bytes(f"{id_}.cif", (source / f"{id_}.cif").read_bytes())
+        np.testing.assert_array_equal(graphs[id_][2], build_graph(p.lattice, p.frac_coords, p.numbers, GraphSettings()).nbr_dist)
+    assert not parts.exists()
+
+
+def test_graph_file_is_hdf5_with_the_documented_layout(folder_file):
+    with h5py.File(folder_file, "r") as f:
+        assert f.attrs["format"] == "srscreen-graphs"
+        assert int(f.attrs["schema_version"]) == 1
+        for name in ("ids", "sources", "formula", "n_atoms", "atomic_numbers", "nbr_idx", "nbr_dist"):
+            assert name in f["shards"]["000000"], name
+        for name in ("id", "source", "reason"):
+            assert name in f["failures"]
+
+
+# --------------------------------------------------------------------------- more sources
+
+
+def test_missing_source_leaves_nothing_behind(tmp_path):
+    """A mistyped source fails at once and creates no OUT.partial (which would pin that source)."""
+    out = tmp_path / "graphs.h5"
+    with pytest.raises(FileNotFoundError):
+        featurize(tmp_path / "no-such-folder", out, jobs=1)
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_long_multi_structure_files_keep_global_frame_numbers(prototypes, tmp_path, monkeypatch):
+    """Files cut into chunks of frames number every frame by its place in the whole file."""
+    import srscreen.sources as sources
+
+    monkeypatch.setattr(sources, "FRAMES_PER_ITEM", 4)
+    root = tmp_path / "in"
+    root.mkdir()
+    frames = [prototypes[name] for name in ("NaCl", "Fe", "ZnO", "Cu", "SrTiO3")] * 2
+    (root / "db.jsonl").write_text("".join(json.dumps(s.as_dict()) + "\n" for s in frames))
+    (root / "traj.extxyz").write_text(extxyz_text(frames))
+    out = tmp_path / "graphs.h5"
+    summary = featurize(root, out, options=FeaturizeOptions(shard_size=5), jobs=1)
+    graphs = read_graphs(out)
+    assert sorted(graphs) == sorted([f"db:{i}" for i in range(10)] + [f"traj:{i}" for i in range(10)])
+    for stem in ("db", "traj"):
+        for i, s in enumerate(frames):
+            assert len(graphs[f"{stem}:{i}"][0]) == len(s)
+    assert_reconciles(summary, out)
+
+
+def test_corrupt_archive_is_a_failure(database, tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    data = database.tar_gz.read_bytes()
+    (root / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    (root / "junk.zip").write_bytes(b"PK\x03\x04 this is not a zip archive")
+    out = tmp_path / "graphs.h5"
+    summary = featurize(root, out, jobs=1)
+    with GraphFile(out) as f:
+        failures = f.failures()
+    reasons = {Path(x.source).name: x.reason for x in failures if "archive" in x.reason}
+    assert set(reasons) == {"cut.tar.gz", "junk.zip"}, failures
+    assert all("\n" not in r for r in reasons.values())
+    assert_reconciles(summary, out)

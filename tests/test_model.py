@@ -1,0 +1,213 @@
+"""The network and its batching: parameter budget, the maths against a plain CGCNN layer, and the
+properties a screening run relies on (a crystal's prediction depends on nothing but the crystal)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srscreen.batch import GraphBatch, collate, pack_by_atoms
+from srscreen.model import CrystalGraphNet
+
+RADIUS, MAX_NBR = 8.0, 12
+
+
+def random_table(seed: int = 0) -> np.ndarray:
+    table = np.random.default_rng(seed).random((101, 92)).astype(np.float32)
+    table[0] = 0.0
+    return table
+
+
+def random_graphs(sizes: list[int], seed: int = 0, padded: bool = True) -> dict[str, np.ndarray]:
+    """Valid CSR crystal graphs: local neighbour indices, ascending distances, CGCNN padding when `padded`."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    nbr_idx = np.concatenate([rng.integers(0, s, (s, MAX_NBR)) for s in sizes]).astype(np.int32)
+    nbr_dist = np.sort(rng.uniform(1.6, RADIUS, (n, MAX_NBR)), axis=1).astype(np.float32)
+    if padded:  # some atoms find only a few neighbours within the radius
+        for row, found in zip(rng.choice(n, size=n // 3, replace=False), rng.integers(1, MAX_NBR, n // 3)):
+            nbr_idx[row, found:] = 0
+            nbr_dist[row, found:] = RADIUS + 1.0
+    return {
+        "n_atoms": np.asarray(sizes, dtype=np.int32),
+        "atomic_numbers": rng.choice([3, 8, 14, 22, 26, 56, 83], n).astype(np.uint8),
+        "nbr_idx": nbr_idx,
+        "nbr_dist": nbr_dist,
+    }
+
+
+def crystal(graphs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    """Structure i alone, as CSR arrays."""
+    ends = np.concatenate([[0], np.cumsum(graphs["n_atoms"])])
+    atoms = slice(ends[i], ends[i + 1])
+    per_atom = {k: graphs[k][atoms] for k in ("atomic_numbers", "nbr_idx", "nbr_dist")}
+    return {"n_atoms": graphs["n_atoms"][i : i + 1], **per_atom}
+
+
+def concat(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def trained_looking(model: CrystalGraphNet, seed: int = 1) -> CrystalGraphNet:
+    """Eval-mode model with non-trivial BatchNorm running statistics, as after training."""
+    gen = torch.Generator().manual_seed(seed)
+    for bn in [*model.bn1, *model.bn2]:
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.3)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+    return model.eval()
+
+
+def plain_forward(model: CrystalGraphNet, batch: GraphBatch) -> torch.Tensor:
+    """The model's maths written the CGCNN way: concatenate [v_i, v_j, u_ij], then fc_full."""
+    fea = model.atom_fea_len
+    centres = torch.as_tensor(np.arange(0.0, model.radius + model.gaussian_step, model.gaussian_step))
+    u = torch.exp(-((batch.nbr_dist.double().unsqueeze(-1) - centres) ** 2) / model.gaussian_step**2).float()
+    v = model.embedding(model.feature_table[batch.numbers])
+    n, m = batch.nbr_idx.shape
+    for t in range(model.steps):
+        fc = model.fc_full[0 if model.shared else t]
+        z = fc(torch.cat([v.unsqueeze(1).expand(n, m, fea), v[batch.nbr_idx], u], dim=2))
+        z = model.bn1[t](z.view(-1, 2 * fea)).view(n, m, 2 * fea)
+        nbr_filter, nbr_core = z.chunk(2, dim=2)
+        v = F.softplus(v + model.bn2[t](torch.sum(torch.sigmoid(nbr_filter) * F.softplus(nbr_core), dim=1)))
+    pooled = torch.stack([v[batch.crystal == c].mean(dim=0) for c in range(batch.n_crystals)])
+    h = F.softplus(model.conv_to_fc(F.softplus(pooled)))
+    for fc in model.fcs:
+        h = F.softplus(fc(h))
+    return model.fc_out(h).squeeze(-1)
+
+
+def test_parameter_budget_matches_the_paper():
+    shared = CrystalGraphNet(feature_table=random_table(), steps=3, shared=True)
+    stacked = CrystalGraphNet(feature_table=random_table(), steps=3, shared=False)
+    assert shared.conv_parameter_count() == 22_912
+    assert stacked.conv_parameter_count() == 66_432
+    assert round(100 * shared.conv_parameter_count() / stacked.conv_parameter_count(), 1) == 34.5
+    assert sum(p.numel() for p in shared.parameters()) == 37_313
+    assert sum(p.numel() for p in stacked.parameters()) == 80_833
+    # Weight tying means depth is free: more steps add only BatchNorms.
+    deeper = CrystalGraphNet(feature_table=random_table(), steps=6, shared=True)
+    assert deeper.conv_parameter_count() - shared.conv_parameter_count() == 3 * 384
+
+
+def test_architecture_rebuilds_the_same_network():
+    model = CrystalGraphNet(feature_table=random_table(), steps=4, shared=False, h_fea_len=32, n_h=2)
+    arch = json.loads(json.dumps(model.architecture()))
+    rebuilt = CrystalGraphNet(feature_table=model.feature_table, **arch)
+    rebuilt.load_state_dict(model.state_dict())
+    assert "SR-CGCNN" not in repr(rebuilt) and "steps=4" in repr(rebuilt)
+
+
+def test_gaussian_expansion_is_cgcnns():
+    model = CrystalGraphNet(feature_table=random_table())
+    d = np.array([[0.0, 1.234, 3.9, 7.99, 9.0]], dtype=np.float32)
+    centres = np.arange(0.0, 8.0 + 0.2, 0.2)  # CGCNN GaussianDistance(dmin=0, dmax=radius, step=0.2)
+    want = np.exp(-((d.astype(np.float64)[..., None] - centres) ** 2) / 0.2**2)
+    got = model._gaussians(torch.from_numpy(d)).numpy()
+    assert got.shape == (1, 5, 41)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_split_weights_equal_plain_concatenation(shared):
+    """The fast path (per-atom blocks of fc_full, edge term once) computes CGCNN's layer, values and gradients."""
+    graphs = random_graphs([5, 2, 8, 3], seed=3)
+    batch = collate(**graphs)
+    torch.manual_seed(0)
+    fast = CrystalGraphNet(feature_table=random_table(), shared=shared, n_h=2)
+    plain = copy.deepcopy(fast)
+    target = torch.randn(batch.n_crystals)
+    for model, forward in ((fast, fast.forward), (plain, lambda b: plain_forward(plain, b))):
+        model.train()
+        ((forward(batch) - target) ** 2).mean().backward()
+    for (name, p_fast), p_plain in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for b_fast, b_plain in zip(fast.buffers(), plain.buffers()):  # same batch statistics were recorded
+        torch.testing.assert_close(b_fast, b_plain, rtol=1e-5, atol=1e-6)
+    fast.eval(), plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(batch), plain_forward(plain, batch), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_prediction_does_not_depend_on_atom_order(shared):
+    graphs = random_graphs([6, 4, 7], seed=5, padded=False)
+    rng = np.random.default_rng(9)
+    sizes = graphs["n_atoms"]
+    first = np.cumsum(sizes) - sizes
+    perm = np.concatenate([f + rng.permutation(k) for f, k in zip(first, sizes)])  # new atom -> old atom
+    new_of_old = np.argsort(perm)
+    start = np.repeat(first, sizes)[:, None]  # unchanged by a permutation within each crystal
+    permuted = {
+        "n_atoms": sizes,
+        "atomic_numbers": graphs["atomic_numbers"][perm],
+        "nbr_idx": (new_of_old[graphs["nbr_idx"][perm] + start] - start).astype(np.int32),
+        "nbr_dist": graphs["nbr_dist"][perm],
+    }
+    model = trained_looking(CrystalGraphNet(feature_table=random_table(), shared=shared))
+    with torch.no_grad():
+        torch.testing.assert_close(model(collate(**permuted)), model(collate(**graphs)), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_predictions_equal_one_by_one_and_ignore_batch_mates():
+    graphs = random_graphs([3, 8, 1, 5, 2], seed=7)
+    others = random_graphs([4, 6], seed=8)
+    model = trained_looking(CrystalGraphNet(feature_table=random_table()))
+    with torch.no_grad():
+        together = model(collate(**graphs))
+        alone = torch.cat([model(collate(**crystal(graphs, i))) for i in range(5)])
+        with_strangers = model(collate(**concat(others, crystal(graphs, 1), crystal(others, 0))))
+    assert together.shape == (5,)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(with_strangers[2], together[1], rtol=1e-5, atol=1e-6)
+
+
+def test_collate_offsets_neighbours_into_the_batch():
+    graphs = random_graphs([2, 3, 1], seed=1)
+    batch = collate(**graphs)
+    assert batch.n_crystals == 3
+    assert batch.crystal.tolist() == [0, 0, 1, 1, 1, 2]
+    assert batch.numbers.dtype == batch.nbr_idx.dtype == batch.crystal.dtype == torch.long
+    assert batch.nbr_dist.dtype == torch.float32
+    offsets = np.array([0, 0, 2, 2, 2, 5])[:, None]
+    np.testing.assert_array_equal(batch.nbr_idx.numpy(), graphs["nbr_idx"] + offsets)
+    assert (batch.crystal[batch.nbr_idx] == batch.crystal[:, None]).all()  # never leaves its crystal
+    np.testing.assert_array_equal(batch.numbers.numpy(), graphs["atomic_numbers"])
+    moved = batch.to("cpu")
+    assert moved.n_crystals == 3 and torch.equal(moved.nbr_idx, batch.nbr_idx)
+    with pytest.raises(ValueError, match="n_atoms sums to 6"):
+        collate(graphs["n_atoms"], graphs["atomic_numbers"][:-1], graphs["nbr_idx"], graphs["nbr_dist"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory and device transfer need CUDA")
+def test_batch_moves_to_the_gpu():
+    batch = collate(**random_graphs([3, 4], seed=2)).pin_memory()
+    assert batch.nbr_idx.is_pinned()
+    model = trained_looking(CrystalGraphNet(feature_table=random_table())).to("cuda")
+    with torch.no_grad():
+        on_gpu = model(batch.to("cuda", non_blocking=True)).cpu()
+        on_cpu = model.cpu()(batch)
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
+
+
+def test_pack_by_atoms_respects_the_limit_and_keeps_order():
+    rng = np.random.default_rng(0)
+    n_atoms = rng.integers(1, 60, 500)
+    n_atoms[[10, 11, 200]] = 150  # larger than the limit: one batch each
+    runs = pack_by_atoms(n_atoms, max_atoms=100)
+    assert [i for run in runs for i in range(run.start, run.stop)] == list(range(500))
+    for run in runs:
+        total = n_atoms[run].sum()
+        assert total <= 100 or run.stop - run.start == 1
+        if run.stop < len(n_atoms):  # greedy: the next structure would not have fitted
+            assert total + n_atoms[run.stop] > 100
+    assert slice(10, 11) in runs and slice(11, 12) in runs and slice(200, 201) in runs
+    assert pack_by_atoms(np.array([], dtype=np.int32), 100) == []
+    assert pack_by_atoms(np.array([3, 3, 3]), 6) == [slice(0, 2), slice(2, 3)]
+    with pytest.raises(ValueError):
+        pack_by_atoms(n_atoms, 0)

@@ -1,0 +1,401 @@
+"""Reading structure files: every format to the same arrays, stable ids, and bad files as reasons.
+
+A user points srscreen at a database with CIFs, POSCARs, pymatgen JSON, JSON lines and extxyz
+trajectories. Each structure must come out as the crystal that was written, under an id the user
+recognises; a bad file must become a failure with a one-line reason and never stop the run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_same_structure, cif_text, extxyz_text, poscar_text
+
+from srscreen.readers import Parsed, ParseFailure, detect_format, parse_bytes
+from srscreen.sources import Item, Skipped, iter_inputs
+
+
+def parse_all(name: str, data: bytes | str, policy="fail") -> list:
+    if isinstance(data, str):
+        data = data.encode()
+    return list(parse_bytes(name, data, policy))
+
+
+def parse_one(name: str, data: bytes | str, policy="fail"):
+    (result,) = parse_all(name, data, policy)
+    return result
+
+
+def assert_failure(result, *words: str) -> str:
+    """A ParseFailure whose reason is one non-empty line mentioning `words`."""
+    assert isinstance(result, ParseFailure), f"expected a failure, got {result}"
+    reason = result.reason
+    assert reason and "\n" not in reason and len(reason) < 400, repr(reason)
+    for word in words:
+        assert word.lower() in reason.lower(), f"{word!r} not in {reason!r}"
+    return reason
+
+
+def assert_parses_to(result, structure, id_=None, atol=1e-5):
+    assert isinstance(result, Parsed), f"expected a structure, got {result}"
+    if id_ is not None:
+        assert result.id == id_
+    assert_same_structure(result.lattice, result.frac_coords, result.numbers, structure, atol=atol)
+
+
+# --------------------------------------------------------------------------- every format, same crystal
+
+FORMATS = {
+    "cif (P1, CifWriter)": ("mp-1000.cif", lambda s: cif_text(s)),
+    "cif (symmetry ops, CifWriter symprec=0.1)": ("mp-1000.cif", lambda s: cif_text(s, symprec=0.1)),
+    "cif.gz": ("mp-1000.cif.gz", lambda s: gzip.compress(cif_text(s).encode())),
+    "POSCAR": ("run1/POSCAR", poscar_text),
+    "CONTCAR": ("run1/CONTCAR", poscar_text),
+    ".vasp": ("mp-1000.vasp", poscar_text),
+    "pymatgen JSON": ("mp-1000.json", lambda s: json.dumps(s.as_dict())),
+    "entry JSON (structure key)": ("mp-1000.json", lambda s: json.dumps({"energy": -1.0, "structure": s.as_dict()})),
+    "jsonl (one line)": ("mp-1000.jsonl", lambda s: json.dumps(s.as_dict()) + "\n"),
+    "extxyz (one frame)": ("mp-1000.extxyz", lambda s: extxyz_text([s])),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("name", ["NaCl", "SrTiO3", "ZnO", "Fe", "triclinic", "slab", "molecule"])
+def test_every_format_reads_back_the_crystal_written(prototypes, fmt, name):
+    filename, write = FORMATS[fmt]
+    structure = prototypes[name]
+    results = parse_all(filename, write(structure))
+    assert len(results) == 1
+    if "symprec" in fmt:
+        # CifWriter(symprec=...) writes the refined standard cell (conventional, origin and
+        # setting of the space group): the same crystal, described by another cell.
+        assert_same_crystal(results[0], structure)
+    else:
+        # CIF keeps 8 decimals of fractional coordinates: ~1e-7 of a 20 Å cell.
+        assert_parses_to(results[0], structure, atol=1e-5)
+
+
+def assert_same_crystal(result, structure):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Lattice, Structure
+
+    assert isinstance(result, Parsed), result
+    read = Structure(Lattice(result.lattice), result.numbers.tolist(), result.frac_coords)
+    assert abs(read.volume / len(read) - structure.volume / len(structure)) < 1e-4
+    matcher = StructureMatcher(ltol=1e-3, stol=1e-3, angle_tol=0.01, scale=False, attempt_supercell=True)
+    assert matcher.fit(read, structure), f"{read.composition} does not match {structure.composition}"
+
+
+def test_symmetry_cif_is_expanded_to_the_full_cell(prototypes):
+    """The symmetrised CIF lists 2 unique sites of wurtzite; the reader expands them to all 4."""
+    text = cif_text(prototypes["ZnO"], symprec=0.1)
+    assert "P6_3mc" in text and text.count("  Zn  ") == 1
+    result = parse_one("ZnO.cif", text)
+    assert len(result.numbers) == 4
+    assert_parses_to(result, prototypes["ZnO"])
+    nacl = parse_one("NaCl.cif", cif_text(prototypes["NaCl"], symprec=0.1))
+    assert len(nacl.numbers) == 8
+
+
+def test_cif_coordinates_are_kept_as_written(prototypes):
+    """No snapping: 0.33330000 stays 0.3333 (pymatgen's CifParser would make it 1/3)."""
+    text = cif_text(prototypes["ZnO"]).replace("0.33333333", "0.33330000").replace("0.66666667", "0.66670000")
+    result = parse_one("ZnO.cif", text)
+    values = np.sort(np.round(result.frac_coords[:, :2] % 1.0, 8).ravel())
+    assert 0.3333 in values and 0.6667 in values
+    assert not np.isclose(values, 1 / 3, atol=1e-6).any()
+
+
+# --------------------------------------------------------------------------- ids
+
+
+@pytest.mark.parametrize(
+    "name, fmt, id_",
+    [
+        ("mp-1000.cif", "cif", "mp-1000"),
+        ("some/folder/mp-1000.cif", "cif", "mp-1000"),
+        ("mp-1000.cif.gz", "cif", "mp-1000"),
+        ("mp-1000.CIF", "cif", "mp-1000"),
+        ("run1/POSCAR", "poscar", "run1/POSCAR"),
+        ("calcs/run1/CONTCAR", "poscar", "run1/CONTCAR"),
+        ("run1/POSCAR.gz", "poscar", "run1/POSCAR"),
+        ("POSCAR", "poscar", "POSCAR"),
+        ("Fe.vasp", "poscar", "Fe"),
+        ("mp-1.json", "json", "mp-1"),
+        ("db.jsonl", "jsonl", "db"),
+        ("traj.extxyz", "extxyz", "traj"),
+        ("traj.xyz", "extxyz", "traj"),
+        ("README.txt", None, "README"),
+        ("notes", None, "notes"),
+    ],
+)
+def test_ids_and_formats_from_file_names(name, fmt, id_):
+    assert detect_format(name) == (fmt, id_)
+
+
+def test_id_is_the_file_stem(prototypes):
+    assert parse_one("mp-1000.cif", cif_text(prototypes["NaCl"])).id == "mp-1000"
+    assert parse_one("a/b/mp-1000.cif.gz", gzip.compress(cif_text(prototypes["NaCl"]).encode())).id == "mp-1000"
+
+
+def test_poscar_id_names_its_folder(prototypes):
+    assert parse_one("run1/POSCAR", poscar_text(prototypes["Fe"])).id == "run1/POSCAR"
+
+
+def test_multi_structure_files_number_their_frames(prototypes):
+    frames = [prototypes["NaCl"], prototypes["Fe"], prototypes["ZnO"]]
+    jsonl = "".join(json.dumps(s.as_dict()) + "\n" for s in frames)
+    xyz = extxyz_text(frames)
+    json_list = json.dumps([s.as_dict() for s in frames])
+    for name, data in (("db.jsonl", jsonl), ("db.extxyz", xyz), ("db.json", json_list)):
+        results = parse_all(name, data)
+        assert [r.id for r in results] == ["db:0", "db:1", "db:2"], name
+        for result, structure in zip(results, frames):
+            assert_parses_to(result, structure)
+
+
+def test_bad_frame_does_not_stop_the_others(prototypes):
+    """One broken line in a JSON lines file fails alone; the frames around it still parse."""
+    lines = [json.dumps(prototypes["NaCl"].as_dict()), '{"lattice": ', json.dumps(prototypes["Fe"].as_dict())]
+    results = parse_all("db.jsonl", "\n".join(lines) + "\n")
+    assert [r.id for r in results] == ["db:0", "db:1", "db:2"]
+    assert_parses_to(results[0], prototypes["NaCl"])
+    assert_failure(results[1], "json")
+    assert_parses_to(results[2], prototypes["Fe"])
+
+
+# --------------------------------------------------------------------------- bad inputs: never raise
+
+
+def _nan_poscar(s) -> str:
+    lines = poscar_text(s).splitlines()
+    first_site = 8  # title, scale, 3 lattice rows, species, counts, "direct"
+    lines[first_site] = "nan 0.0 0.0 " + lines[first_site].split()[-1]
+    return "\n".join(lines) + "\n"
+
+
+def _nan_cif(s) -> str:
+    text = cif_text(s)
+    head, sep, sites = text.partition("_atom_site_occupancy\n")
+    first, _, rest = sites.partition("\n")
+    cols = first.split()
+    cols[3] = "nan"
+    return head + sep + "  " + "  ".join(cols) + "\n" + rest
+
+
+def _flat(s):
+    """The same sites in a cell whose third vector lies in the plane of the other two."""
+    d = s.as_dict()
+    m = np.array(d["lattice"]["matrix"])
+    m[2] = m[0] + m[1]
+    d["lattice"]["matrix"] = m.tolist()
+    return d
+
+
+BAD_INPUTS = {
+    "empty file": ("empty.cif", lambda p: b"", ["empty"]),
+    "whitespace only": ("blank.json", lambda p: b"  \n\n\t\n", ["empty"]),
+    "binary garbage": ("junk.cif", lambda p: bytes(range(256)) * 40, ["binary"]),
+    "binary garbage as gzip": ("junk.cif.gz", lambda p: bytes(range(256)) * 40, ["decompress"]),
+    "truncated gzip": ("cut.cif.gz", lambda p: gzip.compress(cif_text(p["NaCl"]).encode())[:60], ["decompress"]),
+    "truncated CIF (mid loop)": ("cut.cif", lambda p: cif_text(p["ZnO"])[:-30], ["invalid cif"]),
+    "truncated CIF (header only)": ("cut.cif", lambda p: cif_text(p["ZnO"]).split("loop_")[0], []),
+    "CIF in a .json file": ("mp-1.json", lambda p: cif_text(p["NaCl"]), ["json"]),
+    "CIF in a .vasp file": ("mp-1.vasp", lambda p: cif_text(p["NaCl"]), ["poscar"]),
+    "CIF in an .extxyz file": ("mp-1.extxyz", lambda p: cif_text(p["NaCl"]), ["extxyz"]),
+    "JSON that is not a structure": ("mp-1.json", lambda p: json.dumps({"material_id": "mp-1"}), ["structure"]),
+    "NaN coordinate (POSCAR)": ("nan.vasp", lambda p: _nan_poscar(p["ZnO"]), ["non-finite"]),
+    "NaN coordinate (CIF)": ("nan.cif", lambda p: _nan_cif(p["ZnO"]), ["non-finite"]),
+    "NaN lattice (JSON)": (
+        "nan.json",
+        lambda p: json.dumps(p["NaCl"].as_dict()).replace("5.64", "NaN", 1).replace('"NaN"', "NaN"),
+        [],
+    ),
+    "zero-volume cell (JSON)": ("flat.json", lambda p: json.dumps(_flat(p["NaCl"])), ["degenerate"]),
+    "zero-volume cell (CIF)": (
+        "flat.cif",
+        lambda p: cif_text(p["NaCl"]).replace("_cell_length_c   5.64000000", "_cell_length_c   0"),
+        ["cell"],
+    ),
+    "dummy species X (CIF)": ("x.cif", lambda p: cif_text(p["NaCl"]).replace("  Na  Na", "  X  X"), ["element"]),
+    "dummy species X (POSCAR)": ("x.vasp", lambda p: poscar_text(p["NaCl"]).replace("Na", "X"), ["element"]),
+    "dummy species X (JSON)": ("x.json", lambda p: _dummy_json(p["NaCl"]), ["X"]),
+    "no atoms (CIF)": (
+        "none.cif",
+        lambda p: cif_text(p["NaCl"]).split("loop_\n _atom_site_type_symbol")[0],
+        [],
+    ),
+}
+
+
+def _dummy_json(s) -> str:
+    from pymatgen.core import DummySpecies
+
+    s = s.copy()
+    s.replace_species({"Na": DummySpecies("X")})
+    return json.dumps(s.as_dict())
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_a_one_line_failure_never_an_exception(prototypes, case):
+    name, make, words = BAD_INPUTS[case]
+    results = parse_all(name, make(prototypes))
+    assert results, "a bad file must still produce a record"
+    for result in results:
+        assert_failure(result, *words)
+        assert result.id == detect_format(name)[1] or result.id.startswith(detect_format(name)[1] + ":")
+
+
+def test_dummy_species_json_reason_says_what_is_wrong(prototypes):
+    """A valid pymatgen dict with a dummy species is not 'not a structure dict': it names the species."""
+    reason = assert_failure(parse_one("x.json", _dummy_json(prototypes["NaCl"])))
+    assert "element" in reason.lower() or "species" in reason.lower()
+
+
+def test_dummy_species_never_becomes_an_atomic_number(prototypes):
+    """pymatgen gives a DummySpecies Z = hash(symbol): random per process and often positive.
+    Whatever the hash, a dummy site is a failure (several symbols, so a regression shows)."""
+    for symbol in ("X", "Xa", "Xb", "Xc", "Xd", "Xf", "Xg", "Xh"):
+        result = parse_one("x.vasp", poscar_text(prototypes["NaCl"]).replace("Na", symbol))
+        assert_failure(result, "element")
+
+
+def test_element_outside_the_feature_table_parses(prototypes):
+    """Lr (Z=103) is a real element: reading succeeds, and featurize records the failure (see
+    test_featurize) because the feature table stops at Z=100."""
+    s = prototypes["NaCl"].copy()
+    s.replace_species({"Na": "Lr"})
+    for name, data in (("lr.cif", cif_text(s)), ("lr.json", json.dumps(s.as_dict())), ("lr.vasp", poscar_text(s))):
+        result = parse_one(name, data)
+        assert isinstance(result, Parsed), f"{name}: {result}"
+        assert 103 in result.numbers
+
+
+def disordered(prototypes):
+    """Cu3Au-like cell with one site 75% Au / 25% Cu."""
+    from pymatgen.core import Lattice, Structure
+
+    return Structure(
+        Lattice.cubic(3.75),
+        [{"Au": 0.75, "Cu": 0.25}, "Cu", "Cu", "Cu"],
+        [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+
+
+@pytest.mark.parametrize("name, write", [("dis.cif", cif_text), ("dis.json", lambda s: json.dumps(s.as_dict()))])
+def test_disordered_site_fails_unless_majority_policy(prototypes, name, write):
+    from pymatgen.core import Lattice, Structure
+
+    s = disordered(prototypes)
+    assert_failure(parse_one(name, write(s)), "disordered", "majority")
+    ordered = parse_one(name, write(s), policy="majority")
+    want = Structure(s.lattice, ["Au", "Cu", "Cu", "Cu"], s.frac_coords)
+    assert_parses_to(ordered, want)
+
+
+def test_partially_occupied_single_species_is_disorder_too(prototypes):
+    """A half-occupied site (vacancy disorder) is not a full atom: fail by default, keep with majority."""
+    from pymatgen.core import Lattice, Structure
+
+    s = Structure(Lattice.cubic(4.0), [{"Na": 0.5}, "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    for name, data in (("v.cif", cif_text(s)), ("v.json", json.dumps(s.as_dict()))):
+        assert_failure(parse_one(name, data), "disordered")
+        kept = parse_one(name, data, policy="majority")
+        assert sorted(kept.numbers.tolist()) == [11, 17]
+
+
+def test_extxyz_frame_without_lattice_fails_alone(prototypes):
+    import ase.io
+    from ase import Atoms
+
+    buf = io.StringIO()
+    water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    ase.io.write(buf, water, format="extxyz")
+    text = buf.getvalue() + extxyz_text([prototypes["Fe"]])
+    results = parse_all("mixed.extxyz", text)
+    assert [r.id for r in results] == ["mixed:0", "mixed:1"]
+    assert_failure(results[0], "lattice")
+    assert_parses_to(results[1], prototypes["Fe"])
+
+
+def test_extxyz_with_lattice_but_no_pbc_fails(prototypes):
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(prototypes["NaCl"])
+    atoms.pbc = False
+    buf = io.StringIO()
+    ase.io.write(buf, atoms, format="extxyz")
+    assert_failure(parse_one("nopbc.extxyz", buf.getvalue()), "lattice")
+
+
+def test_unknown_format_is_a_failure_not_a_crash():
+    assert_failure(parse_one("notes.txt", b"hello"), "unknown format")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_sources_list_every_file_and_skip_the_readme(database):
+    entries = list(iter_inputs(database.root))
+    skipped = [e for e in entries if isinstance(e, Skipped)]
+    items = [e for e in entries if isinstance(e, Item)]
+    assert [s.source for s in skipped] == [str(database.skipped[0])]
+    assert "unknown extension" in skipped[0].reason
+    assert len({i.key for i in items}) == len(items), "work item keys are unique"
+    assert entries == list(iter_inputs(database.root)), "listing order is deterministic"
+
+
+def test_every_database_id_parses_to_what_was_written(database):
+    from srscreen.featurize import _parse_item
+
+    seen = {}
+    for entry in iter_inputs(database.root):
+        if isinstance(entry, Item):
+            for result in _parse_item(entry, "fail"):
+                assert isinstance(result, Parsed), result
+                assert result.id not in seen
+                seen[result.id] = result
+    assert set(seen) == set(database.expected)
+    for id_, structure in database.expected.items():
+        assert_parses_to(seen[id_], structure)
+
+
+@pytest.mark.parametrize("archive", ["tar_gz", "zip"])
+def test_archives_give_the_same_ids_and_structures(database, archive):
+    from srscreen.featurize import _parse_item
+
+    path = getattr(database, archive)
+    entries = list(iter_inputs(path))
+    results = [r for e in entries if isinstance(e, Item) for r in _parse_item(e, "fail")]
+    ids = [r.id for r in results]
+    want = sorted(database.expected) if archive == "tar_gz" else sorted(database.zip_ids)
+    assert sorted(ids) == want
+    for r in results:
+        assert_parses_to(r, database.expected[r.id])
+    if archive == "tar_gz":
+        assert [s.source.rsplit("/", 1)[-1] for s in entries if isinstance(s, Skipped)] == ["README.txt"]
+
+
+def test_missing_source_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        list(iter_inputs(tmp_path / "nowhere"))
+
+
+def test_empty_multi_structure_file_is_an_input_that_fails(tmp_path):
+    """An empty .jsonl or .extxyz is an input like any other: it must be recorded, not vanish."""
+    from srscreen.featurize import _parse_item
+
+    for name in ("empty.jsonl", "empty.extxyz"):
+        (tmp_path / name).write_bytes(b"")
+    results = []
+    for entry in iter_inputs(tmp_path):
+        assert isinstance(entry, Item)
+        results.extend(_parse_item(entry, "fail"))
+    assert sorted(r.id for r in results) == ["empty", "empty"]
+    for r in results:
+        assert_failure(r, "empty")
