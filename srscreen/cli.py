@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -16,9 +17,11 @@ from rich.table import Table
 
 import torch
 
-from .checkpoint import ModelFileError
+from .checkpoint import ModelFile, ModelFileError, convert_cgcnn_checkpoint
+from .evaluate import evaluate
+from .predict import Condition, predict, write_ranking
 from .featurize import FeaturizeOptions, featurize
-from .registry import resolve_model
+from .registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from .train import TrainConfig, train
 from .graph import GraphSettings
 from .shards import GraphFile, ShardFileError
@@ -269,6 +272,133 @@ def finetune_cmd(
     )
     _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=None,
                   threads=threads, quiet=quiet)
+
+
+def _models(names: list[str]) -> list[ModelFile]:
+    return [resolve_model(n) for n in (names or DEFAULT_MODELS)]
+
+
+@app.command("predict")
+def predict_cmd(
+    graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
+    top: Optional[int] = typer.Option(None, help="Keep the best K rows (bounded memory); default: every structure."),
+    sort: Optional[str] = typer.Option(None, help="Column to rank by (a model target); default: the first model's."),
+    desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
+    where: list[str] = typer.Option([], help="Filter, repeatable: 'band_gap>=1.0', 'n_atoms<50' (>= <= > < == !=)."),
+    model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    batch_atoms: int = typer.Option(16384, help="Atoms per batch on the device."),
+    shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
+    threads: int = typer.Option(0, help="Torch threads on CPU (0: torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
+    if fmt not in ("csv", "tsv", "jsonl"):
+        _fail(f"--format must be csv, tsv or jsonl, not {fmt!r}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        conditions = [Condition.parse(w) for w in where]
+        span = _shard_range(shards)
+        models = _models(model)
+        with GraphFile(graphs) as g:
+            total = len(g)
+        progress = Progress(SpinnerColumn(), TextColumn("predicting"), BarColumn(bar_width=None),
+                            TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
+                            console=err, disable=quiet, transient=True)
+        with progress:
+            task = progress.add_task("predict", total=total)
+            ranking = predict(graphs, models, top=top, sort_by=sort, descending=desc, where=conditions, device=device,
+                              batch_atoms=batch_atoms, shards=span, on_shard=lambda n: progress.advance(task, n))
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    if out is not None:
+        with out.open("w", newline="") as stream:
+            write_ranking(ranking, stream, fmt)
+        return
+    try:
+        write_ranking(ranking, sys.stdout, fmt)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `| head` closed the pipe: that is the reader's choice, not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _shard_range(text: Optional[str]) -> tuple[int, Optional[int]]:
+    if text is None:
+        return 0, None
+    start, sep, stop = text.partition(":")
+    try:
+        return int(start or 0), (int(stop) if stop else None) if sep else int(start) + 1
+    except ValueError:
+        raise ValueError(f"--shards {text!r}: write I:J (shard indices, J exclusive)") from None
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
+    labels: Path = typer.Option(..., help="CSV with an id column and one column per model target."),
+    model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: the pretrained pair."),
+    plot: Optional[Path] = typer.Option(None, help="Write a parity plot (PNG) here; needs the `plot` extra."),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """MAE, RMSE, R² and count of each model on labelled crystals."""
+    try:
+        models = _models(model)
+        results = evaluate(graphs, labels, models, device=device, plot=plot)
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps({t: vars(r) for t, r in results.items()}) + "\n")
+        return
+    table = Table(title=f"{graphs} vs {labels}")
+    for column in ("target", "unit", "MAE", "RMSE", "R²", "count"):
+        table.add_column(column, justify="left" if column in ("target", "unit") else "right")
+    for m in models:
+        r = results[m.target]
+        table.add_row(m.target, m.unit, f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}")
+    Console().print(table)
+
+
+@app.command("models")
+def models_cmd(
+    model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
+) -> None:
+    """Installed and given models: target, unit, architecture, parameters, test MAE."""
+    names = list(model or []) or pretrained_names()
+    table = Table(title="models")
+    for column in ("name", "target", "unit", "architecture", "parameters", "test MAE"):
+        table.add_column(column)
+    for name in names:
+        try:
+            m = resolve_model(name)
+        except ModelFileError as e:
+            _fail(str(e))
+        arch = m.architecture
+        kind = f"{'SR-CGCNN' if arch['shared'] else 'CGCNN'}-{arch['steps']} ({arch['atom_fea_len']})"
+        params = sum(p.numel() for p in m.build_model().parameters())
+        test = (m.training.get("test") or {}).get("mae")
+        table.add_row(name, m.target, m.unit, kind, f"{params:,}", f"{test:.4f}" if test is not None else "-")
+    Console().print(table)
+
+
+@app.command("import-cgcnn")
+def import_cgcnn_cmd(
+    checkpoint: Path = typer.Argument(..., help="Original CGCNN checkpoint (.pth.tar)."),
+    atom_features: Path = typer.Option(..., help="The atom_init.json the checkpoint was trained with."),
+    target: str = typer.Option(..., help="Property name, e.g. formation_energy_per_atom."),
+    unit: str = typer.Option(..., help="Its unit, e.g. eV/atom."),
+    out: Path = typer.Option(..., "--out", "-o", help="srscreen model file to write."),
+) -> None:
+    """Convert an original CGCNN checkpoint into a srscreen model file (featurize with --atom-features to use it)."""
+    try:
+        convert_cgcnn_checkpoint(checkpoint, atom_features, target, unit).save(out)
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    err.print(f"wrote {out}; featurize with --atom-features {atom_features} to predict with it")
 
 
 def main() -> None:

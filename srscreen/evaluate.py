@@ -1,0 +1,55 @@
+"""Model accuracy on labelled crystals: MAE, RMSE, R² per target, and a parity plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import ModelFile
+from .labels import match, read_labels
+from .predict import predict
+from .train import Metrics, metrics
+
+
+def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
+             plot: str | Path | None = None) -> dict[str, Metrics]:
+    """Metrics of each model on the crystals of `graph_path` that have a label for its target."""
+    ranking = predict(graph_path, models, device=device)
+    results: dict[str, Metrics] = {}
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for m in models:
+        matched = match(ranking.ids, read_labels(labels_path, m.target))
+        if len(matched.positions) == 0:
+            raise ValueError(f"{labels_path}: no labelled {m.target} for any crystal of {graph_path}")
+        pred = ranking.values[m.target][matched.positions]
+        results[m.target] = metrics(pred, matched.values)
+        pairs[m.target] = (matched.values, pred)
+    if plot is not None:
+        parity_plot(pairs, {m.target: m.unit for m in models}, results, plot)
+    return results
+
+
+def parity_plot(pairs: dict[str, tuple[np.ndarray, np.ndarray]], units: dict[str, str],
+                results: dict[str, Metrics], path: str | Path) -> None:
+    """Predicted vs true, one panel per target, with MAE and R² in the title."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'srscreen[plot]'") from None
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4.5), squeeze=False)
+    for ax, (target, (true, pred)) in zip(axes[0], pairs.items()):
+        lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
+        ax.scatter(true, pred, s=4, alpha=0.4, edgecolors="none")
+        r = results[target]
+        ax.set_title(f"{target}\nMAE {r.mae:.3f} {units[target]}, R² {r.r2:.3f}, n={r.count}", fontsize=10)
+        ax.set_xlabel(f"true ({units[target]})")
+        ax.set_ylabel(f"predicted ({units[target]})")
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

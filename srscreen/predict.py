@@ -1,0 +1,239 @@
+"""Stream graph shards through one or more models and rank the crystals.
+
+Shards are read by a background thread while the device computes, so the models wait on the file
+only when the file is the bottleneck. Each shard is cut into batches by total atom count, moved to
+the device once, and every model runs on that one copy. With `top`, only the best `top` rows
+survive each shard (a bounded selection), so memory is O(top + one shard) whatever the file size.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .batch import collate, pack_by_atoms
+from .checkpoint import ModelFile
+from .shards import GraphFile, Shard, ShardFileError
+
+_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+}
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A filter such as ``band_gap>=1.0``."""
+
+    column: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Condition":
+        m = _WHERE.match(text)
+        if not m:
+            raise ValueError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
+        return cls(m.group(1), m.group(2), float(m.group(3)))
+
+    def mask(self, columns: dict[str, np.ndarray]) -> np.ndarray:
+        if self.column not in columns:
+            raise ValueError(f"filter {self.column!r}: no such column (columns: {', '.join(columns)})")
+        return _OPS[self.op](columns[self.column], self.value)
+
+
+@dataclass
+class Ranking:
+    """Rows that survived filters and the top-k cut; columns are arrays of equal length."""
+
+    ids: list[str]
+    formula: list[str]
+    n_atoms: np.ndarray
+    values: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, targets: list[str]) -> "Ranking":
+        return cls([], [], np.zeros(0, np.int64), {t: np.zeros(0) for t in targets})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray) -> "Ranking":
+        return Ranking([self.ids[i] for i in index], [self.formula[i] for i in index], self.n_atoms[index],
+                       {k: v[index] for k, v in self.values.items()})
+
+    @staticmethod
+    def concat(parts: list["Ranking"], targets: list[str]) -> "Ranking":
+        if not parts:
+            return Ranking.empty(targets)
+        return Ranking([i for p in parts for i in p.ids], [f for p in parts for f in p.formula],
+                       np.concatenate([p.n_atoms for p in parts]),
+                       {t: np.concatenate([p.values[t] for p in parts]) for t in targets})
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
+    """Refuse graphs built with other settings or another element table than a model was trained on."""
+    for m in models:
+        want = {k: m.graph_settings[k] for k in ("radius", "max_nbr")}
+        if want != graphs.graph_settings:
+            raise ShardFileError(
+                f"{graphs.path} has graphs built with {graphs.graph_settings}, but model {m.source} expects {want}; "
+                f"featurize again with --radius {want['radius']} --max-nbr {want['max_nbr']}"
+            )
+        if m.feature_table_id != graphs.attrs["feature_table_id"]:
+            raise ShardFileError(
+                f"{graphs.path} uses element table {graphs.attrs['feature_table_id']} ({graphs.attrs['feature_table_name']}), "
+                f"but model {m.source} expects {m.feature_table_id}; featurize with the model's table (--atom-features)"
+            )
+    targets = [m.target for m in models]
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
+
+
+def _prefetch(shards: Iterator[Shard], depth: int = 2) -> Iterator[Shard]:
+    """Read shards on a background thread (HDF5 I/O and decompression overlap with the model)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def reader() -> None:
+        try:
+            for shard in shards:
+                q.put(shard)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            q.put(e)
+        q.put(done)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    while (item := q.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def predict_shard(shard: Shard, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
+                  batch_atoms: int) -> dict[str, np.ndarray]:
+    """Every model's prediction (in its unit) for every crystal of one shard."""
+    out = {m.target: np.empty(len(shard.ids), dtype=np.float64) for m in models}
+    starts = np.concatenate([[0], np.cumsum(shard.n_atoms)])
+    cuda = device.type == "cuda"
+    for run in pack_by_atoms(shard.n_atoms, batch_atoms):
+        a, b = starts[run.start], starts[run.stop]
+        batch = collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
+        batch = (batch.pin_memory() if cuda else batch).to(device, non_blocking=cuda)
+        for net, m in zip(nets, models):
+            out[m.target][run] = m.denormalise(net(batch)).double().cpu().numpy()
+    return out
+
+
+def predict(
+    graph_path: str | Path,
+    models: list[ModelFile],
+    *,
+    top: int | None = None,
+    sort_by: str | None = None,
+    descending: bool = False,
+    where: list[Condition] = (),
+    device: str = "auto",
+    batch_atoms: int = 16384,
+    shards: tuple[int, int | None] = (0, None),
+    on_shard: Callable[[int], None] | None = None,
+) -> Ranking:
+    """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
+
+    `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
+    `on_shard(n_structures)` is called after each shard.
+    """
+    if not models:
+        raise ValueError("no model given")
+    targets = [m.target for m in models]
+    sort_by = sort_by or targets[0]
+    if sort_by not in targets:
+        raise ValueError(f"--sort {sort_by}: no model predicts it (targets: {', '.join(targets)})")
+    if top is not None and top < 1:
+        raise ValueError("--top must be at least 1")
+    torch.set_flush_denormal(True)  # see train.py: denormal Gaussian tails are ~2x slower on x86
+    dev = pick_device(device)
+    with GraphFile(graph_path) as graphs:
+        check_compatible(graphs, models)
+        start, stop = shards
+        n_shards = len(graphs.shard_names)
+        if not (0 <= start <= (n_shards if stop is None else stop) <= n_shards):
+            raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
+        nets = [m.build_model().to(dev).eval() for m in models]
+        parts: list[Ranking] = []
+        with torch.inference_mode():
+            for shard in _prefetch(graphs.iter_shards(start, stop)):
+                values = predict_shard(shard, nets, models, dev, batch_atoms)
+                rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values)
+                columns = {**values, "n_atoms": rows.n_atoms}
+                keep = np.ones(len(rows), dtype=bool)
+                for condition in where:
+                    keep &= condition.mask(columns)
+                parts.append(rows.take(np.flatnonzero(keep)))
+                if top is not None:  # keep at most `top` rows between shards
+                    merged = Ranking.concat(parts, targets)
+                    parts = [merged.take(_best(merged.values[sort_by], top, descending)) if len(merged) > top else merged]
+                if on_shard is not None:
+                    on_shard(len(shard.ids))
+    kept = Ranking.concat(parts, targets)
+    order = _order(kept.values[sort_by], descending)
+    return kept.take(order[:top] if top is not None else order)
+
+
+def _key(values: np.ndarray, descending: bool) -> np.ndarray:
+    """Sort key with NaN last either way."""
+    key = -values if descending else values.copy()
+    key[np.isnan(key)] = np.inf
+    return key
+
+
+def _best(values: np.ndarray, k: int, descending: bool) -> np.ndarray:
+    return np.argpartition(_key(values, descending), k - 1)[:k]
+
+
+def _order(values: np.ndarray, descending: bool) -> np.ndarray:
+    return np.argsort(_key(values, descending), kind="stable")
+
+
+def write_ranking(ranking: Ranking, stream, fmt: str = "csv") -> None:
+    """Rows `rank,id,formula,n_atoms,<target>...` as CSV, TSV or JSON lines."""
+    targets = list(ranking.values)
+    if fmt == "jsonl":
+        import json
+
+        for i in range(len(ranking)):
+            row = {"rank": i + 1, "id": ranking.ids[i], "formula": ranking.formula[i], "n_atoms": int(ranking.n_atoms[i])}
+            row.update({t: _plain(ranking.values[t][i]) for t in targets})
+            stream.write(json.dumps(row) + "\n")
+        return
+    import csv
+
+    writer = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    writer.writerow(["rank", "id", "formula", "n_atoms", *targets])
+    for i in range(len(ranking)):
+        writer.writerow([i + 1, ranking.ids[i], ranking.formula[i], int(ranking.n_atoms[i]),
+                         *(f"{ranking.values[t][i]:.6g}" for t in targets)])
+
+
+def _plain(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
