@@ -182,7 +182,8 @@ def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict]
 
 
 def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *, init_model: Optional[str],
-                  split: Optional[Path], resume: bool, unit: Optional[str], threads: int, quiet: bool) -> None:
+                  split: Optional[Path], resume: bool, unit: Optional[str], threads: int, compile: bool,
+                  quiet: bool) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
@@ -190,7 +191,7 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
         init = resolve_model(init_model) if init_model else None
         with progress:
             result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,
-                           command=" ".join(["srscreen", *sys.argv[1:]]), on_epoch=on_epoch)
+                           command=" ".join(["srscreen", *sys.argv[1:]]), compile=compile, on_epoch=on_epoch)
     except USAGE_ERRORS as e:
         _fail(str(e))
     t = result.model_file.training
@@ -229,6 +230,7 @@ def train_cmd(
     unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step: ~2.5x faster epochs after a one-off compile."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
@@ -239,7 +241,7 @@ def train_cmd(
         val_fraction=val_fraction, test_fraction=test_fraction, patience=patience,
     )
     _run_training(graphs, labels, out, config, init_model=None, split=split, resume=resume, unit=unit,
-                  threads=threads, quiet=quiet)
+                  threads=threads, compile=compile, quiet=quiet)
 
 
 @app.command("finetune")
@@ -262,6 +264,7 @@ def finetune_cmd(
     patience: int = typer.Option(20, help="Stop after this many epochs without a better validation MAE."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (worth it for long runs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""
@@ -271,7 +274,7 @@ def finetune_cmd(
         patience=patience, freeze_conv=freeze_conv,
     )
     _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=None,
-                  threads=threads, quiet=quiet)
+                  threads=threads, compile=compile, quiet=quiet)
 
 
 def _models(names: list[str]) -> list[ModelFile]:

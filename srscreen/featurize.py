@@ -22,8 +22,8 @@ import numpy as np
 from joblib import Parallel, delayed, parallel_config
 
 from . import elements
-from .graph import GraphError, GraphSettings, build_graph
-from .readers import DisorderPolicy, ParseFailure, detect_format, parse_bytes, parse_extxyz_frames, parse_jsonl_lines
+from .graph import GraphSettings, build_graphs
+from .readers import DisorderPolicy, Parsed, ParseFailure, detect_format, parse_bytes, parse_extxyz_frames, parse_jsonl_lines
 from .shards import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
 from .sources import Item, Skipped, iter_inputs
 
@@ -77,16 +77,25 @@ def _element_info() -> tuple[list[str], np.ndarray]:
     return symbols, np.array(x)
 
 
+@lru_cache(maxsize=1)
+def _formula_order() -> list[tuple[float, str]]:
+    """Sort key of each Z in a formula: electronegativity, then symbol."""
+    symbols, x = _element_info()
+    return [(float(x[z]), symbols[z]) for z in range(len(symbols))]
+
+
 def reduced_formula(numbers: np.ndarray) -> str:
     """Reduced formula ordered by electronegativity, as pymatgen writes it (``Li2O``, ``SrTiO3``)."""
-    symbols, x = _element_info()
-    zs, counts = np.unique(numbers, return_counts=True)
-    divisor = math.gcd(*counts.tolist())
-    order = sorted(range(len(zs)), key=lambda i: (x[zs[i]], symbols[zs[i]]))
+    symbols = _element_info()[0]
+    key = _formula_order()
+    tally = np.bincount(numbers)
+    zs = np.flatnonzero(tally).tolist()
+    counts = tally[zs].tolist()
+    divisor = math.gcd(*counts)
     parts = []
-    for i in order:
-        n = counts[i] // divisor
-        parts.append(symbols[zs[i]] + (str(n) if n != 1 else ""))
+    for z, n in sorted(zip(zs, counts), key=lambda zn: key[zn[0]]):
+        n //= divisor
+        parts.append(symbols[z] + (str(n) if n != 1 else ""))
     return "".join(parts)
 
 
@@ -95,7 +104,8 @@ def _parse_item(item: Item, policy: DisorderPolicy):
         return [ParseFailure(detect_format(item.name)[1], item.error)]
     if item.path is not None:
         try:
-            data = Path(item.path).read_bytes()
+            with open(item.path, "rb") as fh:
+                data = fh.read()
         except OSError as e:
             return [ParseFailure(detect_format(item.name)[1], f"unreadable: {e.strerror}")]
         return parse_bytes(item.name, data, policy)
@@ -109,36 +119,44 @@ def _parse_item(item: Item, policy: DisorderPolicy):
 
 
 def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.ndarray) -> ChunkResult:
-    """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent."""
-    ids, sources, formulas, n_atoms, numbers, idx, dist = [], [], [], [], [], [], []
-    failures: list[Failure] = []
+    """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent.
+
+    The chunk's graphs are built in one `build_graphs` call (numpy's per-call cost paid once per
+    chunk); failures keep the order of the inputs.
+    """
+    todo: list[tuple[str, Parsed]] = []  # (source, structure) waiting for its graph
+    outcome: list[Failure | int] = []  # per structure, in input order: a failure or an index in todo
     for item in items:
         for parsed in _parse_item(item, options.on_disorder):
             if isinstance(parsed, ParseFailure):
-                failures.append(Failure(parsed.id, item.source, parsed.reason))
+                outcome.append(Failure(parsed.id, item.source, parsed.reason))
                 continue
             reason = _unusable(parsed.numbers, supported, options.max_atoms)
-            if reason is None:
-                try:
-                    graph = build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, options.graph)
-                except GraphError as e:
-                    reason = str(e)
             if reason is not None:
-                failures.append(Failure(parsed.id, item.source, reason))
+                outcome.append(Failure(parsed.id, item.source, reason))
                 continue
-            ids.append(parsed.id)
-            sources.append(item.source)
-            formulas.append(reduced_formula(parsed.numbers))
-            n_atoms.append(len(parsed.numbers))
-            numbers.append(graph.numbers)
-            idx.append(graph.nbr_idx)
-            dist.append(graph.nbr_dist)
-    k = options.graph.max_nbr
+            outcome.append(len(todo))
+            todo.append((item.source, parsed))
+    batch = build_graphs([(p.lattice, p.frac_coords) for _, p in todo], options.graph)
+    ids, sources, formulas, numbers = [], [], [], []
+    failures: list[Failure] = []
+    for entry in outcome:
+        if isinstance(entry, Failure):
+            failures.append(entry)
+            continue
+        source, parsed = todo[entry]
+        error = batch.errors[entry]
+        if error is not None:
+            failures.append(Failure(parsed.id, source, error))
+            continue
+        ids.append(parsed.id)
+        sources.append(source)
+        formulas.append(reduced_formula(parsed.numbers))
+        numbers.append(parsed.numbers)
     records = GraphRecords(
-        ids, sources, formulas, np.array(n_atoms, dtype=np.int32),
-        np.concatenate(numbers) if numbers else np.zeros(0, np.uint8),
-        np.concatenate(idx) if idx else np.zeros((0, k), np.int32),
-        np.concatenate(dist) if dist else np.zeros((0, k), np.float32),
+        ids, sources, formulas, np.fromiter(map(len, numbers), dtype=np.int32, count=len(numbers)),
+        np.concatenate(numbers).astype(np.uint8) if numbers else np.zeros(0, np.uint8),
+        batch.nbr_idx, batch.nbr_dist,
     )
     return ChunkResult([item.key for item in items], records, failures)
 

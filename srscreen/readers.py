@@ -19,7 +19,9 @@ import bz2
 import gzip
 import io
 import lzma
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Iterator, Literal
 
@@ -65,20 +67,27 @@ def detect_format(name: str) -> tuple[Format | None, str]:
     Compression suffixes (.gz, .bz2, .xz) are looked through. POSCAR/CONTCAR-named files take
     their folder's name in the id (``run1/POSCAR``) since the bare stem would repeat in every folder.
     """
-    path = PurePosixPath(name)
-    suffixes = [s.lower() for s in path.suffixes]
-    stem = path.name
+    if "//" in name or "/." in name or name.endswith("/") or name.startswith("."):
+        # Not a plain relative/absolute name: let pathlib normalise it.
+        name = str(PurePosixPath(name))
+        if name == ".":
+            name = ""
+    parent, _, filename = name.rpartition("/")
+    # Suffixes as pathlib gives them: none after a trailing dot, leading dots are not separators.
+    suffixes = [] if filename.endswith(".") else ["." + x.lower() for x in filename.lstrip(".").split(".")[1:]]
+    stem = filename
     if suffixes and suffixes[-1] in _COMPRESSION:
         stem = stem[: -len(suffixes[-1])]
         suffixes = suffixes[:-1]
-    base = PurePosixPath(stem)
-    upper = base.name.upper()
+    upper = stem.upper()
     if upper.startswith(("POSCAR", "CONTCAR")) and not (suffixes and suffixes[-1] in _SUFFIX_FORMAT):
-        parent = path.parent.name
-        return "poscar", f"{parent}/{base.name}" if parent else base.name
+        parent = parent.rpartition("/")[2]
+        return "poscar", f"{parent}/{stem}" if parent else stem
+    dot = stem.rfind(".")
+    base_stem = stem[:dot] if 0 < dot < len(stem) - 1 else stem
     if not suffixes or suffixes[-1] not in _SUFFIX_FORMAT:
-        return None, base.stem
-    return _SUFFIX_FORMAT[suffixes[-1]], base.stem
+        return None, base_stem
+    return _SUFFIX_FORMAT[suffixes[-1]], base_stem
 
 
 def decompress(name: str, data: bytes) -> bytes:
@@ -107,12 +116,28 @@ def _checked(id_: str, lattice, frac, numbers) -> Parsed:
         raise ReadError("structure has no atoms")
     if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
         raise ReadError("non-finite lattice or coordinates")
-    volume = abs(float(np.linalg.det(lattice)))
-    if volume < 0.1 * len(numbers):
-        raise ReadError(f"degenerate cell (volume {volume:.3g} Å^3 for {len(numbers)} atoms)")
+    _check_volume(lattice, len(numbers))
     if ((numbers <= 0) | (numbers > _MAX_Z)).any():
         raise ReadError("site without a chemical element (dummy or unknown species)")
     return Parsed(id_, lattice, frac, numbers)
+
+
+def _volume_checked(id_: str, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> Parsed:
+    """`_checked` for arrays known to be float64/int64, finite, non-empty and of real elements."""
+    _check_volume(lattice, len(numbers))
+    return Parsed(id_, lattice, frac, numbers)
+
+
+def _check_volume(lattice: np.ndarray, n_atoms: int) -> None:
+    volume = abs(_det3(lattice.tolist()))
+    if volume < 0.1 * n_atoms:
+        raise ReadError(f"degenerate cell (volume {volume:.3g} Å^3 for {n_atoms} atoms)")
+
+
+def _det3(m: list[list[float]]) -> float:
+    """Determinant of a 3x3 matrix given as nested lists (np.linalg.det costs ~10 µs a call)."""
+    (a, b, c), (d, e, f), (g, h, i) = m
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def _species_number(occupancies: list[tuple[int, float]], policy: DisorderPolicy) -> int:
@@ -137,6 +162,10 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
     for i, block in enumerate(blocks):
         id_ = stem if len(blocks) == 1 else f"{stem}:{i}"
         try:
+            fast = _p1_block_arrays(block)
+            if fast is not None:  # finite, known elements, at least one site: only the volume to check
+                yield _volume_checked(id_, *fast)
+                continue
             small = gemmi.make_small_structure_from_block(block)
             sites = small.get_all_unit_cell_sites()
             if not sites:
@@ -159,6 +188,73 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
             yield ParseFailure(id_, str(e))
         except (RuntimeError, ValueError, IndexError) as e:
             yield ParseFailure(id_, f"invalid CIF: {_one_line(e)}")
+
+
+_SYMOP_TAGS = ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz")  # gemmi's order
+_CELL_TAGS = ["length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"]
+_SITE_TAGS = ["label", "?type_symbol", "?fract_x", "?fract_y", "?fract_z", "?occupancy"]
+
+
+@lru_cache(maxsize=1)
+def _symbol_numbers() -> dict[str, int]:
+    """Element symbol as written in CIFs ('Fe') -> Z, for the symbols gemmi reads as that element."""
+    import gemmi
+
+    table = {}
+    for z in range(1, _MAX_Z + 1):
+        symbol = gemmi.Element(z).name
+        if gemmi.Element(symbol).atomic_number == z:
+            table[symbol] = z
+    return table
+
+
+def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(lattice, frac, numbers) read as columns from a plain, ordered P1 block; None for anything else.
+
+    The fast path for what databases write (Materials Project, pymatgen's CifWriter): the only
+    symmetry operation is the identity, every site has an element type symbol and full occupancy,
+    and every number is a plain decimal. It gives what gemmi's SmallStructure gives for such a block
+    (same cell matrix, coordinates as written, sites in file order); any other block (symmetry to
+    expand, partial occupancy, labels without type symbols, uncertainties like 0.123(4), ?, quotes)
+    returns None and goes through SmallStructure.
+    """
+    import gemmi
+
+    for tag in _SYMOP_TAGS:
+        ops = block.find_values(tag)
+        if ops:
+            break
+    else:
+        return None  # symmetry from a space-group name or number: let gemmi expand it
+    if len(ops) != 1 or gemmi.cif.as_string(ops[0]).replace(" ", "").lower() != "x,y,z":
+        return None
+    sites = block.find("_atom_site_", _SITE_TAGS)
+    loop = sites.loop
+    if loop is None or len(sites) == 0 or not all(sites.has_column(j) for j in range(1, 5)):
+        return None
+    cell = block.find("_cell_", _CELL_TAGS)
+    try:
+        params = [float(v) for v in cell[0]] if len(cell) == 1 else None
+        if params is None or not all(0.0 < v < math.inf for v in params):
+            return None
+        # The whole loop in one call, then columns by slicing: far cheaper than a Column per tag.
+        tags, values = loop.tags, loop.values
+        width = len(tags)
+        col = [tags.index(sites.column(j).tag) for j in range(1, 6 if sites.has_column(5) else 5)]
+        symbols = _symbol_numbers()
+        numbers = np.array([symbols[v] for v in values[col[0] :: width]], dtype=np.int64)
+        frac = np.array(values[col[1] :: width] + values[col[2] :: width] + values[col[3] :: width], dtype=np.float64)
+        frac = np.ascontiguousarray(frac.reshape(3, -1).T)
+        if len(col) == 5 and min(map(float, values[col[4] :: width])) < 1.0 - _OCCUPANCY_TOL:
+            return None  # disorder: the policy decides, in the full path
+    except (KeyError, ValueError):
+        return None  # not a plain element symbol or decimal number
+    if not np.isfinite(frac).all():
+        return None
+    unit_cell = gemmi.UnitCell(*params)
+    if not (unit_cell.volume > 0 and math.isfinite(unit_cell.volume)):
+        return None
+    return np.array(unit_cell.orth.mat.tolist()).T, frac, numbers
 
 
 def _majority_sites(sites: list) -> list:

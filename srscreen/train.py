@@ -9,6 +9,7 @@ on the training targets only. The best epoch by validation MAE is what the model
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import os
@@ -92,11 +93,7 @@ def make_split(ids: list[str], matched: Matched, config: TrainConfig, split_file
     """A seeded random split of the labelled crystals, or the one a split file gives (`id,split` rows)."""
     labelled = matched.positions
     if split_file is not None:
-        part_of: dict[str, str] = {}
-        for line in Path(split_file).read_text().splitlines()[1:]:
-            if line.strip():
-                id_, part = (x.strip() for x in line.split(",")[:2])
-                part_of[id_] = part
+        part_of = read_split_file(split_file)
         parts = {name: [] for name in ("train", "val", "test")}
         for p in labelled:
             part = part_of.get(ids[p])
@@ -108,6 +105,54 @@ def make_split(ids: list[str], matched: Matched, config: TrainConfig, split_file
     n_test = int(round(config.test_fraction * len(order)))
     n_val = int(round(config.val_fraction * len(order)))
     return Split(train=order[n_test + n_val :], val=order[n_test : n_test + n_val], test=order[:n_test])
+
+
+_PARTS = ("train", "val", "test")
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """id -> train/val/test from `id,split` rows; a first row naming another part is a header.
+
+    Any other part name is refused: a typo ("validation", "Train") must not silently drop crystals.
+    """
+    part_of: dict[str, str] = {}
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read split file ({e.strerror})") from None
+    for line_no, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise ValueError(f"{path}:{line_no}: expected id,split (train, val or test)")
+        id_, part = row[0].strip(), row[1].strip()
+        if part not in _PARTS:
+            if line_no == 1:
+                continue  # header
+            raise ValueError(f"{path}:{line_no}: split {part!r} of {id_} is not train, val or test")
+        part_of[id_] = part
+    return part_of
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot train (rather than silently training something else)."""
+    if config.loss not in ("mse", "l1", "huber"):
+        raise ValueError(f"--loss must be mse, l1 or huber, not {config.loss!r}")
+    if config.schedule not in ("multistep", "cosine", "constant"):
+        raise ValueError(f"--schedule must be multistep, cosine or constant, not {config.schedule!r}")
+    if config.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, not {config.epochs}")
+    if config.batch_size < 2:
+        raise ValueError(f"--batch-size must be at least 2 (BatchNorm needs two crystals), not {config.batch_size}")
+    if not (0 <= config.val_fraction and 0 <= config.test_fraction and config.val_fraction + config.test_fraction < 1):
+        raise ValueError(
+            f"--val-fraction {config.val_fraction} and --test-fraction {config.test_fraction} must be non-negative "
+            "and leave a training fraction"
+        )
+    if config.steps < 1 or config.n_h < 1 or config.atom_fea_len < 1 or config.h_fea_len < 1:
+        raise ValueError("--steps, --n-h, --atom-fea-len and --h-fea-len must be at least 1")
+    if config.lr <= 0 or config.warmup_epochs < 0 or config.patience < 0 or not (0 <= config.ema_decay < 1):
+        raise ValueError("--lr must be positive, --warmup-epochs and --patience non-negative, --ema-decay in [0, 1)")
 
 
 def _loss(config: TrainConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -163,15 +208,18 @@ def train(
     resume: bool = False,
     unit: str | None = None,
     command: str = "",
+    compile: bool = False,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train (or, with `init`, fine-tune) a model on the labelled crystals of a graph file; write `out`.
 
     Each epoch is checkpointed to OUT.ckpt and logged to OUT.log.jsonl; `resume` continues from the
-    checkpoint after a kill.
+    checkpoint after a kill. `compile` runs the training forward/backward through torch.compile
+    (fused kernels: ~2.5x faster epochs on CPU after a one-off compile of about a minute).
     """
     # Gaussian tails underflow into float32 denormals, which cost ~100 cycles each on x86: a 2x slower epoch.
     torch.set_flush_denormal(True)
+    check_config(config)
     out = Path(out)
     ckpt_path = out.with_name(out.name + ".ckpt")
     log_path = out.with_name(out.name + ".log.jsonl")
@@ -231,9 +279,13 @@ def train(
         best = {"val_mae": state["best_val_mae"], "epoch": state["best_epoch"], "state": state["best_state"]}
         history = [json.loads(h) for h in state["history"]]
         start_epoch = state["epoch"] + 1
+        # The log is written before the checkpoint: a kill between the two leaves a line the checkpoint
+        # does not know. The checkpoint's history is the truth; the log restarts from it.
+        log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     elif log_path.exists():
         log_path.unlink()
 
+    step_model = torch.compile(model, dynamic=True) if compile else model
     y_norm = torch.from_numpy((y_all - normalizer["mean"]) / normalizer["std"]).float()
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     for epoch in range(start_epoch, config.epochs):
@@ -249,7 +301,7 @@ def train(
             if len(b) < 2:
                 continue  # BatchNorm needs two crystals
             pos = split.train[b]
-            out_ = model(graphs.batch(pos))
+            out_ = step_model(graphs.batch(pos))
             loss = _loss(config, out_, y_norm[pos])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
