@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,8 +35,20 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (ShardFileError, ModelFileError, Fil
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    # The message is text, not markup: a path like `runs[old]/out.h5` must print as it is (and `[/x]` not crash).
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _no_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal: redirected to a file or pipe, rich prints nothing useful but a blank
+    line when one stops, which would split an error message from the command's output."""
+    return quiet or not err.is_interactive
+
+
+def _reader_closed_stdout() -> None:
+    """`| head` closed the pipe: that is the reader's choice, not an error. Later flushes go nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @app.command("featurize")
@@ -71,7 +84,7 @@ def featurize_cmd(
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
         TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
-        console=err, disable=quiet, transient=True,
+        console=err, disable=_no_progress(quiet), transient=True,
     )
     started = time.perf_counter()
     with progress:
@@ -121,8 +134,12 @@ def info_cmd(
         _fail(str(e))
     with graphs:
         if ids:
-            for id_ in graphs.ids():
-                sys.stdout.write(id_ + "\n")
+            try:
+                for id_ in graphs.ids():
+                    sys.stdout.write(id_ + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _reader_closed_stdout()
             return
         failures = graphs.failures()
         settings = {k: graphs.attrs[k] for k in ("radius", "max_nbr", "neighbour_algorithm", "feature_table_id", "feature_table_name")}
@@ -168,7 +185,7 @@ def info_cmd(
 def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict], None]]:
     progress = Progress(
         SpinnerColumn(), TextColumn("epoch {task.completed}/{task.total}"), BarColumn(bar_width=None),
-        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=quiet,
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err, disable=_no_progress(quiet),
     )
     task = progress.add_task("training", total=epochs, status="")
 
@@ -190,8 +207,12 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
     try:
         init = resolve_model(init_model) if init_model else None
         with progress:
-            result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,
-                           command=" ".join(["srscreen", *sys.argv[1:]]), compile=compile, on_epoch=on_epoch)
+            try:
+                result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,
+                               command=" ".join(["srscreen", *sys.argv[1:]]), compile=compile, on_epoch=on_epoch)
+            except BaseException:
+                progress.live.transient = True  # a run that fails leaves its message, not a stale "epoch 0/N" bar
+                raise
     except USAGE_ERRORS as e:
         _fail(str(e))
     t = result.model_file.training
@@ -310,7 +331,7 @@ def predict_cmd(
             total = len(g)
         progress = Progress(SpinnerColumn(), TextColumn("predicting"), BarColumn(bar_width=None),
                             TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
-                            console=err, disable=quiet, transient=True)
+                            console=err, disable=_no_progress(quiet), transient=True)
         with progress:
             task = progress.add_task("predict", total=total)
             ranking = predict(graphs, models, top=top, sort_by=sort, descending=desc, where=conditions, device=device,
@@ -318,15 +339,17 @@ def predict_cmd(
     except USAGE_ERRORS as e:
         _fail(str(e))
     if out is not None:
-        with out.open("w", newline="") as stream:
-            write_ranking(ranking, stream, fmt)
+        try:
+            with out.open("w", newline="") as stream:
+                write_ranking(ranking, stream, fmt)
+        except OSError as e:
+            _fail(f"{out}: cannot write ({e.strerror or e})")
         return
     try:
         write_ranking(ranking, sys.stdout, fmt)
         sys.stdout.flush()
     except BrokenPipeError:
-        # `| head` closed the pipe: that is the reader's choice, not an error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _reader_closed_stdout()
 
 
 def _shard_range(text: Optional[str]) -> tuple[int, Optional[int]]:

@@ -27,7 +27,7 @@ def read_labels(path: str | Path, target: str) -> dict[str, float]:
     """id -> value of column `target`; the id column is `id`, `material_id`, or else the first column."""
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
@@ -52,7 +52,7 @@ def read_labels(path: str | Path, target: str) -> dict[str, float]:
 
 def label_columns(path: str | Path) -> list[str]:
     """The target columns a labels file offers (all but the id column)."""
-    with Path(path).open(newline="") as f:
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
         header = [h.strip() for h in next(csv.reader(f), [])]
     id_col = next((header.index(c) for c in ID_COLUMNS if c in header), 0)
     return [h for i, h in enumerate(header) if i != id_col]

@@ -43,7 +43,11 @@ class Condition:
         m = _WHERE.match(text)
         if not m:
             raise ValueError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
-        return cls(m.group(1), m.group(2), float(m.group(3)))
+        try:
+            value = float(m.group(3))
+        except ValueError:  # matched the number's characters but is none, e.g. "1e" or "-"
+            raise ValueError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
+        return cls(m.group(1), m.group(2), value)
 
     def mask(self, columns: dict[str, np.ndarray]) -> np.ndarray:
         if self.column not in columns:
@@ -84,7 +88,10 @@ def pick_device(name: str) -> torch.device:
     """`auto` is the first CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: write auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device
@@ -171,6 +178,9 @@ def predict(
         raise ValueError(f"--sort {sort_by}: no model predicts it (targets: {', '.join(targets)})")
     if top is not None and top < 1:
         raise ValueError("--top must be at least 1")
+    for condition in where:  # before any work, and even when the chosen shards are empty
+        if condition.column not in (*targets, "n_atoms"):
+            raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*targets, 'n_atoms'])})")
     torch.set_flush_denormal(True)  # see train.py: denormal Gaussian tails are ~2x slower on x86
     dev = pick_device(device)
     with GraphFile(graph_path) as graphs:
@@ -208,7 +218,10 @@ def _key(values: np.ndarray, descending: bool) -> np.ndarray:
 
 
 def _best(values: np.ndarray, k: int, descending: bool) -> np.ndarray:
-    return np.argpartition(_key(values, descending), k - 1)[:k]
+    """The first `k` rows of the stable order: ties go to the row met first in the file, as in the full
+    ranking (an argpartition would pick among equal values arbitrarily, so --top K would not be the
+    head of the full ranking). The rows are k + one shard, so the sort costs little."""
+    return _order(values, descending)[:k]
 
 
 def _order(values: np.ndarray, descending: bool) -> np.ndarray:

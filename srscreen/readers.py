@@ -32,6 +32,7 @@ Format = Literal["cif", "json", "jsonl", "poscar", "extxyz"]
 DisorderPolicy = Literal["fail", "majority"]
 
 _COMPRESSION = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}
+_COMPRESSION_SUFFIXES = tuple(_COMPRESSION)
 _SUFFIX_FORMAT: dict[str, Format] = {
     ".cif": "cif", ".mcif": "cif", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".vasp": "poscar", ".poscar": "poscar", ".extxyz": "extxyz", ".xyz": "extxyz",
@@ -92,6 +93,9 @@ def detect_format(name: str) -> tuple[Format | None, str]:
 
 def decompress(name: str, data: bytes) -> bytes:
     """The file's content with a compression suffix undone."""
+    lower = name.lower()
+    if not lower.endswith(_COMPRESSION_SUFFIXES):
+        return data
     suffix = PurePosixPath(name).suffix.lower()
     return _COMPRESSION[suffix](data) if suffix in _COMPRESSION else data
 
@@ -191,8 +195,9 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
 
 
 _SYMOP_TAGS = ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz")  # gemmi's order
-_CELL_TAGS = ["length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"]
-_SITE_TAGS = ["label", "?type_symbol", "?fract_x", "?fract_y", "?fract_z", "?occupancy"]
+_SG_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number")
+_CELL_TAGS = ["_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma"]
+_SITE_COLUMNS = ["_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z"]
 
 
 @lru_cache(maxsize=1)
@@ -228,27 +233,37 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         return None  # symmetry from a space-group name or number: let gemmi expand it
     if len(ops) != 1 or gemmi.cif.as_string(ops[0]).replace(" ", "").lower() != "x,y,z":
         return None
-    sites = block.find("_atom_site_", _SITE_TAGS)
-    loop = sites.loop
-    if loop is None or len(sites) == 0 or not all(sites.has_column(j) for j in range(1, 5)):
+    for tag in _SG_NUMBER_TAGS:  # gemmi rejects a block whose space-group number is not an integer
+        number = block.find_value(tag)
+        if number is not None:
+            if number not in ("?", ".") and not number.isdigit():
+                return None
+            break
+    column = block.find_loop("_atom_site_fract_x")
+    loop = column.get_loop() if column else None
+    if loop is None or loop.length() == 0:
         return None
-    cell = block.find("_cell_", _CELL_TAGS)
+    # Tags are case-insensitive; gemmi reads the site table from the loop that holds _atom_site_label.
+    tags = [t.lower() for t in loop.tags]
+    if "_atom_site_label" not in tags or not all(t in tags for t in _SITE_COLUMNS):
+        return None
     try:
-        params = [float(v) for v in cell[0]] if len(cell) == 1 else None
-        if params is None or not all(0.0 < v < math.inf for v in params):
+        params = [float(block.find_value(tag)) for tag in _CELL_TAGS]
+        if not all(0.0 < v < math.inf for v in params):
             return None
         # The whole loop in one call, then columns by slicing: far cheaper than a Column per tag.
-        tags, values = loop.tags, loop.values
-        width = len(tags)
-        col = [tags.index(sites.column(j).tag) for j in range(1, 6 if sites.has_column(5) else 5)]
+        values, width = loop.values, len(tags)
+        ks, kx, ky, kz = (tags.index(t) for t in _SITE_COLUMNS)
         symbols = _symbol_numbers()
-        numbers = np.array([symbols[v] for v in values[col[0] :: width]], dtype=np.int64)
-        frac = np.array(values[col[1] :: width] + values[col[2] :: width] + values[col[3] :: width], dtype=np.float64)
+        numbers = np.array([symbols[v] for v in values[ks::width]], dtype=np.int64)
+        frac = np.array(values[kx::width] + values[ky::width] + values[kz::width], dtype=np.float64)
         frac = np.ascontiguousarray(frac.reshape(3, -1).T)
-        if len(col) == 5 and min(map(float, values[col[4] :: width])) < 1.0 - _OCCUPANCY_TOL:
-            return None  # disorder: the policy decides, in the full path
-    except (KeyError, ValueError):
-        return None  # not a plain element symbol or decimal number
+        if "_atom_site_occupancy" in tags:
+            occ = tags.index("_atom_site_occupancy")
+            if min(map(float, values[occ::width])) < 1.0 - _OCCUPANCY_TOL:
+                return None  # disorder: the policy decides, in the full path
+    except (KeyError, ValueError, TypeError):
+        return None  # no cell value, not a plain element symbol or decimal number
     if not np.isfinite(frac).all():
         return None
     unit_cell = gemmi.UnitCell(*params)

@@ -67,17 +67,17 @@ def iter_inputs(source: str | os.PathLike) -> Iterator[Item | Skipped]:
             rel = folder.relative_to(root).as_posix()
             rel = "" if rel == "." else rel + "/"
             for filename in sorted(filenames):
-                yield from _file_inputs(prefix + filename, rel + filename, folder / filename)
+                yield from _file_inputs(prefix + filename, rel + filename, folder)
     elif root.is_file():
-        yield from _file_inputs(str(root), root.name, root)
+        yield from _file_inputs(str(root), root.name, root.parent)
     else:
         raise FileNotFoundError(f"{source}: no such file or folder")
 
 
-def _file_inputs(path: str, rel: str, path_obj: Path | None = None) -> Iterator[Item | Skipped]:
-    """The inputs of one file: `path` as str(Path), `rel` its name under the source folder."""
+def _file_inputs(path: str, rel: str, folder: Path) -> Iterator[Item | Skipped]:
+    """The inputs of one file: `path` is str(folder / name), `rel` its path under the source."""
     if is_archive(rel):
-        yield from _archive_inputs(path_obj if path_obj is not None else Path(path))
+        yield from _archive_inputs(folder / rel.rpartition("/")[2])
         return
     fmt, _ = detect_format(rel)
     if fmt is None:

@@ -241,7 +241,10 @@ def train(
                 f"the model expects {init.graph_settings}, table {init.feature_table_id}"
             )
         model = init.build_model()
-        normalizer = dict(init.normalizer)
+        if init.target == config.target:
+            normalizer = dict(init.normalizer)  # the head's output already has this target's scale
+        else:  # another property (e.g. Ef -> band gap): its own scale, fitted on the training targets
+            normalizer = _fit_normalizer(y_all[split.train])
         config = replace(config, steps=model.steps, shared=model.shared, atom_fea_len=model.atom_fea_len,
                          h_fea_len=model.h_fea_len, n_h=model.n_h)
     else:
@@ -255,8 +258,7 @@ def train(
         model = CrystalGraphNet(feature_table=np.array(table), steps=config.steps, shared=config.shared,
                                 atom_fea_len=config.atom_fea_len, h_fea_len=config.h_fea_len, n_h=config.n_h,
                                 radius=graphs.graph_settings["radius"])
-        y_train = y_all[split.train]
-        normalizer = {"mean": float(y_train.mean()), "std": float(y_train.std() or 1.0)}
+        normalizer = _fit_normalizer(y_all[split.train])
     if config.freeze_conv:
         for module in (model.embedding, *model.fc_full, *model.bn1, *model.bn2):
             module.requires_grad_(False)
@@ -356,12 +358,17 @@ def train(
         model,
         graph_settings=graphs.graph_settings,
         target=config.target,
-        unit=unit or (init.unit if init is not None else UNITS.get(config.target, "")),
+        # A model fine-tuned to another target does not inherit the old target's unit.
+        unit=unit or (init.unit if init is not None and init.target == config.target else UNITS.get(config.target, "")),
         normalizer=normalizer,
         training=training,
     )
     model_file.save(out)
     return TrainResult(model_file, history)
+
+
+def _fit_normalizer(y_train: np.ndarray) -> dict:
+    return {"mean": float(y_train.mean()), "std": float(y_train.std() or 1.0)}
 
 
 def _config_dict(config: TrainConfig) -> dict:

@@ -1,0 +1,134 @@
+"""Prediction speed and memory: `predict --top 100` with the Ef + Eg pair, against reading the file alone.
+
+    python benchmarks/predict.py [--graphs mp.h5] [--threads 2] [--device auto]
+
+Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then in one run:
+- read-only: stream every shard and build every batch, no model (the I/O limit);
+- predict: the pretrained sr-cgcnn-ef and sr-cgcnn-eg (or, if not installed, untrained models of the
+  same architecture: speed does not depend on the weights) with --top 100; structures/s and its ratio
+  to the read-only time;
+- peak RSS of `srscreen predict --top 100` in a fresh process on a small and on the full file
+  (flat memory: it should not grow with the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srscreen.batch import collate, pack_by_atoms
+from srscreen.checkpoint import ModelFile
+from srscreen.elements import cgcnn_feature_table
+from srscreen.featurize import FeaturizeOptions, featurize
+from srscreen.model import CrystalGraphNet
+from srscreen.predict import predict
+from srscreen.registry import DEFAULT_MODELS, pretrained_names, resolve_model
+from srscreen.shards import GraphFile
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
+
+
+def models(tmp: Path) -> tuple[list[str], str]:
+    """Model names or files for the pair, and where they came from."""
+    if all(name in pretrained_names() for name in DEFAULT_MODELS):
+        return list(DEFAULT_MODELS), "pretrained"
+    files = []
+    for target, unit in (("formation_energy_per_atom", "eV/atom"), ("band_gap", "eV")):
+        net = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()))
+        path = tmp / f"{target}.pt"
+        ModelFile.from_model(net.eval(), graph_settings={"radius": 8.0, "max_nbr": 12}, target=target, unit=unit,
+                             normalizer={"mean": 0.0, "std": 1.0}).save(path)
+        files.append(str(path))
+    return files, "untrained, same architecture"
+
+
+def read_only(path: Path, batch_atoms: int) -> float:
+    start = time.perf_counter()
+    with GraphFile(path) as graphs:
+        for shard in graphs.iter_shards():
+            starts = np.concatenate([[0], np.cumsum(shard.n_atoms)])
+            for run in pack_by_atoms(shard.n_atoms, batch_atoms):
+                a, b = starts[run.start], starts[run.stop]
+                collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
+    return time.perf_counter() - start
+
+
+def peak_rss_mib(graphs: Path, names: list[str], threads: int) -> float:
+    """Peak RSS of one `srscreen predict --top 100` process (MiB)."""
+    script = (
+        "import resource, sys; from srscreen.cli import app; "
+        "sys.argv = ['srscreen', 'predict', *sys.argv[1:]]\n"
+        "try: app()\nexcept SystemExit: pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)"
+    )
+    args = [sys.executable, "-c", script, str(graphs), "--top", "100", "-q", "--threads", str(threads), "-o", "/dev/null"]
+    for name in names:
+        args += ["--model", name]
+    result = subprocess.run(args, capture_output=True, text=True, check=True)
+    return float(result.stderr.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graphs", type=Path, help="graph file of the MP set (default: featurize it into a temp dir)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-atoms", type=int, default=16384)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        full = args.graphs
+        if full is None:
+            if not SHARED.exists():
+                raise SystemExit(f"no data: {SHARED} is absent; pass --graphs FILE")
+            full = tmp / "mp.h5"
+            featurize(SHARED, full, jobs=-1)
+        small_src = tmp / "small"
+        small_src.mkdir()
+        with GraphFile(full) as g:
+            n_full = len(g)
+            source = Path(str(g.attrs["source"]))
+        for cif in sorted(source.glob("*.cif"))[:4096]:
+            (small_src / cif.name).symlink_to(cif)
+        small = tmp / "small.h5"
+        featurize(small_src, small, options=FeaturizeOptions(), jobs=-1)
+
+        names, kind = models(tmp)
+        loaded = [resolve_model(n) for n in names]
+        t_read = read_only(full, args.batch_atoms)
+        start = time.perf_counter()
+        ranking = predict(full, loaded, top=100, device=args.device, batch_atoms=args.batch_atoms)
+        t_pred = time.perf_counter() - start
+        assert len(ranking) == 100
+        rss_small = peak_rss_mib(small, names, args.threads)
+        rss_full = peak_rss_mib(full, names, args.threads)
+
+    device = str(torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                              ("cpu" if args.device == "auto" else args.device)))
+    result = {
+        "structures": n_full, "device": device, "threads": args.threads, "models": kind,
+        "read_only_s": t_read, "read_only_per_s": n_full / t_read,
+        "predict_s": t_pred, "predict_per_s": n_full / t_pred, "predict_vs_read_only": t_pred / t_read,
+        "peak_rss_mib": {"4096": rss_small, str(n_full): rss_full},
+    }
+    print(f"{n_full:,} structures, device {device}, {args.threads} threads, models: {kind}")
+    print(f"read shards + batches only : {t_read:6.2f} s  {n_full / t_read:10,.0f} structures/s")
+    print(f"predict --top 100, Ef + Eg : {t_pred:6.2f} s  {n_full / t_pred:10,.0f} structures/s  ({t_pred / t_read:.1f}x read-only)")
+    print(f"peak RSS, --top 100        : {rss_small:6.0f} MiB at 4,096 structures, {rss_full:.0f} MiB at {n_full:,}")
+    out = Path(__file__).parent / "results" / "predict.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Training speed: seconds per epoch of SR-CGCNN-3 (defaults) over the MP training split, and where they go.
+
+    python benchmarks/train.py [--graphs mp.h5] [--batches N] [--threads 2]
+
+Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then times training steps in the
+same process: eager, eager without flushing denormals (the naive baseline), and torch.compile.
+Each mode's epoch time is its mean step time times the steps in one epoch over the 80% training
+split (26,452 crystals at batch 256); the breakdown splits a step into batch gather, forward,
+backward and optimizer. Ratios are against the naive baseline measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from srscreen.dataset import GraphSet, batches
+from srscreen.elements import cgcnn_feature_table
+from srscreen.featurize import featurize
+from srscreen.model import CrystalGraphNet
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
+TRAIN_CRYSTALS = 26452
+
+
+def time_steps(graphs: GraphSet, mode: str, n_batches: int, batch_size: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    torch.set_flush_denormal(mode != "naive")
+    model = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()))
+    net = torch.compile(model, dynamic=True) if mode == "compiled" else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    y = torch.randn(len(graphs))
+    runs = batches(len(graphs), batch_size, np.random.default_rng(0))
+    warmup = 3 if mode == "compiled" else 1
+    parts = {"gather": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    for i, b in enumerate(runs[: warmup + n_batches]):
+        t0 = time.perf_counter()
+        batch = graphs.batch(b)
+        t1 = time.perf_counter()
+        loss = F.l1_loss(net(batch), y[b])
+        t2 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
+        if i >= warmup:
+            for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                parts[key] += dt / n_batches
+    steps = -(-TRAIN_CRYSTALS // batch_size)
+    return {"epoch_s": sum(parts.values()) * steps, **{f"{k}_s": v * steps for k, v in parts.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graphs", type=Path, help="graph file of the MP set (default: featurize it into a temp dir)")
+    parser.add_argument("--batches", type=int, default=30, help="timed steps per mode")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", default="naive,eager,compiled")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.graphs
+        if path is None:
+            if not SHARED.exists():
+                raise SystemExit(f"no data: {SHARED} is absent; pass --graphs FILE")
+            path = Path(tmp) / "mp.h5"
+            featurize(SHARED, path, jobs=-1)
+        graphs = GraphSet.load(path)
+    results = {mode: time_steps(graphs, mode, args.batches, args.batch_size) for mode in args.modes.split(",")}
+    base = results.get("naive", next(iter(results.values())))["epoch_s"]
+    print(f"SR-CGCNN-3, batch {args.batch_size}, {args.threads} threads, {args.batches} timed steps per mode")
+    print(f"{'mode':<10}{'s/epoch':>9}{'vs naive':>10}{'gather':>9}{'forward':>9}{'backward':>10}{'optim':>8}")
+    for mode, r in results.items():
+        print(f"{mode:<10}{r['epoch_s']:>9.1f}{base / r['epoch_s']:>9.2f}x{r['gather_s']:>9.1f}{r['forward_s']:>9.1f}"
+              f"{r['backward_s']:>10.1f}{r['optimizer_s']:>8.1f}")
+    out = Path(__file__).parent / "results" / "train.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "modes": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

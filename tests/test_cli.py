@@ -1,0 +1,289 @@
+"""The rest of the command line: featurize's exit codes and quiet mode, info, evaluate, models, and the
+promise that arguments or files that cannot be used end with one line on stderr and exit 2, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from screening_data import (
+    MAX_NBR,
+    RADIUS,
+    SRSCREEN,
+    assert_usage_error,
+    cli,
+    crystals,
+    one_thread,  # noqa: F401 - fixture
+    subprocess_env,
+    target_values,
+    write_json_db,
+    write_labels,
+)
+
+from srscreen.checkpoint import ModelFile
+from srscreen.shards import GraphFile
+from srscreen.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+BLANK = {"c00-004": "band_gap", "c00-011": "band_gap", "c00-017": "formation_energy_per_atom"}
+DROPPED = ("c00-002",)
+FEATURIZE = ["--radius", str(RADIUS), "--max-nbr", str(MAX_NBR), "-j", "1"]
+BROKEN_CIF = "data_broken\n_cell_length_a 3\nloop_\n_atom_site_label\nXx 0 0\n"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prototypes):
+    """A clean folder, the same with two unreadable files and a README, its graph file, two tiny models."""
+    root = tmp_path_factory.mktemp("cli")
+    items = crystals(prototypes)
+    clean = write_json_db(root / "clean", items)
+    messy = root / "messy"
+    shutil.copytree(clean, messy)
+    (messy / "broken.cif").write_text(BROKEN_CIF)
+    (messy / "bad.json").write_text("not a structure")
+    (messy / "README.txt").write_text("notes, not a structure\n")
+    graphs = root / "messy.h5"
+    result = cli("featurize", messy, graphs, *FEATURIZE, "--quiet")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    values = target_values(items)
+    labels = write_labels(root / "labels.csv", values, drop=DROPPED, blank=BLANK, extra=("elsewhere",))
+    models = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for target, name in (("formation_energy_per_atom", "ef"), ("band_gap", "eg")):
+        config = TrainConfig(target=target, atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=2)
+        train(graphs, labels, root / f"{name}.pt", config)
+        models[name] = root / f"{name}.pt"
+    torch.set_num_threads(before)
+    return {"root": root, "items": items, "values": values, "clean": clean, "messy": messy, "graphs": graphs,
+            "labels": labels, **models}
+
+
+# ---------------------------------------------------------------- featurize
+
+
+def test_featurize_strict_exits_0_when_nothing_failed(data, tmp_path):
+    result = cli("featurize", data["clean"], tmp_path / "clean.h5", *FEATURIZE, "--strict")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert result.stdout == ""
+    assert "featurized" in result.stderr  # the summary goes to stderr when not --quiet
+    with GraphFile(tmp_path / "clean.h5") as g:
+        assert len(g) == len(data["items"]) and g.failures() == []
+
+
+def test_featurize_failures_exit_0_without_strict_and_1_with_it(data, tmp_path):
+    result = cli("featurize", data["messy"], tmp_path / "a.h5", *FEATURIZE)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert "failed" in result.stderr and "srscreen info" in result.stderr
+    result = cli("featurize", data["messy"], tmp_path / "b.h5", *FEATURIZE, "--strict", "--quiet")
+    assert result.exit_code == 1
+    assert result.stderr == "" and result.stdout == ""
+    assert (tmp_path / "b.h5").exists()  # --strict reports; it does not withhold the file
+
+
+def test_featurize_strict_quiet_in_a_real_process(data, tmp_path):
+    """Nothing at all on stderr with --quiet, warnings of the readers included, and the exit code 1."""
+    proc = subprocess.run([*SRSCREEN, "featurize", str(data["messy"]), str(tmp_path / "m.h5"), *FEATURIZE, "--strict", "-q"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""
+
+
+# ---------------------------------------------------------------- info
+
+
+def test_info_json(data):
+    result = cli("info", data["graphs"], "--json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert isinstance(info["structures"], int) and info["structures"] == len(data["items"])
+    assert isinstance(info["failed"], list) and len(info["failed"]) == 2
+    for f in info["failed"]:
+        assert set(f) == {"id", "source", "reason"} and all(isinstance(v, str) and v for v in f.values())
+    by_id = {f["id"]: f for f in info["failed"]}
+    assert set(by_id) == {"broken", "bad"}
+    assert by_id["broken"]["source"].endswith("broken.cif") and by_id["bad"]["source"].endswith("bad.json")
+    assert info["settings"]["radius"] == RADIUS and info["settings"]["max_nbr"] == MAX_NBR
+    assert info["settings"]["policies"]["on_disorder"] == "fail"
+    assert [s["source"].endswith("README.txt") for s in info["skipped"]] == [True]
+    assert sum(info["shards"]) == info["structures"]
+
+
+def test_info_ids_one_per_line(data):
+    result = cli("info", data["graphs"], "--ids")
+    assert result.exit_code == 0, result.stderr
+    with GraphFile(data["graphs"]) as g:
+        assert result.stdout == "".join(i + "\n" for i in g.ids())
+    assert sorted(result.stdout.splitlines()) == sorted(id_ for id_, _ in data["items"])
+
+
+def test_info_table(data):
+    result = cli("info", data["graphs"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    assert "structures" in result.stdout and str(len(data["items"])) in result.stdout
+    assert "failures by reason" in result.stdout
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def predictions(data) -> dict[str, dict]:
+    result = cli("predict", data["graphs"], "--model", data["ef"], "--model", data["eg"], "--format", "jsonl", "-q")
+    assert result.exit_code == 0, result.stderr
+    return {r["id"]: r for r in map(json.loads, result.stdout.splitlines())}
+
+
+def numpy_metrics(data, target: str) -> dict:
+    column = ("formation_energy_per_atom", "band_gap").index(target)
+    pred = predictions(data)
+    pairs = [(pred[i][target], v[column]) for i, v in data["values"].items()
+             if i in pred and i not in DROPPED and BLANK.get(i) != target]
+    p, t = np.array(pairs).T
+    return {
+        "mae": np.mean(np.abs(p - t)),
+        "rmse": np.sqrt(np.mean((p - t) ** 2)),
+        "r2": 1 - np.sum((p - t) ** 2) / np.sum((t - t.mean()) ** 2),
+        "count": len(t),
+    }
+
+
+def test_evaluate_metrics_are_numpy_metrics_of_the_predictions(data):
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ef"], "--model", data["eg"],
+                 "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    got = json.loads(result.stdout)
+    assert set(got) == {"formation_energy_per_atom", "band_gap"}
+    for target, metrics in got.items():
+        want = numpy_metrics(data, target)
+        assert metrics["count"] == want["count"]
+        for k in ("mae", "rmse", "r2"):
+            assert metrics[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), (target, k)
+    n = len(data["items"]) - len(DROPPED)
+    assert got["band_gap"]["count"] == n - 2 and got["formation_energy_per_atom"]["count"] == n - 1
+
+
+def test_evaluate_table(data):
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ef"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    want = numpy_metrics(data, "formation_energy_per_atom")
+    assert f"{want['mae']:.4f}" in result.stdout and "eV/atom" in result.stdout
+
+
+def test_evaluate_parity_plot(data, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "parity.png"
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ef"], "--model", data["eg"],
+                 "--plot", png, "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(result.stdout)  # the metrics still come
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_models_lists_the_given_files(data):
+    result = cli("models", data["ef"], data["eg"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name, target, unit in (("ef", "formation_energy_per_atom", "eV/atom"), ("eg", "band_gap", "eV")):
+        m = ModelFile.load(data[name])
+        params = sum(p.numel() for p in m.build_model().parameters())
+        row = next(line for line in lines if target in line)
+        cells = [c.strip() for c in row.strip("│┃| ").split("│")]
+        assert str(data[name]) in cells[0]
+        assert cells[1:4] == [target, unit, "SR-CGCNN-3 (8)"]
+        assert cells[4] == f"{params:,}"
+        assert cells[5] == f"{m.training['test']['mae']:.4f}"
+
+
+# ---------------------------------------------------------------- unusable arguments
+
+
+def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
+    g, ef, eg, labels = data["graphs"], data["ef"], data["eg"], data["labels"]
+    ef_only = tmp_path / "ef-only.csv"
+    ef_only.write_text("id,formation_energy_per_atom\nc00-000,-1.0\n")
+    return [
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-disorder", "average"], ["--on-disorder", "average"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"], ["--on-isolated-atoms", "drop"]),
+        (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere"]),
+        (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1"]),
+        (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large"]),
+        (["predict", g, "--model", ef, "--where", "density>1"], ["density"]),
+        (["predict", g, "--model", ef, "--where", "density>1", "--shards", "1:1"], ["density"]),
+        (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"], ["formation_energy_per_atom<1e"]),
+        (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown"]),
+        (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt"]),
+        (["predict", g, "--model", labels], ["labels.csv"]),
+        (["predict", g, "--model", ef, "--model", ef], ["same target"]),
+        (["predict", g, "--model", ef, "--sort", "volume"], ["volume"]),
+        (["predict", g, "--model", ef, "--top", "0"], ["--top"]),
+        (["predict", g, "--model", ef, "--format", "xml"], ["xml"]),
+        (["predict", g, "--model", ef, "--shards", "3:1"], ["--shards"]),
+        (["predict", g, "--model", ef, "--shards", "0:99"], ["--shards"]),
+        (["predict", g, "--model", ef, "--shards", "a:b"], ["--shards"]),
+        (["predict", g, "--model", ef, "--device", "gpu"], ["gpu"]),
+        (["predict", g, "--model", ef, "-o", tmp_path / "no-dir" / "out.csv"], ["no-dir"]),
+        (["predict", tmp_path / "runs[old]" / "graphs.h5", "--model", ef], ["runs[old]"]),
+        (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]"]),
+        (["evaluate", g, "--labels", ef_only, "--model", eg], ["band_gap", "ef-only.csv"]),
+        (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv"]),
+        (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"], ["band_gap"]),
+        (["train", g, "--labels", labels, "--target", "band_gap", "-o", tmp_path / "m.pt", "--split", tmp_path / "s.csv"],
+         ["s.csv"]),
+        (["info", tmp_path / "absent.h5"], ["absent.h5"]),
+        (["models", tmp_path / "absent.pt"], ["absent.pt"]),
+        (["import-cgcnn", labels, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],
+         ["labels.csv"]),
+    ]
+
+
+CASES = [
+    "featurize-on-disorder", "featurize-on-isolated", "featurize-missing-source",
+    "where-operator", "where-words", "where-unknown-column", "where-unknown-column-no-shard", "where-not-a-number",
+    "unknown-model-name", "missing-model-file",
+    "not-a-model-file", "two-models-one-target", "sort-unknown", "top-zero", "format", "shards-reversed",
+    "shards-outside", "shards-words", "device", "out-in-missing-folder", "brackets-in-path", "markup-closing-tag",
+    "evaluate-labels-without-column", "evaluate-labels-missing", "train-labels-without-column", "train-split-missing",
+    "info-missing", "models-missing", "import-cgcnn-not-a-checkpoint",
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=CASES)
+def test_unusable_arguments_exit_2_with_one_line(data, tmp_path, case):
+    args, words = usage_cases(data, tmp_path)[case]
+    result = cli(*args, "--quiet") if args[0] in ("featurize", "predict") else cli(*args)
+    assert_usage_error(result, *words)
+    assert result.stdout == ""
+
+
+def test_wrong_labels_column_for_training_names_the_columns(data, tmp_path):
+    result = cli("train", data["graphs"], "--labels", data["labels"], "--target", "gap", "-o", tmp_path / "m.pt")
+    assert_usage_error(result, "'gap'", "band_gap", "formation_energy_per_atom")
+
+
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_one_line_and_no_traceback_in_a_real_process(data, tmp_path, command):
+    """The same promise outside the test runner, without --quiet: one line on a real stderr (no blank line
+    left by a progress display), exit 2. The errors arise while the progress display would be running."""
+    if command == "predict":
+        args = ["predict", str(data["graphs"]), "--model", str(data["ef"]), "--shards", "0:99"]
+        words = ["--shards 0:99"]
+    else:
+        args = ["train", str(data["graphs"]), "--labels", str(data["labels"]), "--target", "gap", "-o", str(tmp_path / "m.pt")]
+        words = ["'gap'", "band_gap"]
+    proc = subprocess.run([*SRSCREEN, *args], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:"), repr(proc.stderr)
+    for w in words:
+        assert w in proc.stderr
