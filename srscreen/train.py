@@ -299,6 +299,7 @@ def train(
                 bn.eval()
         t0 = time.perf_counter()
         loss_sum, n_seen = 0.0, 0
+        step = epoch * -(-len(split.train) // config.batch_size)  # global step, the same after a resume
         for b in batches(len(split.train), config.batch_size, np.random.default_rng([config.seed, epoch])):
             if len(b) < 2:
                 continue  # BatchNorm needs two crystals
@@ -309,7 +310,8 @@ def train(
             loss.backward()
             optimizer.step()
             if ema is not None:
-                _ema_update(ema, model, config.ema_decay)
+                _ema_update(ema, model, config.ema_decay, step)
+            step += 1
             loss_sum += loss.item() * len(b)
             n_seen += len(b)
         evaluated = ema if ema is not None else model
@@ -378,8 +380,13 @@ def _config_dict(config: TrainConfig) -> dict:
 
 
 @torch.no_grad()
-def _ema_update(ema: CrystalGraphNet, model: CrystalGraphNet, decay: float) -> None:
-    """Exponential moving average of the weights; BatchNorm statistics are copied, not averaged."""
+def _ema_update(ema: CrystalGraphNet, model: CrystalGraphNet, decay: float, step: int) -> None:
+    """Exponential moving average of the weights; BatchNorm statistics are copied, not averaged.
+
+    The decay ramps up as (1 + step) / (10 + step), so early averages do not drag the random
+    initialisation along for thousands of steps.
+    """
+    decay = min(decay, (1.0 + step) / (10.0 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers()):
