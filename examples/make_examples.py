@@ -4,7 +4,8 @@
 
 Lattice constants are rounded experimental values; the point is a realistic, varied little database
 (rock salt, caesium chloride, zinc blende, wurtzite, perovskite, fluorite, rutile, elements),
-written as CIF, POSCAR, pymatgen JSON, JSON lines and extxyz, plus one file that is not a structure.
+written as CIF, POSCAR, pymatgen JSON, JSON lines and extxyz, plus one file that is not a structure,
+and `labels.csv` (approximate MP values) for the fine-tuning walk-through.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ ZINC_BLENDE = {"GaAs": 5.65, "ZnS": 5.41, "SiC": 4.36, "InP": 5.87, "CdTe": 6.48
 WURTZITE = {"ZnO": (3.25, 5.21), "GaN": (3.19, 5.19), "AlN": (3.11, 4.98)}
 PEROVSKITE = {"SrTiO3": 3.905, "BaTiO3": 4.00, "KNbO3": 4.02, "CaZrO3": 4.02}
 FLUORITE = {"CaF2": 5.46, "CeO2": 5.41, "ZrO2": 5.07}
+# Approximate Materials Project (PBE) formation energies (eV/atom) and band gaps (eV), rounded:
+# labels for the fine-tuning walk-through, not reference data.
+LABELS = {
+    "NaCl": (-2.09, 5.0), "KCl": (-2.19, 5.0), "LiF": (-3.08, 8.7), "MgO": (-3.05, 4.45), "CaO": (-3.29, 3.6),
+    "NaF": (-2.98, 6.1), "SrTiO3": (-3.55, 1.8), "ZnO": (-1.78, 0.73), "GaN": (-0.66, 1.7), "AlN": (-1.60, 4.0),
+    "CaF2": (-4.10, 7.2), "TiO2": (-3.50, 1.8), "Cu": (0.0, 0.0), "Al": (0.0, 0.0), "Fe": (0.0, 0.0),
+    "W": (0.0, 0.0), "Si": (0.0, 0.61),
+}
 ELEMENTS = {"Fe": ("Im-3m", 2.87), "Cu": ("Fm-3m", 3.61), "Al": ("Fm-3m", 4.05), "W": ("Im-3m", 3.16)}
 
 
@@ -63,29 +72,38 @@ def build() -> dict[str, Structure]:
 
 
 def write(structures: dict[str, Structure]) -> None:
+    """Spread the structures over the formats; labels.csv uses the ids srscreen will give them."""
     if OUT.exists():
         shutil.rmtree(OUT)
     (OUT / "poscar" / "TiO2-rutile").mkdir(parents=True)
-    names = sorted(structures)
+    ids: dict[str, str] = {}
     lines, frames = [], []
-    for i, name in enumerate(names):
+    for i, name in enumerate(sorted(structures)):
         st = structures[name]
         kind = i % 5
         if name == "TiO2":
             Poscar(st).write_file(OUT / "poscar" / "TiO2-rutile" / "POSCAR")
+            ids[name] = "TiO2-rutile/POSCAR"
         elif name == "Si":
             Poscar(st).write_file(OUT / "poscar" / "Si.vasp")
+            ids[name] = "Si"
         elif kind in (0, 1):
             CifWriter(st, symprec=0.01 if kind == 1 else None).write_file(OUT / f"{name}.cif")
+            ids[name] = name
         elif kind == 2:
             (OUT / f"{name}.json").write_text(json.dumps(st.as_dict()))
+            ids[name] = name
         elif kind == 3:
-            lines.append(json.dumps({**st.as_dict(), "name": name}))
+            ids[name] = f"batch-a:{len(lines)}"
+            lines.append(json.dumps(st.as_dict()))
         else:
+            ids[name] = f"batch-b:{len(frames)}"
             frames.append(AseAtomsAdaptor.get_atoms(st))
     (OUT / "batch-a.jsonl").write_text("\n".join(lines) + "\n")
     ase_write(OUT / "batch-b.extxyz", frames, format="extxyz")
     (OUT / "README.txt").write_text("Example structures built by examples/make_examples.py (not a structure file).\n")
+    rows = [f"{ids[name]},{ef},{eg},{name}" for name, (ef, eg) in LABELS.items()]
+    (HERE / "labels.csv").write_text("id,formation_energy_per_atom,band_gap,formula\n" + "\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
