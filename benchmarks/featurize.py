@@ -1,20 +1,25 @@
 """Featurize benchmark: srscreen vs CGCNN's own data path on the shared MP CIFs, in one run.
 
-    python benchmarks/featurize.py [--data PATH] [--quick]
+    python benchmarks/featurize.py [--data PATH] [--quick] [--repeat N]
 
 Measures, on CIF file -> neighbour indices and distances:
   (a) ``srscreen.featurize.featurize`` (parse, graphs and the HDF5 file written to a temp dir) over
-      the whole set (or a fixed random subset with --quick) at 1 and 2 jobs: structures/s, µs/atom,
-      the 2-vs-1-job speed-up, and the CPU the parent process used (it should mostly wait);
+      the whole set (or a fixed random subset with --quick) at 1 and 2 jobs, N times each (fastest
+      kept): structures/s and µs/atom (wall), CPU seconds of all its processes and structures per
+      CPU-second, the 2-vs-1-job speed-up (wall, and from CPU time: what 2 free cores give), and the
+      parent process's share of the CPU (it should mostly wait);
   (b) CGCNN's path on a fixed random subset: ``Structure.from_file`` + ``get_all_neighbors(8)`` +
       sort each list by distance and keep 12 (cgcnn/data.py, without the Gaussian expansion that
       srscreen leaves to the device), one core; the ratio srscreen (1 job) / CGCNN, and the largest
       distance difference between the two graphs on that subset;
   (c) peak resident memory of a featurize run (2 jobs, fresh process) at two database sizes, to show
-      it does not grow with the database: the parent's, the largest worker's, and the sampled sum.
+      it does not grow with the database: the parent's and the largest worker's (VmHWM), and the
+      largest sum over the process tree (sampled every 50 ms).
 
 Absolute rates depend on the machine and on what else runs on it; ratios from one run are the figures
-to compare. Each worker pool is warmed up on a few files first, so pool start-up is not counted.
+to compare, and on a busy machine the CPU-time figures are the steadier ones (wall-clock rates there
+measure the share of the cores the run got). Each worker pool is warmed up on a few files first, so
+pool start-up is not counted.
 Results are printed as a table and written to benchmarks/results/featurize.json.
 """
 
@@ -25,7 +30,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -90,17 +94,6 @@ def _cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def tree_cpu(root: int) -> dict[int, float]:
@@ -208,18 +201,33 @@ def max_distance_difference(out: Path, reference: dict) -> tuple[float, int]:
 # ----------------------------------------------------------------------------- (c) peak memory
 
 
-def child_main(source: str, out: str, jobs: int) -> None:
-    """Run in a fresh process: featurize, shut the pool down, report peak RSS (KiB) as JSON."""
-    from joblib.externals.loky import get_reusable_executor
+def _status_kib(pid: int, field: str) -> int:
+    """A memory field of /proc/PID/status in KiB (0 when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
+
+def child_main(source: str, out: str, jobs: int) -> None:
+    """Run in a fresh process: featurize, then report peak RSS (MiB) of itself and its workers as JSON.
+
+    Peaks are VmHWM from /proc, which starts afresh at exec; getrusage's ru_maxrss does not (it keeps
+    the RSS the process had as a fork of its parent), so it would charge the benchmark's own memory.
+    """
     from srscreen.featurize import featurize
 
     summary = featurize(source, out, jobs=jobs, overwrite=True)
-    get_reusable_executor().shutdown(wait=True)  # reap the workers so RUSAGE_CHILDREN sees them
+    me = os.getpid()
+    workers = [_status_kib(pid, "VmHWM") for pid in _tree_pids(me) if pid != me]  # loky workers, still alive
     print(json.dumps({
         "structures": summary.structures,
-        "parent_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "largest_worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "parent_peak_mib": _status_kib(me, "VmHWM") / 1024,
+        "largest_worker_peak_mib": max(workers, default=0) / 1024,
     }))
 
 
@@ -233,7 +241,7 @@ def peak_rss(source: Path, out: Path, jobs: int) -> dict:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree_pids(proc.pid)))
+            peak[0] = max(peak[0], sum(_status_kib(p, "VmRSS") for p in _tree_pids(proc.pid)))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -22,6 +22,7 @@ from .checkpoint import ModelFile, ModelFileError, convert_cgcnn_checkpoint
 from .evaluate import evaluate
 from .predict import Condition, predict, write_ranking
 from .featurize import FeaturizeOptions, featurize
+from .merge import merge_rankings, write_merged
 from .registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from .train import TrainConfig, train
 from .graph import GraphSettings
@@ -53,7 +54,7 @@ def _reader_closed_stdout() -> None:
 
 @app.command("featurize")
 def featurize_cmd(
-    source: Path = typer.Argument(..., help="Folder, structure file, multi-structure file (.jsonl, .extxyz) or .tar/.zip archive."),
+    source: Path = typer.Argument(..., help="Folder, structure file, multi-structure file (.jsonl, .extxyz, entry dump .json[.gz|.bz2], ASE .db) or .tar/.zip archive."),
     out: Path = typer.Argument(..., help="Graph file to write (HDF5)."),
     radius: float = typer.Option(8.0, help="Neighbour cutoff radius in Å."),
     max_nbr: int = typer.Option(12, "--max-nbr", help="Neighbours kept per atom (nearest first)."),
@@ -64,6 +65,9 @@ def featurize_cmd(
     on_isolated_atoms: str = typer.Option("fail", help="Atoms with no neighbour within the radius: 'fail' or 'pad' (CGCNN padding)."),
     min_distance: float = typer.Option(0.5, help="Atoms closer than this (Å) are overlapping: a failure."),
     atom_features: Optional[Path] = typer.Option(None, help="Element feature table (CGCNN atom_init.json); default: srscreen's built-in table."),
+    id_key: Optional[str] = typer.Option(None, "--id-key", help="ASE databases: the row key that names each structure (default: <file stem>:<row id>)."),
+    backend: str = typer.Option("local", help="Where the workers run: 'local' processes or a 'dask' cluster (with --scheduler)."),
+    scheduler: Optional[str] = typer.Option(None, help="Address of the dask scheduler for --backend dask, e.g. tcp://head:8786."),
     overwrite: bool = typer.Option(False, help="Start over instead of resuming or keeping an existing file."),
     strict: bool = typer.Option(False, help="Exit 1 if any structure failed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
@@ -80,6 +84,7 @@ def featurize_cmd(
         max_atoms=max_atoms,
         on_disorder=on_disorder,
         shard_size=shard_size,
+        id_key=id_key,
     )
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
@@ -96,7 +101,7 @@ def featurize_cmd(
 
         try:
             summary = featurize(source, out, options=options, atom_features=atom_features, jobs=jobs,
-                                overwrite=overwrite, on_progress=report)
+                                overwrite=overwrite, on_progress=report, backend=backend, scheduler=scheduler)
         except USAGE_ERRORS as e:
             _fail(str(e))
     if not quiet:
@@ -350,6 +355,118 @@ def predict_cmd(
         sys.stdout.flush()
     except BrokenPipeError:
         _reader_closed_stdout()
+
+
+@app.command("merge")
+def merge_cmd(
+    parts: list[Path] = typer.Argument(..., help="Ranked tables written by `predict` (CSV, TSV or JSON lines), in shard order."),
+    top: Optional[int] = typer.Option(None, help="Keep the best K rows (memory O(K)); without it the parts must be ranked by --sort."),
+    sort: Optional[str] = typer.Option(None, help="Column to rank by; default: the first target column (predict's default)."),
+    desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+) -> None:
+    """Merge the rankings of several `predict --shards` runs (GPUs, nodes) into one global ranking."""
+    try:
+        ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc)
+        if out is not None:  # written whole or not at all
+            tmp = out.with_name(out.name + ".tmp")
+            try:
+                with tmp.open("w", newline="", encoding="utf-8") as stream:
+                    write_merged(ranked, stream)
+                tmp.replace(out)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        write_merged(ranked, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_closed_stdout()
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{out}: cannot write ({e.strerror or e})")
+
+
+def _range(option: str, text: Optional[str]) -> Optional[tuple[float, float]]:
+    """'A:B' (either side may be empty) as (min, max)."""
+    if text is None:
+        return None
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return (float(low) if low.strip() else -1e9, float(high) if high.strip() else 1e9)
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: write MIN:MAX, e.g. 0:0.05 or 1.5: (either side may be empty)") from None
+
+
+def _ids(values: list[str]) -> tuple[str, ...]:
+    """Material ids given inline (comma or space separated) or as files of ids, one per line."""
+    ids: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            ids += [line.split(",")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith(("#", "material_id"))]
+        else:
+            ids += [x for x in value.replace(",", " ").split() if x]
+    return tuple(ids)
+
+
+@app.command("fetch-mp")
+def fetch_mp_cmd(
+    out: Path = typer.Argument(..., help="Folder to write: structures/<material_id>.json, labels.csv, failures.csv."),
+    chemsys: list[str] = typer.Option([], help="Chemical system, repeatable: Li-Fe-O (exactly these elements), Si-*."),
+    elements: Optional[str] = typer.Option(None, help="Elements every material must contain, comma separated: Li,O."),
+    ids: list[str] = typer.Option([], "--ids", help="Material ids (mp-149,mp-13) or a file of ids, one per line; repeatable."),
+    stable: Optional[bool] = typer.Option(None, "--stable/--unstable", help="Only materials on (or off) the convex hull."),
+    energy_above_hull: Optional[str] = typer.Option(None, help="Range MIN:MAX in eV/atom, e.g. 0:0.05."),
+    band_gap: Optional[str] = typer.Option(None, help="Range MIN:MAX in eV, e.g. 1:3."),
+    formation_energy: Optional[str] = typer.Option(None, help="Range MIN:MAX of the formation energy in eV/atom."),
+    api_key: Optional[str] = typer.Option(None, help="Materials Project API key; default: $MP_API_KEY. Never printed."),
+    endpoint: Optional[str] = typer.Option(None, help="API address; default: mp-api's (https://api.materialsproject.org)."),
+    chunk_size: int = typer.Option(500, help="Materials per request."),
+    retries: int = typer.Option(5, help="Retries of a request on rate limits (429) and server errors (5xx)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Download structures with their formation energy and band gap from the Materials Project (mp-api).
+
+    Resumable: a second run downloads only what is missing. Then: `srscreen featurize OUT/structures
+    OUT.h5` and `srscreen finetune OUT.h5 --labels OUT/labels.csv ...`.
+    """
+    from .mp_fetch import MPFetchError, MPQuery, fetch_mp
+
+    try:
+        query = MPQuery(
+            chemsys=tuple(chemsys), elements=tuple(e.strip() for e in (elements or "").split(",") if e.strip()),
+            material_ids=_ids(ids), stable=stable,
+            energy_above_hull=_range("--energy-above-hull", energy_above_hull),
+            band_gap=_range("--band-gap", band_gap), formation_energy=_range("--formation-energy", formation_energy),
+        )
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    progress = Progress(SpinnerColumn(), TextColumn("fetching"), BarColumn(bar_width=None),
+                        TextColumn("{task.completed:,}/{task.total:,}"), TextColumn("[red]{task.fields[failed]} failed"),
+                        TimeElapsedColumn(), console=err, disable=_no_progress(quiet), transient=True)
+    with progress:
+        task = progress.add_task("fetch", total=None, failed=0)
+        try:
+            summary = fetch_mp(out, query, api_key=api_key, endpoint=endpoint, chunk_size=chunk_size, retries=retries,
+                               on_progress=lambda done, total, failed: progress.update(task, completed=done, total=total, failed=failed))
+        except USAGE_ERRORS as e:
+            _fail(str(e))
+        except MPFetchError as e:
+            _fail(str(e), code=1)
+    if not quiet:
+        table = Table(title=str(out), show_header=False)
+        table.add_row("matching the query", f"{summary.matched:,}")
+        table.add_row("downloaded now", f"{summary.fetched:,}")
+        table.add_row("already there", f"{summary.already:,}")
+        table.add_row("failed", f"{summary.failed:,}")
+        err.print(table)
+        for id_, reason in summary.failures[:5]:
+            err.print(f"  {escape(id_)}: {escape(reason)}", highlight=False)
+        err.print(f"next: srscreen featurize {out / 'structures'} OUT.h5", highlight=False)
 
 
 def _shard_range(text: Optional[str]) -> tuple[int, Optional[int]]:

@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, delayed
 
 from . import elements
+from .backends import check_backend, compute_backend
 from .graph import GraphBatch, GraphSettings, build_graphs
-from .readers import DisorderPolicy, Parsed, ParseFailure, detect_format, parse_bytes, parse_extxyz_frames, parse_jsonl_lines
+from .readers import (
+    DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
+    parse_extxyz_frames, parse_jsonl_lines,
+)
 from .shards import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
 from .sources import Item, Skipped, iter_inputs
 
@@ -43,6 +47,7 @@ class FeaturizeOptions:
     max_atoms: int = 1000
     on_disorder: DisorderPolicy = "fail"
     shard_size: int = 4096
+    id_key: str | None = None  # ASE databases: the row key that names each structure (default stem:<row id>)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ def reduced_formula(numbers: np.ndarray) -> str:
 def _parse_item(item: Item, policy: DisorderPolicy):
     if item.error is not None:
         return [ParseFailure(detect_format(item.name)[1], item.error)]
+    if item.last_frame is not None:  # a range of rows of an ASE database
+        return parse_ase_db_rows(item.path, detect_format(item.name)[1], item.first_frame, item.last_frame, item.id_key)
     if item.path is not None:
         try:
             with open(item.path, "rb") as fh:
@@ -120,6 +127,8 @@ def _parse_item(item: Item, policy: DisorderPolicy):
     text = item.data.decode("utf-8", errors="replace")
     if fmt == "jsonl":
         return parse_jsonl_lines(stem, text.splitlines(), item.first_frame, policy)
+    if fmt == "json":  # a chunk of a large entry dump
+        return parse_entry_chunk(stem, text, item.first_frame, policy)
     return parse_extxyz_frames(stem, text, item.first_frame)
 
 
@@ -181,6 +190,8 @@ def _graphs(structures: list, settings: GraphSettings) -> GraphBatch:
 def _unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str | None:
     if len(numbers) > max_atoms:
         return f"cell has {len(numbers)} atoms, more than --max-atoms {max_atoms}"
+    if numbers.max() < len(supported) and supported[numbers].all():  # the usual case, in 3 numpy calls
+        return None
     outside = numbers[(numbers >= len(supported)) | ~supported[np.minimum(numbers, len(supported) - 1)]]
     if outside.size:
         symbols = _element_info()[0]
@@ -259,10 +270,13 @@ def featurize(
     jobs: int = -1,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
+    backend: str = "local",
+    scheduler: str | None = None,
 ) -> FeaturizeSummary:
     """Featurize every structure under `source` into the graph file `out`, resuming an unfinished run.
 
     A complete `out` is left as it is (its summary is returned) unless `overwrite`.
+    `backend` "dask" runs the workers on the dask.distributed cluster at `scheduler` (see backends.py).
 
     `on_progress(structures, failed)` is called after each chunk with running totals.
     """
@@ -275,13 +289,16 @@ def featurize(
         "policies": json.dumps(
             {"max_atoms": options.max_atoms, "on_disorder": options.on_disorder,
              "on_isolated_atoms": options.graph.on_isolated_atoms, "min_distance": options.graph.min_distance,
-             "shard_size": options.shard_size},
+             "shard_size": options.shard_size,
+             # Only when set, so files written before the option existed still resume.
+             **({"id_key": options.id_key} if options.id_key is not None else {})},
             sort_keys=True,
         ),
         "source": str(Path(source).resolve()),
     }
     if not Path(source).exists():  # before OUT.partial is made: a mistyped source must not pin the run
         raise FileNotFoundError(f"{source}: no such file or folder")
+    check_backend(backend, scheduler)
     if overwrite and out.exists():
         out.unlink()
     if out.exists():
@@ -293,7 +310,7 @@ def featurize(
     resumed = state.n_structures + state.n_failed
 
     def pending() -> Iterator[Item]:
-        for entry in iter_inputs(source):
+        for entry in iter_inputs(source, id_key=options.id_key):
             if isinstance(entry, Skipped):
                 skipped.append((entry.source, entry.reason))
             elif entry.key not in state.done_keys:
@@ -303,7 +320,7 @@ def featurize(
     # Parts are written between tasks: a task of more files than shard_size would overfill the shard.
     task_items = max(1, min(ITEMS_PER_TASK, options.shard_size))
     tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in _chunks(pending(), task_items))
-    with parallel_config(n_jobs=jobs):
+    with compute_backend(backend, jobs=jobs, scheduler=scheduler):
         # In order: which of two inputs with the same id is "first" must not depend on worker timing.
         for result in Parallel(return_as="generator", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
             writer.add(result)

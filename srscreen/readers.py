@@ -11,6 +11,9 @@ Parsers, fastest that is correct first:
   ComputedStructureEntry), one per file, a list of them, or one per line (.jsonl): orjson + arrays.
 - POSCAR/CONTCAR/.vasp: pymatgen's Poscar.
 - extxyz: ASE; frames without a lattice are failures (a crystal graph needs periodicity).
+- ASE databases (.db): rows read by id range with ase.db; rows without a periodic cell are failures.
+- Entry dumps (lists of `ComputedStructureEntry` dicts): ids from `entry_id`, else the data dict's
+  `material_id`/`mat_id`; large dumps are cut into chunks by `sources` and parsed a chunk at a time.
 """
 
 from __future__ import annotations
@@ -28,14 +31,14 @@ from typing import Iterator, Literal
 import numpy as np
 import orjson
 
-Format = Literal["cif", "json", "jsonl", "poscar", "extxyz"]
+Format = Literal["cif", "json", "jsonl", "poscar", "extxyz", "asedb"]
 DisorderPolicy = Literal["fail", "majority"]
 
 _COMPRESSION = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}
 _COMPRESSION_SUFFIXES = tuple(_COMPRESSION)
 _SUFFIX_FORMAT: dict[str, Format] = {
     ".cif": "cif", ".mcif": "cif", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".vasp": "poscar", ".poscar": "poscar", ".extxyz": "extxyz", ".xyz": "extxyz",
+    ".vasp": "poscar", ".poscar": "poscar", ".extxyz": "extxyz", ".xyz": "extxyz", ".db": "asedb",
 }
 MULTI_STRUCTURE_FORMATS: frozenset[Format] = frozenset({"jsonl", "extxyz"})
 _OCCUPANCY_TOL = 1e-3
@@ -236,7 +239,7 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     for tag in _SG_NUMBER_TAGS:  # gemmi rejects a block whose space-group number is not an integer
         number = block.find_value(tag)
         if number is not None:
-            if number not in ("?", ".") and not number.isdigit():
+            if number not in ("?", ".") and not (number.isascii() and number.isdigit()):
                 return None
             break
     column = block.find_loop("_atom_site_fract_x")
@@ -248,7 +251,8 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if "_atom_site_label" not in tags or not all(t in tags for t in _SITE_COLUMNS):
         return None
     try:
-        params = [float(block.find_value(tag)) for tag in _CELL_TAGS]
+        cell = [block.find_value(tag) for tag in _CELL_TAGS]
+        params = [float(v) for v in cell]
         if not all(0.0 < v < math.inf for v in params):
             return None
         # The whole loop in one call, then columns by slicing: far cheaper than a Column per tag.
@@ -256,12 +260,15 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         ks, kx, ky, kz = (tags.index(t) for t in _SITE_COLUMNS)
         symbols = _symbol_numbers()
         numbers = np.array([symbols[v] for v in values[ks::width]], dtype=np.int64)
-        frac = np.array(values[kx::width] + values[ky::width] + values[kz::width], dtype=np.float64)
-        frac = np.ascontiguousarray(frac.reshape(3, -1).T)
-        if "_atom_site_occupancy" in tags:
-            occ = tags.index("_atom_site_occupancy")
-            if min(map(float, values[occ::width])) < 1.0 - _OCCUPANCY_TOL:
-                return None  # disorder: the policy decides, in the full path
+        coords = values[kx::width] + values[ky::width] + values[kz::width]
+        occupancies = values[tags.index("_atom_site_occupancy") :: width] if "_atom_site_occupancy" in tags else []
+        # Python's float() reads more than CIF numbers ('1_0', non-ASCII digits): those go to gemmi.
+        written = "".join(cell) + "".join(coords) + "".join(occupancies)
+        if not written.isascii() or "_" in written:
+            return None
+        frac = np.ascontiguousarray(np.array(coords, dtype=np.float64).reshape(3, -1).T)
+        if occupancies and min(map(float, occupancies)) < 1.0 - _OCCUPANCY_TOL:
+            return None  # disorder: the policy decides, in the full path
     except (KeyError, ValueError, TypeError):
         return None  # no cell value, not a plain element symbol or decimal number
     if not np.isfinite(frac).all():
@@ -341,17 +348,85 @@ def _element_number(element_class, symbol: str) -> int:
         raise ReadError(f"site without a chemical element ({symbol!r}: dummy or unknown species)") from None
 
 
+def entry_id(d: object, fallback: str) -> str:
+    """The id an entry gives itself: `entry_id`, else its data dict's `material_id` or `mat_id`
+    (Materials Project, Alexandria); `fallback` for a bare structure."""
+    if isinstance(d, dict):
+        value = d.get("entry_id")
+        if value in (None, "") and isinstance(d.get("data"), dict):
+            value = d["data"].get("material_id") or d["data"].get("mat_id")
+        if value not in (None, "") and isinstance(value, (str, int)):
+            return str(value)
+    return fallback
+
+
+def _loads(text: str | bytes):
+    """orjson, or the standard library for what only it reads (NaN and Infinity, which monty writes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        import json
+
+        return json.loads(text)
+
+
 def _parse_json(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
     try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError as e:
+        obj = _loads(text)
+    except ValueError as e:
         yield ParseFailure(stem, f"invalid JSON: {_one_line(e)}")
         return
+    if isinstance(obj, dict) and isinstance(obj.get("entries"), list):  # Alexandria's layout
+        obj = obj["entries"]
     if isinstance(obj, list):
         for i, d in enumerate(obj):
-            yield structure_from_dict(f"{stem}:{i}", d, policy)
+            yield structure_from_dict(entry_id(d, f"{stem}:{i}"), d, policy)
     else:
         yield structure_from_dict(stem, obj, policy)
+
+
+def parse_entry_chunk(stem: str, text: str, first: int, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
+    """Structures from a chunk of a large JSON list (a JSON array of its elements); elements are
+    numbered from `first` so ids without an entry id stay global."""
+    try:
+        elements = _loads(text)
+    except ValueError as e:
+        yield ParseFailure(f"{stem}:{first}", f"invalid JSON: {_one_line(e)}")
+        return
+    for i, d in enumerate(elements, start=first):
+        yield structure_from_dict(entry_id(d, f"{stem}:{i}"), d, policy)
+
+
+def parse_ase_db_rows(path: str, stem: str, first_id: int, last_id: int,
+                      id_key: str | None = None) -> Iterator[Parsed | ParseFailure]:
+    """Rows `first_id`..`last_id` of an ASE database; ids `stem:<row id>`, or the row's `id_key` value."""
+    import ase.db
+
+    try:
+        db = ase.db.connect(path, type="db", create_indices=False, use_lock_file=False)
+        rows = db.select(f"id>={first_id},id<={last_id}")
+        for row in rows:
+            name = f"{stem}:{row.id}"
+            try:
+                if id_key is not None:
+                    value = row.get(id_key)
+                    if value is None or value == "":
+                        raise ReadError(f"row {row.id} has no key {id_key!r} (--id-key)")
+                    name = str(value)
+                if not np.asarray(row.pbc).all():
+                    raise ReadError("row has no periodic cell (pbc must be true along a, b and c)")
+                cell = np.asarray(row.cell, dtype=np.float64)
+                try:
+                    frac = np.asarray(row.positions, dtype=np.float64) @ np.linalg.inv(cell)
+                except np.linalg.LinAlgError:
+                    raise ReadError("degenerate cell (singular lattice)") from None
+                yield _checked(name, cell, frac, row.numbers)
+            except ReadError as e:
+                yield ParseFailure(name, str(e))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                yield ParseFailure(name, f"unusable ASE row: {_one_line(e)}")
+    except Exception as e:  # noqa: BLE001 - sqlite and ase raise many types on a damaged file
+        yield ParseFailure(f"{stem}:{first_id}", f"unreadable ASE database: {_one_line(e)}")
 
 
 def parse_jsonl_lines(stem: str, lines: list[str], first: int, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -412,6 +487,9 @@ def _parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Pars
 def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iterator[Parsed | ParseFailure]:
     """Every structure in one file's content; the format comes from the name."""
     fmt, stem = detect_format(name)
+    if fmt == "asedb":  # SQLite needs a file on disk: sources hands plain .db files over by path and row range
+        yield ParseFailure(stem, "an ASE database is read only as a plain file (not compressed, not in an archive)")
+        return
     try:
         text = _text(decompress(name, data))
     except ReadError as e:

@@ -1,7 +1,8 @@
 """Find the structure inputs in a source, lazily: a folder tree, one file, or a tar/zip archive.
 
-The parent process only lists files (and reads archive members, which must be streamed in order)
-and cuts multi-structure files into chunks of frames; parsing happens in the workers. Every input
+The parent process only lists files (and reads archive members, which must be streamed in order),
+cuts multi-structure files into chunks of frames, large JSON entry dumps into chunks of entries and
+ASE databases into ranges of row ids; parsing happens in the workers. Every input
 gets a stable key, so a resumed run can skip what a killed run already finished, and every file
 that is not a structure is reported as skipped, so counts always reconcile.
 """
@@ -13,17 +14,24 @@ import gzip
 import io
 import lzma
 import os
+import sqlite3
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
+from urllib.parse import quote
 
+from .jsonstream import WholeDocument, iter_elements
 from .readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
 
 FRAMES_PER_ITEM = 256
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# JSON files from this size on are read as a stream of entries (dumps of millions of entries);
+# smaller ones go to a worker whole. Compressed files are compared after a typical 8x expansion.
+STREAM_JSON_BYTES = 32 << 20
+_COMPRESSION_RATIO = 8
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,9 @@ class Item:
     """One unit of work: a whole file, or a chunk of frames of a multi-structure file.
 
     `path` is set when the worker should read the file itself; otherwise `data` holds the bytes
-    (archive members) or the chunk's text (frames from `first_frame` on). `error` marks an input
+    (archive members) or the chunk's text (frames from `first_frame` on; for a JSON dump, a JSON
+    array of its entries). An ASE database chunk has `path` and the row ids `first_frame` to
+    `last_frame`, with the row key that names its structures in `id_key`. `error` marks an input
     that could not even be read here; the worker records it as a failure.
     """
 
@@ -42,6 +52,8 @@ class Item:
     data: bytes | None = None
     first_frame: int = 0
     error: str | None = None
+    last_frame: int | None = None
+    id_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,8 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-def iter_inputs(source: str | os.PathLike) -> Iterator[Item | Skipped]:
-    """Every input under `source`, in a deterministic order."""
+def iter_inputs(source: str | os.PathLike, *, id_key: str | None = None) -> Iterator[Item | Skipped]:
+    """Every input under `source`, in a deterministic order; `id_key` names ASE database rows."""
     root = Path(source)
     if root.is_dir():
         for dirpath, dirnames, filenames in os.walk(root):
@@ -67,30 +79,105 @@ def iter_inputs(source: str | os.PathLike) -> Iterator[Item | Skipped]:
             rel = folder.relative_to(root).as_posix()
             rel = "" if rel == "." else rel + "/"
             for filename in sorted(filenames):
-                yield from _file_inputs(prefix + filename, rel + filename, folder)
+                yield from _file_inputs(prefix + filename, rel + filename, folder, id_key)
     elif root.is_file():
-        yield from _file_inputs(str(root), root.name, root.parent)
+        yield from _file_inputs(str(root), root.name, root.parent, id_key)
     else:
         raise FileNotFoundError(f"{source}: no such file or folder")
 
 
-def _file_inputs(path: str, rel: str, folder: Path) -> Iterator[Item | Skipped]:
+def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None = None) -> Iterator[Item | Skipped]:
     """The inputs of one file: `path` is str(folder / name), `rel` its path under the source."""
     if is_archive(rel):
         yield from _archive_inputs(folder / rel.rpartition("/")[2])
         return
     fmt, _ = detect_format(rel)
+    suffix = os.path.splitext(path)[1].lower()
     if fmt is None:
         yield Skipped(path, "not a structure file (unknown extension)")
-    elif fmt in MULTI_STRUCTURE_FORMATS:
-        opener = _OPENERS.get(os.path.splitext(path)[1].lower(), open)
+    elif fmt == "asedb" and suffix not in _OPENERS:
+        yield from _ase_db_items(path, rel, id_key)
+    elif fmt in MULTI_STRUCTURE_FORMATS or (fmt == "json" and _is_large(path, suffix)):
+        opener = _OPENERS.get(suffix, open)
         try:
             with opener(path, "rb") as stream:
-                yield from _frame_items(path, rel, fmt, stream)
+                if fmt == "json":
+                    yield from _entry_items(path, rel, stream)
+                else:
+                    yield from _frame_items(path, rel, fmt, stream)
         except (OSError, EOFError, lzma.LZMAError) as e:
             yield Item(key=path, source=path, name=rel, error=f"unreadable: {e}")
     else:
         yield Item(key=path, source=path, name=rel, path=path)
+
+
+def _is_large(path: str, suffix: str, size: int | None = None) -> bool:
+    try:
+        size = os.stat(path).st_size if size is None else size
+    except OSError:
+        return False  # the worker reports why it cannot read the file
+    return size * (_COMPRESSION_RATIO if suffix in _OPENERS else 1) >= STREAM_JSON_BYTES
+
+
+def _entry_items(source: str, name: str, stream: BinaryIO) -> Iterator[Item]:
+    """Chunks of FRAMES_PER_ITEM entries of a JSON list, each chunk a JSON array; a file holding one
+    object is one whole item. A fault in the file ends it with a failure after the entries before it."""
+    text = io.TextIOWrapper(io.BufferedReader(_ForwardOnly(stream)), encoding="utf-8", errors="replace")
+    entries: list[str] = []
+    first = 0
+    try:
+        for element in iter_elements(text):
+            if isinstance(element, WholeDocument):  # held decompressed: named without the compression suffix
+                plain = name[: -len(os.path.splitext(name)[1])] if os.path.splitext(name)[1].lower() in _OPENERS else name
+                yield Item(key=source, source=source, name=plain, data=element.encode())
+                return
+            entries.append(element)
+            if len(entries) == FRAMES_PER_ITEM:
+                yield _entry_chunk(source, name, first, entries)
+                first += len(entries)
+                entries = []
+    except ValueError as e:
+        if entries:
+            yield _entry_chunk(source, name, first, entries)
+        n = first + len(entries)
+        where = f"after entry {n - 1}" if n else "before the first entry"
+        yield Item(key=f"{source}#{n}", source=source, name=name, error=f"{e} ({where})")
+        return
+    if entries:
+        yield _entry_chunk(source, name, first, entries)
+    elif first == 0:
+        yield Item(key=f"{source}#0", source=source, name=name, error="empty list: no structure")
+
+
+def _entry_chunk(source: str, name: str, first: int, entries: list[str]) -> Item:
+    data = ("[" + ",".join(entries) + "]").encode()
+    return Item(key=f"{source}#{first}", source=source, name=name, data=data, first_frame=first)
+
+
+def _ase_db_items(path: str, rel: str, id_key: str | None) -> Iterator[Item]:
+    """Ranges of FRAMES_PER_ITEM row ids of an ASE database (SQLite), listed in id order.
+
+    The ids come straight from ASE's `systems` table (~1 µs a row; ase.db's own select costs ~200 µs);
+    the rows themselves are read in the workers, with ase.db.
+    """
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    listed = 0
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            cursor = connection.execute("SELECT id FROM systems ORDER BY id")
+            while rows := cursor.fetchmany(FRAMES_PER_ITEM):
+                first, last = rows[0][0], rows[-1][0]
+                listed += len(rows)
+                yield Item(key=f"{path}#{first}", source=path, name=rel, path=path, first_frame=first,
+                           last_frame=last, id_key=id_key)
+        finally:
+            connection.close()
+    except sqlite3.Error as e:
+        yield Item(key=f"{path}#", source=path, name=rel, error=f"not a readable ASE database ({e})")
+        return
+    if listed == 0:
+        yield Item(key=f"{path}#", source=path, name=rel, error="empty ASE database: no rows")
 
 
 def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO) -> Iterator[Item]:
@@ -160,24 +247,27 @@ def _archive_inputs(path: Path) -> Iterator[Item | Skipped]:
                 for info in archive.infolist():
                     if not info.is_dir():
                         with archive.open(info) as member:
-                            yield from _member_inputs(path, info.filename, member)
+                            yield from _member_inputs(path, info.filename, member, info.file_size)
         else:
             with tarfile.open(path, "r|*") as archive:
                 for info in archive:
                     if info.isfile():
                         member = archive.extractfile(info)
                         if member is not None:
-                            yield from _member_inputs(path, info.name, member)
+                            yield from _member_inputs(path, info.name, member, info.size)
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError) as e:
         yield Item(key=f"{path}::", source=str(path), name=path.name, error=f"unreadable archive: {e}")
 
 
-def _member_inputs(archive: Path, member_name: str, member: BinaryIO) -> Iterator[Item | Skipped]:
+def _member_inputs(archive: Path, member_name: str, member: BinaryIO, size: int = 0) -> Iterator[Item | Skipped]:
     source = f"{archive}::{member_name}"
     fmt, _ = detect_format(member_name)
+    suffix = Path(member_name).suffix.lower()
     if fmt is None:
         yield Skipped(source, "not a structure file (unknown extension)")
-    elif fmt in MULTI_STRUCTURE_FORMATS and Path(member_name).suffix.lower() not in _OPENERS:
+    elif fmt in MULTI_STRUCTURE_FORMATS and suffix not in _OPENERS:
         yield from _frame_items(source, member_name, fmt, member)
+    elif fmt == "json" and suffix not in _OPENERS and _is_large(source, suffix, size):
+        yield from _entry_items(source, member_name, member)
     else:
         yield Item(key=source, source=source, name=member_name, data=member.read())

@@ -1,0 +1,61 @@
+"""The README's first command and the examples walk-through, as a new user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from screening_data import cli
+from srscreen.registry import DEFAULT_MODELS, pretrained_names
+from srscreen.shards import GraphFile
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("examples") / "examples.h5"
+    result = cli("featurize", EXAMPLES / "structures", out, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+def test_examples_featurize_completely(graphs):
+    with GraphFile(graphs) as g:
+        assert len(g) == 31
+        assert g.failures() == []
+        assert [s for s, _ in g.skipped()] == [str(EXAMPLES / "structures" / "README.txt")]
+        ids = set(g.ids())
+    labelled = {row["id"] for row in csv.DictReader((EXAMPLES / "labels.csv").open())}
+    assert labelled <= ids  # every label names a crystal the walk-through featurizes
+
+
+needs_pretrained = pytest.mark.skipif(
+    not set(DEFAULT_MODELS) <= set(pretrained_names()), reason="pretrained sr-cgcnn-ef/eg are not installed"
+)
+
+
+@needs_pretrained
+def test_readme_main_command_ranks_examples(graphs):
+    result = cli("predict", graphs, "--top", "10", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == ["rank", "id", "formula", "n_atoms", "formation_energy_per_atom", "band_gap"]
+    assert [int(r["rank"]) for r in rows] == list(range(1, 11))
+    energies = [float(r["formation_energy_per_atom"]) for r in rows]
+    assert energies == sorted(energies)
+
+
+@needs_pretrained
+def test_walkthrough_finetune_then_predict(graphs, tmp_path):
+    model = tmp_path / "my-ef.pt"
+    result = cli("finetune", graphs, "--labels", EXAMPLES / "labels.csv", "--target", "formation_energy_per_atom",
+                 "--from", "sr-cgcnn-ef", "-o", model, "--epochs", "2", "--batch-size", "8",
+                 "--val-fraction", "0.2", "--test-fraction", "0", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    result = cli("predict", graphs, "--model", model, "--model", "sr-cgcnn-eg", "--top", "5", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 6
