@@ -316,7 +316,8 @@ def predict_cmd(
     where: list[str] = typer.Option([], help="Filter, repeatable: 'band_gap>=1.0', 'n_atoms<50' (>= <= > < == !=)."),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    batch_atoms: int = typer.Option(16384, help="Atoms per batch on the device."),
+    batch_atoms: int = typer.Option(4096, help="Atoms per batch on the device."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~2.6x faster on CPU, ~10-60 s to compile); default: only for files of 50,000+ structures."),
     shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
@@ -340,7 +341,8 @@ def predict_cmd(
         with progress:
             task = progress.add_task("predict", total=total)
             ranking = predict(graphs, models, top=top, sort_by=sort, descending=desc, where=conditions, device=device,
-                              batch_atoms=batch_atoms, shards=span, on_shard=lambda n: progress.advance(task, n))
+                              batch_atoms=batch_atoms, shards=span, compile=compile,
+                              on_shard=lambda n: progress.advance(task, n))
     except USAGE_ERRORS as e:
         _fail(str(e))
     if out is not None:

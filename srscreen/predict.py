@@ -116,6 +116,29 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
         raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
 
 
+# Structures from which compiling pays back its one-off cost on CPU (~10-60 s against ~0.3 ms saved each).
+COMPILE_FROM = 50_000
+
+
+class _Compiled:
+    """A network through torch.compile, falling back to eager for good if compiling fails (no C++ compiler)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+        self.compiled = torch.compile(net, dynamic=True)
+
+    def __call__(self, batch) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(batch)
+            except Exception as e:  # noqa: BLE001 - inductor raises many types; eager gives the same numbers
+                import warnings
+
+                warnings.warn(f"torch.compile failed, predicting without it: {' '.join(str(e).split())[:200]}")
+                self.compiled = None
+        return self.net(batch)
+
+
 def _prefetch(shards: Iterator[Shard], depth: int = 2) -> Iterator[Shard]:
     """Read shards on a background thread (HDF5 I/O and decompression overlap with the model)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -161,14 +184,16 @@ def predict(
     descending: bool = False,
     where: list[Condition] = (),
     device: str = "auto",
-    batch_atoms: int = 16384,
+    batch_atoms: int = 4096,
     shards: tuple[int, int | None] = (0, None),
+    compile: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
 ) -> Ranking:
     """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
 
     `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
-    `on_shard(n_structures)` is called after each shard.
+    `on_shard(n_structures)` is called after each shard. `compile` runs the models through
+    torch.compile (~2.6x faster on CPU after a ~10-60 s one-off compile); None decides by file size.
     """
     if not models:
         raise ValueError("no model given")
@@ -189,7 +214,9 @@ def predict(
         n_shards = len(graphs.shard_names)
         if not (0 <= start <= (n_shards if stop is None else stop) <= n_shards):
             raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
-        nets = [m.build_model().to(dev).eval() for m in models]
+        if compile is None:
+            compile = len(graphs) >= COMPILE_FROM
+        nets = [_Compiled(m.build_model().to(dev).eval()) if compile else m.build_model().to(dev).eval() for m in models]
         parts: list[Ranking] = []
         with torch.inference_mode():
             for shard in _prefetch(graphs.iter_shards(start, stop)):

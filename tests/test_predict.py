@@ -312,3 +312,12 @@ def test_info_ids_into_head_exits_quietly(many):
     assert result.stderr == ""
     with GraphFile(many) as g:
         assert result.stdout == next(g.ids()) + "\n"
+
+
+def test_compiled_models_predict_what_eager_models_predict(data):
+    models = [ModelFile.load(data["ef"]), ModelFile.load(data["eg"])]
+    eager = predict(data["graphs"], models, compile=False, batch_atoms=64)
+    compiled = predict(data["graphs"], models, compile=True, batch_atoms=64)
+    assert compiled.ids == eager.ids
+    for target in eager.values:
+        np.testing.assert_allclose(compiled.values[target], eager.values[target], rtol=1e-4, atol=1e-5)
