@@ -8,9 +8,9 @@ trained on.
 
 Speed: CGCNN calls ``Structure.get_all_neighbors(radius)`` and sorts every list in Python. Here the
 neighbour search runs on raw arrays with pymatgen's compiled ``find_points_in_spheres``, first with
-a small radius that holds ~``max_nbr`` atoms at the crystal's density, and again with the full
-radius only for the atoms that found fewer than ``max_nbr``. Both passes return every neighbour
-within their radius, so the result is the same as a single full-radius search.
+a small radius that holds ~1.5 ``max_nbr`` atoms at the crystal's density, then at twice that and at
+the full radius only for the atoms that found fewer than ``max_nbr``. Every pass returns every
+neighbour within its radius, so the result is the same as a single full-radius search.
 `build_graphs` takes many structures at once: only the search runs per structure; the checks and
 the per-atom sort by distance run once over all their pairs, so numpy's per-call cost is paid once
 per batch instead of once per structure (it was half the time of a graph).
