@@ -28,6 +28,7 @@ from .readers import (
     DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
     parse_extxyz_frames, parse_jsonl_lines,
 )
+from .seen_ids import SeenIds
 from .shards import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
 from .sources import Item, Skipped, iter_inputs
 
@@ -209,7 +210,7 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 class _Writer:
     """Collects chunk results in the parent and writes a part file every `shard_size` records."""
 
-    def __init__(self, parts: Path, shard_size: int, seen_ids: dict[str, str], next_index: int) -> None:
+    def __init__(self, parts: Path, shard_size: int, seen_ids: SeenIds, next_index: int) -> None:
         self.parts, self.shard_size, self.seen_ids, self.index = parts, shard_size, seen_ids, next_index
         self.runs: list[GraphRecords] = []
         self.failures: list[Failure] = []
@@ -221,13 +222,11 @@ class _Writer:
     def add(self, result: ChunkResult) -> None:
         records = result.records
         keep = np.ones(len(records), dtype=bool)
-        for i, (id_, source) in enumerate(zip(records.ids, records.sources)):
-            first = self.seen_ids.get(id_)
+        firsts = self.seen_ids.add_all(records.ids, records.sources)
+        for i, (id_, source, first) in enumerate(zip(records.ids, records.sources, firsts)):
             if first is not None:
                 keep[i] = False
                 result.failures.append(Failure(id_, source, f"duplicate id (already featurized from {first})"))
-            else:
-                self.seen_ids[id_] = source
         if not keep.all():
             records = records.select(keep)
         self.runs.append(records)
@@ -243,6 +242,7 @@ class _Writer:
         if not self.keys:
             return
         write_part(self.parts, self.index, GraphRecords.concat(self.runs), self.failures, self.keys)
+        self.seen_ids.written(self.index)
         self.index += 1
         self.runs, self.failures, self.keys, self.buffered = [], [], [], 0
 

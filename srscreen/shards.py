@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .seen_ids import SeenIds
 
 FORMAT_NAME = "srscreen-graphs"
 SCHEMA_VERSION = 1
@@ -123,8 +124,8 @@ def _write_graphs(group: h5py.Group, records: GraphRecords) -> None:
 
 def write_part(parts: Path, index: int, records: GraphRecords, failures: list[Failure], done_keys: list[str]) -> None:
     """One shard's worth of results as its own file, renamed into place only once complete."""
-    final = parts / f"part-{index:06d}.h5"
-    tmp = parts / f"part-{index:06d}.h5.tmp"
+    final = part_path(parts, index)
+    tmp = final.with_name(final.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         if len(records):
             _write_graphs(f.create_group("graphs"), records)
@@ -142,30 +143,43 @@ def _strings(ds: h5py.Dataset) -> list[str]:
     return [s.decode("utf-8") if isinstance(s, bytes) else s for s in ds[()]]
 
 
+def part_path(parts: Path, index: int) -> Path:
+    return parts / f"part-{index:06d}.h5"
+
+
+def read_part_ids(parts: Path, index: int) -> tuple[list[str], list[str]]:
+    """The ids and sources of the structures in one part file."""
+    with h5py.File(part_path(parts, index), "r") as f:
+        if "graphs" not in f:
+            return [], []
+        return _strings(f["graphs/ids"]), _strings(f["graphs/sources"])
+
+
 @dataclass
 class PartsState:
     """What finished parts already hold: how a resumed run knows what to skip."""
 
     next_index: int
     done_keys: set[str]
-    seen_ids: dict[str, str]
+    seen_ids: SeenIds  # every id in the parts, to catch a later input with one of them
     n_structures: int
     n_failed: int
 
 
 def read_parts_state(parts: Path) -> PartsState:
-    state = PartsState(0, set(), {}, 0, 0)
+    state = PartsState(0, set(), SeenIds(lambda index: read_part_ids(parts, index)), 0, 0)
     for tmp in parts.glob("*.tmp"):
         tmp.unlink()  # a shard that was being written when the run was killed
     for path in sorted(parts.glob("part-*.h5")):
+        index = int(path.stem.split("-")[1])
         with h5py.File(path, "r") as f:
             state.done_keys.update(_strings(f["done_keys"]))
             if "graphs" in f:
-                ids, sources = _strings(f["graphs/ids"]), _strings(f["graphs/sources"])
-                state.seen_ids.update(zip(ids, sources))
+                ids = _strings(f["graphs/ids"])
+                state.seen_ids.load_part(index, ids)
                 state.n_structures += len(ids)
             state.n_failed += len(f["failures/id"])
-        state.next_index = max(state.next_index, int(path.stem.split("-")[1]) + 1)
+        state.next_index = max(state.next_index, index + 1)
     return state
 
 

@@ -509,3 +509,78 @@ def test_corrupt_archive_is_a_failure(database, tmp_path):
     assert set(reasons) == {"cut.tar.gz", "junk.zip"}, failures
     assert all("\n" not in r for r in reasons.values())
     assert_reconciles(summary, out)
+
+
+# --------------------------------------------------------------------------- duplicate ids at scale (seen_ids.py)
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["hashed", "every-hash-equal"])
+def test_seen_ids_gives_the_first_source_and_never_a_false_duplicate(monkeypatch, collide):
+    """A repeated id gives its first source whether the first is in the shard being filled, in a recent
+    part or in a merged one; with every id hashing alike (forced collisions) a new id is still new."""
+    from srscreen import seen_ids
+
+    monkeypatch.setattr(seen_ids, "MERGE_AT", 8)  # so that both sorted arrays are in use below
+    if collide:
+        monkeypatch.setattr(seen_ids, "id_hash", lambda id_: 0xDEADBEEF12345678)
+    files: dict[int, tuple[list[str], list[str]]] = {}
+    seen = seen_ids.SeenIds(lambda part: files[part])
+    for part in range(7):
+        ids = [f"id-{part}-{i}" for i in range(5)]
+        assert seen.add_all(ids, [f"src/{x}" for x in ids]) == [None] * 5
+        assert seen.add(ids[0], "again") == f"src/{ids[0]}", "a repeat within the shard being filled"
+        files[part] = (ids, [f"src/{x}" for x in ids])
+        seen.written(part)
+    assert len(seen.keys) == 30 and len(seen.recent) == 5
+    for part in range(7):
+        assert seen.add(f"id-{part}-3", "later") == f"src/id-{part}-3"
+    assert seen.add_all(["new-1", "new-2", "new-1"], ["n1", "n2", "n1 again"]) == [None, None, "n1"]
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["hashed", "every-hash-equal"])
+def test_duplicate_ids_across_a_resume_are_still_caught(prototypes, tmp_path, monkeypatch, collide):
+    """The first strained-0001 is written by a run that is interrupted; the resumed run meets the second."""
+    from srscreen import seen_ids
+    from srscreen.shards import read_part_ids
+
+    if collide:  # every id hashes alike: only the exact comparison with the part files tells them apart
+        monkeypatch.setattr(seen_ids, "id_hash", lambda id_: 7)
+    root = tmp_path / "in"
+    ids = write_strained_cifs(root / "a", prototypes, 8)
+    (root / "b").mkdir()
+    (root / "b" / "strained-0001.cif").write_text(cif_text(prototypes["Cu"]))
+    out = tmp_path / "graphs.h5"
+    interrupt_after_first_part(root, out, SMALL_SHARDS)
+    parts = partial_dir(out)
+    written = {i for p in parts.glob("part-*.h5") for i in read_part_ids(parts, int(p.stem.split("-")[1]))[0]}
+    assert "strained-0001" in written and len(written) < 8, "the first one is in a part of the interrupted run"
+
+    summary = featurize(root, out, options=SMALL_SHARDS, jobs=1)
+    assert summary.resumed > 0 and (summary.structures, summary.failed) == (8, 1)
+    with GraphFile(out) as f:
+        (failure,) = f.failures()
+        assert sorted(f.ids()) == ids
+    assert failure.id == "strained-0001" and failure.source == str(root / "b" / "strained-0001.cif")
+    assert failure.reason == f"duplicate id (already featurized from {root / 'a' / 'strained-0001.cif'})"
+    assert_reconciles(summary, out)
+
+
+def test_seen_ids_memory_per_id_is_small():
+    """10^6 written ids take 8 bytes each (the dict this replaced took ~200): 10^7 structures ~80 MB."""
+    import sys
+
+    from srscreen.seen_ids import SeenIds
+
+    per_part = 4000
+
+    def part_file(part):
+        ids = [f"mp-{part * per_part + i}" for i in range(per_part)]
+        return ids, [f"/data/{x}.cif" for x in ids]
+
+    seen = SeenIds(part_file)
+    for part in range(250):
+        seen.load_part(part, part_file(part)[0])
+    assert seen.nbytes == 8 * 10**6, "one uint64 per id"
+    rest = {name: value for name, value in vars(seen).items() if name not in ("keys", "recent")}
+    assert sum(map(sys.getsizeof, rest.values())) < 10_000, f"nothing else grows with the ids: {rest}"
+    assert seen.add("mp-123456", "x") == "/data/mp-123456.cif" and seen.add("mp-1000000", "x") is None
