@@ -111,11 +111,13 @@ class CrystalGraphNet(nn.Module):
     def _gaussians(self, distances: torch.Tensor) -> torch.Tensor:
         """CGCNN's GaussianDistance, exp(-(d - mu)^2 / step^2), expanded on the distances' device.
 
-        The exponent is floored at -80 (exp(-80) ~ 2e-35, zero for every later sum): exp of the large
-        negative exponents of far centres otherwise takes a slow underflow path on CPU.
+        The exponent is floored at -30 (exp(-30) ~ 1e-13, below CGCNN's own padding value exp(-25) and
+        nothing against the O(1) features): far centres would otherwise give float32 denormals, here
+        and in the gradients they scale, and denormal arithmetic is ~100x slower on x86 CPUs
+        (measured: a 2-3x slower training step).
         """
         exponent = (distances.unsqueeze(-1) - self.gaussian_centres).square_().div_(-(self.gaussian_step**2))
-        return exponent.clamp_(min=-80.0).exp_()
+        return exponent.clamp_(min=-30.0).exp_()
 
     @staticmethod
     def _mean_per_crystal(v: torch.Tensor, batch: GraphBatch) -> torch.Tensor:
