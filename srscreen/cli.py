@@ -256,7 +256,7 @@ def train_cmd(
     unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step: ~2.5x faster epochs after a one-off compile."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step: ~1.2x faster epochs on CPU after a one-off compile of about a minute."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
@@ -317,7 +317,7 @@ def predict_cmd(
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: int = typer.Option(4096, help="Atoms per batch on the device."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~2.6x faster on CPU, ~10-60 s to compile); default: only for files of 50,000+ structures."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (up to ~2x faster on CPU, ~10-60 s to compile); default: only for files of 50,000+ structures."),
     shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),

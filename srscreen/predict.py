@@ -193,7 +193,7 @@ def predict(
 
     `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
     `on_shard(n_structures)` is called after each shard. `compile` runs the models through
-    torch.compile (~2.6x faster on CPU after a ~10-60 s one-off compile); None decides by file size.
+    torch.compile (up to ~2x faster on CPU after a ~10-60 s one-off compile); None decides by file size.
     """
     if not models:
         raise ValueError("no model given")
@@ -206,7 +206,6 @@ def predict(
     for condition in where:  # before any work, and even when the chosen shards are empty
         if condition.column not in (*targets, "n_atoms"):
             raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*targets, 'n_atoms'])})")
-    torch.set_flush_denormal(True)  # see train.py: denormal Gaussian tails are ~2x slower on x86
     dev = pick_device(device)
     with GraphFile(graph_path) as graphs:
         check_compatible(graphs, models)

@@ -215,10 +215,8 @@ def train(
 
     Each epoch is checkpointed to OUT.ckpt and logged to OUT.log.jsonl; `resume` continues from the
     checkpoint after a kill. `compile` runs the training forward/backward through torch.compile
-    (fused kernels: ~2.5x faster epochs on CPU after a one-off compile of about a minute).
+    (fused kernels: measured 1.2x faster epochs on 2 CPU cores, after a one-off compile of about a minute).
     """
-    # Gaussian tails underflow into float32 denormals, which cost ~100 cycles each on x86: a 2x slower epoch.
-    torch.set_flush_denormal(True)
     check_config(config)
     out = Path(out)
     ckpt_path = out.with_name(out.name + ".ckpt")
