@@ -12,8 +12,12 @@ DEFAULT_MODELS = ("sr-cgcnn-ef", "sr-cgcnn-eg")
 
 
 def pretrained_dir() -> Path:
-    """Where the pretrained model files are installed (top-level `pretrained/` in the source tree)."""
-    return Path(str(resources.files("srscreen.pretrained")))
+    """Where the pretrained model files are: installed as `srscreen.pretrained`, or, when srscreen is
+    imported from a source checkout (its top-level `pretrained/` is only mapped in at install), there."""
+    try:
+        return Path(str(resources.files("srscreen.pretrained")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "pretrained"
 
 
 def pretrained_names() -> list[str]:
