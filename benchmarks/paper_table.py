@@ -62,15 +62,15 @@ def split_file(graphs: Path, labels: Path) -> Path:
 
 
 def run(graphs: Path, labels: Path, split: Path, *, shared: bool, steps: int, target: str, seed: int,
-        epochs: int, threads_note: str) -> dict:
+        epochs: int, compile: bool, note: str) -> dict:
     name = run_name(shared, steps, target, seed)
     out = RUNS / f"{name}.pt"
     if not out.exists():
         print(f"running {name} ({epochs} epochs)", flush=True)
         config = TrainConfig(target=target, steps=steps, shared=shared, epochs=epochs, batch_size=256, lr=1e-3,
                              loss="mse", schedule="multistep", milestones=(int(0.8 * epochs),), seed=seed)
-        train(graphs, labels, out, config, split_file=split, resume=True, compile=True,
-              command=f"python benchmarks/paper_table.py ({threads_note})")
+        train(graphs, labels, out, config, split_file=split, resume=True, compile=compile,
+              command=f"python benchmarks/paper_table.py {note} --epochs {epochs}")
     model = ModelFile.load(out)
     log = [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
     conv = model.build_model().conv_parameter_count()
@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--graphs", type=Path, default=RUNS / "mp.h5")
     parser.add_argument("--labels", type=Path, default=SHARED / "labels.csv")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile the training steps (default on)")
     args = parser.parse_args()
     if args.what == "report":
         report(finished())
@@ -158,7 +160,7 @@ def main() -> None:
     runs = {r["name"]: r for r in finished()}
     for shared, steps, target, seed in plan(args.what):
         r = run(args.graphs, args.labels, split, shared=shared, steps=steps, target=target, seed=seed,
-                epochs=args.epochs, threads_note=args.what)
+                epochs=args.epochs, compile=args.compile, note=args.what)
         runs[r["name"]] = r
         save(list(runs.values()), args.epochs)
     report(list(runs.values()))

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -201,7 +201,10 @@ def _unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str
     return None
 
 
-def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+T = TypeVar("T")
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
@@ -310,11 +313,12 @@ def featurize(
     resumed = state.n_structures + state.n_failed
 
     def pending() -> Iterator[Item]:
-        for entry in iter_inputs(source, id_key=options.id_key):
-            if isinstance(entry, Skipped):
-                skipped.append((entry.source, entry.reason))
-            elif entry.key not in state.done_keys:
-                yield entry
+        # In batches of a task's size: one numpy lookup per batch in the compact done keys.
+        for batch in _chunks(iter_inputs(source, id_key=options.id_key), ITEMS_PER_TASK):
+            skipped.extend((x.source, x.reason) for x in batch if isinstance(x, Skipped))
+            items = [x for x in batch if not isinstance(x, Skipped)]
+            done = state.done_keys.contains_all([x.key for x in items])
+            yield from (item for item, finished in zip(items, done) if not finished)
 
     supported = elements.supported_numbers(table)
     # Parts are written between tasks: a task of more files than shard_size would overfill the shard.

@@ -9,6 +9,9 @@ A key hit is confirmed by comparing the id with the ids of that part file, read 
 duplicate costs one part read (the last part read is kept, so a run of duplicates reads each part
 once), and two different ids with one hash (a lookup meets another id's hash about once in
 2^HASH_BITS / n: ~50 extra part reads over 10^7 structures) never make a duplicate.
+
+`PartKeys` is the query-only half (the sorted keys and the confirming read), also used for the input
+keys a resumed run skips (`done_keys`): there a hash collision must never skip an unfinished input.
 """
 
 from __future__ import annotations
@@ -45,24 +48,80 @@ def _hits(keys: np.ndarray, prefix: np.ndarray) -> np.ndarray:
     return (keys[at] >> PART_BITS) == prefix
 
 
-class SeenIds:
-    """`add` ids as the writer keeps them; `written(part)` once they are in that part file.
+class PartKeys:
+    """Which strings the part files hold, in 8 bytes per string; a hash hit is confirmed by an exact read.
 
-    `read_part(part)` returns the (ids, sources) of the structures in part file `part`.
+    `read_part(part)` returns part file `part`'s strings and a value for each (for SeenIds the ids and
+    their sources), read only on a hash hit, so a collision never reports a string that is not there.
     """
 
     def __init__(self, read_part: Callable[[int], tuple[list[str], list[str]]]) -> None:
         self.read_part = read_part
         self.keys = np.zeros(0, np.uint64)  # sorted (hash prefix, part) keys
         self.recent = np.zeros(0, np.uint64)  # the same for the latest parts, merged into keys in bulk
-        self.pending: dict[str, str] = {}  # id -> source: kept, not in a part file yet
-        self.pending_hashes: list[int] = []
-        self._cached: tuple[int, dict[str, str]] = (-1, {})  # the last part file read: id -> source
+        self._cached: tuple[int, dict[str, str]] = (-1, {})  # the last part file read: string -> value
 
     @property
     def nbytes(self) -> int:
-        """Memory of the written ids' keys (the pending ids are one shard's worth)."""
+        """Memory of the keys: all that grows with the number of strings."""
         return self.keys.nbytes + self.recent.nbytes
+
+    def __contains__(self, string: str) -> bool:
+        return self.contains_all([string])[0]
+
+    def contains_all(self, strings: list[str]) -> list[bool]:
+        """`string in self` for each (the array lookups done in one numpy call)."""
+        if not self.nbytes:  # a fresh run: nothing to hash
+            return [False] * len(strings)
+        hashes = [id_hash(s) for s in strings]
+        return [hit and self._first_written(s, h) is not None for s, h, hit in zip(strings, hashes, self._hit_list(hashes))]
+
+    def load_part(self, part: int, strings: list[str]) -> None:
+        """The strings that part file `part`, written by an earlier run, holds (resuming)."""
+        self._record(part, [id_hash(i) for i in strings])
+
+    def _hit_list(self, hashes: list[int]) -> list[bool]:
+        """Whether each hash's prefix is in the keys: a miss is certain, a hit still to be confirmed."""
+        prefix = np.array(hashes, dtype=np.uint64) >> PART_BITS
+        return (_hits(self.keys, prefix) | _hits(self.recent, prefix)).tolist()
+
+    def _record(self, part: int, hashes: list[int]) -> None:
+        if part > PART_MASK:
+            raise ValueError(f"more than {PART_MASK + 1} part files: use a larger shard size")
+        new = (np.array(hashes, dtype=np.uint64) >> PART_BITS << PART_BITS) | np.uint64(part)
+        new.sort()
+        self.recent = _merged(self.recent, new)
+        if len(self.recent) >= max(MERGE_AT, len(self.keys) >> 5):
+            self.keys, self.recent = _merged(self.keys, self.recent), np.zeros(0, np.uint64)
+
+    def _first_written(self, id_: str, h: int) -> str | None:
+        """The value of `id_` in the part files, or None: its hash prefix is absent, or there for another string."""
+        if (cached := self._cached[1].get(id_)) is not None:
+            return cached  # an exact match, and the usual one: resumed inputs come in part order
+        low = np.uint64(h >> PART_BITS << PART_BITS)
+        parts = []
+        for keys in (self.keys, self.recent):
+            found = keys[np.searchsorted(keys, low) : np.searchsorted(keys, low | np.uint64(PART_MASK), "right")]
+            parts += (found & np.uint64(PART_MASK)).tolist()
+        for part in parts:
+            if self._cached[0] != part:
+                self._cached = (part, dict(zip(*self.read_part(part))))
+            source = self._cached[1].get(id_)
+            if source is not None:
+                return source
+        return None
+
+
+class SeenIds(PartKeys):
+    """`add` ids as the writer keeps them; `written(part)` once they are in that part file.
+
+    `read_part(part)` returns the (ids, sources) of the structures in part file `part`.
+    """
+
+    def __init__(self, read_part: Callable[[int], tuple[list[str], list[str]]]) -> None:
+        super().__init__(read_part)
+        self.pending: dict[str, str] = {}  # id -> source: kept, not in a part file yet
+        self.pending_hashes: list[int] = []
 
     def add(self, id_: str, source: str) -> str | None:
         """Keep `id_` (from `source`), or, if it was kept before, the source it was first kept from."""
@@ -71,10 +130,8 @@ class SeenIds:
     def add_all(self, ids: list[str], sources: list[str]) -> list[str | None]:
         """`add` each in turn (the array lookups done in one numpy call)."""
         hashes = [id_hash(i) for i in ids]
-        prefix = np.array(hashes, dtype=np.uint64) >> PART_BITS
-        hits = (_hits(self.keys, prefix) | _hits(self.recent, prefix)).tolist()
         firsts: list[str | None] = []
-        for id_, source, h, hit in zip(ids, sources, hashes, hits):
+        for id_, source, h, hit in zip(ids, sources, hashes, self._hit_list(hashes)):
             first = self.pending.get(id_)
             if first is None and hit:
                 first = self._first_written(id_, h)
@@ -88,31 +145,3 @@ class SeenIds:
         """The ids added since the last call are now in part file `part`."""
         self._record(part, self.pending_hashes)
         self.pending, self.pending_hashes = {}, []
-
-    def load_part(self, part: int, ids: list[str]) -> None:
-        """Ids that part file `part`, written by an earlier run, holds (resuming)."""
-        self._record(part, [id_hash(i) for i in ids])
-
-    def _record(self, part: int, hashes: list[int]) -> None:
-        if part > PART_MASK:
-            raise ValueError(f"more than {PART_MASK + 1} part files: use a larger shard size")
-        new = (np.array(hashes, dtype=np.uint64) >> PART_BITS << PART_BITS) | np.uint64(part)
-        new.sort()
-        self.recent = _merged(self.recent, new)
-        if len(self.recent) >= max(MERGE_AT, len(self.keys) >> 5):
-            self.keys, self.recent = _merged(self.keys, self.recent), np.zeros(0, np.uint64)
-
-    def _first_written(self, id_: str, h: int) -> str | None:
-        """The source of `id_` in the part files, or None: its hash prefix is there, but for another id."""
-        low = np.uint64(h >> PART_BITS << PART_BITS)
-        parts = []
-        for keys in (self.keys, self.recent):
-            found = keys[np.searchsorted(keys, low) : np.searchsorted(keys, low | np.uint64(PART_MASK), "right")]
-            parts += (found & np.uint64(PART_MASK)).tolist()
-        for part in parts:
-            if self._cached[0] != part:
-                self._cached = (part, dict(zip(*self.read_part(part))))
-            source = self._cached[1].get(id_)
-            if source is not None:
-                return source
-        return None

@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .seen_ids import SeenIds
+from .seen_ids import PartKeys, SeenIds
 
 FORMAT_NAME = "srscreen-graphs"
 SCHEMA_VERSION = 1
@@ -155,25 +155,33 @@ def read_part_ids(parts: Path, index: int) -> tuple[list[str], list[str]]:
         return _strings(f["graphs/ids"]), _strings(f["graphs/sources"])
 
 
+def read_part_done_keys(parts: Path, index: int) -> tuple[list[str], list[str]]:
+    """The input keys one part file finished, twice: PartKeys' (strings, values) with each key its own value."""
+    with h5py.File(part_path(parts, index), "r") as f:
+        keys = _strings(f["done_keys"])
+    return keys, keys
+
+
 @dataclass
 class PartsState:
     """What finished parts already hold: how a resumed run knows what to skip."""
 
     next_index: int
-    done_keys: set[str]
+    done_keys: PartKeys  # `key in done_keys`: 8 bytes per key, not a set of ~150-byte paths (10^7 inputs)
     seen_ids: SeenIds  # every id in the parts, to catch a later input with one of them
     n_structures: int
     n_failed: int
 
 
 def read_parts_state(parts: Path) -> PartsState:
-    state = PartsState(0, set(), SeenIds(lambda index: read_part_ids(parts, index)), 0, 0)
+    done_keys = PartKeys(lambda index: read_part_done_keys(parts, index))
+    state = PartsState(0, done_keys, SeenIds(lambda index: read_part_ids(parts, index)), 0, 0)
     for tmp in parts.glob("*.tmp"):
         tmp.unlink()  # a shard that was being written when the run was killed
     for path in sorted(parts.glob("part-*.h5")):
         index = int(path.stem.split("-")[1])
         with h5py.File(path, "r") as f:
-            state.done_keys.update(_strings(f["done_keys"]))
+            state.done_keys.load_part(index, _strings(f["done_keys"]))
             if "graphs" in f:
                 ids = _strings(f["graphs/ids"])
                 state.seen_ids.load_part(index, ids)
