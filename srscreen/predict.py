@@ -184,7 +184,7 @@ def predict(
     descending: bool = False,
     where: list[Condition] = (),
     device: str = "auto",
-    batch_atoms: int = 4096,
+    batch_atoms: int = 1024,
     shards: tuple[int, int | None] = (0, None),
     compile: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
