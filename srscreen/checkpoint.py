@@ -138,6 +138,8 @@ class ModelFile:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file then rename): a crash never leaves a half-written model."""
         path = Path(path)
+        if not path.parent.is_dir():
+            raise ModelFileError(f"{path}: folder {path.parent} does not exist")
         payload = {"schema_version": SCHEMA_VERSION, **_plain(self._payload(), "model file")}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

@@ -32,7 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="High-through
 err = Console(stderr=True)
 
 # Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback.
-USAGE_ERRORS: tuple[type[Exception], ...] = (ShardFileError, ModelFileError, FileExistsError, FileNotFoundError, ValueError)
+USAGE_ERRORS: tuple[type[Exception], ...] = (ShardFileError, ModelFileError, OSError, ValueError)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -34,6 +34,8 @@ class GraphSet:
         with GraphFile(path) as graphs:
             shards = list(graphs.iter_shards())
             settings, table_id = graphs.graph_settings, str(graphs.attrs["feature_table_id"])
+        if not shards:
+            raise ValueError(f"{path}: no featurized structures to train on")
         n_atoms = np.concatenate([s.n_atoms for s in shards]).astype(np.int64)
         return cls(
             ids=[i for s in shards for i in s.ids],

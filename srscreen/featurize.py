@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -133,6 +133,22 @@ def _parse_item(item: Item, policy: DisorderPolicy):
     return parse_extxyz_frames(stem, text, item.first_frame)
 
 
+def _parsed_or_failure(item: Item, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
+    """Every structure of an input, and a failure when it holds none or a parser breaks: an input is
+    never dropped without a record, and one bad file never stops its chunk."""
+    stem = detect_format(item.name)[1]
+    found = False
+    try:
+        for parsed in _parse_item(item, policy):
+            found = True
+            yield parsed
+    except Exception as e:  # noqa: BLE001 - a parser bug on one file must not lose the others
+        yield ParseFailure(stem, f"cannot read: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        return
+    if not found:
+        yield ParseFailure(stem, "no structure in file")
+
+
 def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.ndarray) -> ChunkResult:
     """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent.
 
@@ -142,7 +158,7 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
     todo: list[tuple[str, Parsed]] = []  # (source, structure) waiting for its graph
     outcome: list[Failure | int] = []  # per structure, in input order: a failure or an index in todo
     for item in items:
-        for parsed in _parse_item(item, options.on_disorder):
+        for parsed in _parsed_or_failure(item, options.on_disorder):
             if isinstance(parsed, ParseFailure):
                 outcome.append(Failure(parsed.id, item.source, parsed.reason))
                 continue

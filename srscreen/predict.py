@@ -94,6 +94,8 @@ def pick_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r}: write auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -163,7 +165,7 @@ def _prefetch(shards: Iterator[Shard], depth: int = 2) -> Iterator[Shard]:
 def predict_shard(shard: Shard, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
                   batch_atoms: int) -> dict[str, np.ndarray]:
     """Every model's prediction (in its unit) for every crystal of one shard."""
-    out = {m.target: np.empty(len(shard.ids), dtype=np.float64) for m in models}
+    outputs: dict[str, list[torch.Tensor]] = {m.target: [] for m in models}
     starts = np.concatenate([[0], np.cumsum(shard.n_atoms)])
     cuda = device.type == "cuda"
     for run in pack_by_atoms(shard.n_atoms, batch_atoms):
@@ -171,8 +173,8 @@ def predict_shard(shard: Shard, nets: list[torch.nn.Module], models: list[ModelF
         batch = collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
         batch = (batch.pin_memory() if cuda else batch).to(device, non_blocking=cuda)
         for net, m in zip(nets, models):
-            out[m.target][run] = m.denormalise(net(batch)).double().cpu().numpy()
-    return out
+            outputs[m.target].append(net(batch))  # stays on the device: no sync until the shard is done
+    return {m.target: m.denormalise(torch.cat(outputs[m.target]).cpu().double()).numpy() for m in models}
 
 
 def predict(

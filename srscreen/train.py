@@ -219,6 +219,8 @@ def train(
     """
     check_config(config)
     out = Path(out)
+    if not out.parent.is_dir():
+        raise ValueError(f"{out}: folder {out.parent} does not exist")
     ckpt_path = out.with_name(out.name + ".ckpt")
     log_path = out.with_name(out.name + ".log.jsonl")
     graphs = GraphSet.load(graph_path)

@@ -640,3 +640,15 @@ def test_done_keys_memory_per_key_is_small(tmp_path):
     assert state.done_keys.nbytes == 8 * 10**6 < 20 * 10**6, "one uint64 per key"
     assert retained < 20 * 10**6, f"{retained / 10**6:.1f} bytes per done key"
     assert keys(7)[123] in state.done_keys and "/data/materials-project/cifs/007/mp-1.cif" not in state.done_keys
+
+
+def test_inputs_holding_no_structure_are_failures_not_lost(tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "empty-list.json").write_text("[]")
+    (db / "comment-only.cif").write_text("# a CIF with no data block\n")
+    summary = featurize(db, tmp_path / "out.h5", jobs=1)
+    assert (summary.structures, summary.failed, summary.skipped) == (0, 2, 0)
+    with GraphFile(tmp_path / "out.h5") as g:
+        assert sorted((f.id, f.reason) for f in g.failures()) == [
+            ("comment-only", "no structure in file"), ("empty-list", "no structure in file")]
