@@ -11,7 +11,6 @@ from typing import Iterator, Literal
 
 from joblib import parallel_config
 
-Backend = Literal["local", "dask"]
 BACKENDS: tuple[str, ...] = ("local", "dask")
 
 

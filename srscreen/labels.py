@@ -50,14 +50,6 @@ def read_labels(path: str | Path, target: str) -> dict[str, float]:
     return labels
 
 
-def label_columns(path: str | Path) -> list[str]:
-    """The target columns a labels file offers (all but the id column)."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    id_col = next((header.index(c) for c in ID_COLUMNS if c in header), 0)
-    return [h for i, h in enumerate(header) if i != id_col]
-
-
 def match(ids: list[str], labels: dict[str, float]) -> Matched:
     """Pair graph ids with labels; unmatched ids on either side and non-finite labels are counted, not guessed."""
     index = {id_: i for i, id_ in enumerate(ids)}

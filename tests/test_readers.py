@@ -288,7 +288,7 @@ def disordered(prototypes):
 
 @pytest.mark.parametrize("name, write", [("dis.cif", cif_text), ("dis.json", lambda s: json.dumps(s.as_dict()))])
 def test_disordered_site_fails_unless_majority_policy(prototypes, name, write):
-    from pymatgen.core import Lattice, Structure
+    from pymatgen.core import Structure
 
     s = disordered(prototypes)
     assert_failure(parse_one(name, write(s)), "disordered", "majority")
