@@ -7,7 +7,7 @@ tasks go out, results stream back in input order to the one writer in this proce
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Iterator
 
 from joblib import parallel_config
 
