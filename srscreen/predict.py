@@ -22,7 +22,7 @@ import torch
 
 from .batch import collate, pack_by_atoms
 from .checkpoint import ModelFile
-from .shards import GraphFile, Shard, ShardFileError
+from .shards import GraphFile, Shard, ShardFileError, settings_differ
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
@@ -102,8 +102,8 @@ def pick_device(name: str) -> torch.device:
 def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
     """Refuse graphs built with other settings or another element table than a model was trained on."""
     for m in models:
-        want = {k: m.graph_settings[k] for k in ("radius", "max_nbr")}
-        if want != graphs.graph_settings:
+        want = m.graph_settings
+        if settings_differ(want, graphs.graph_settings):
             raise ShardFileError(
                 f"{graphs.path} has graphs built with {graphs.graph_settings}, but model {m.source} expects {want}; "
                 f"featurize again with --radius {want['radius']} --max-nbr {want['max_nbr']}"

@@ -226,6 +226,12 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
     shutil.rmtree(parts)
 
 
+def settings_differ(expected: dict, actual: dict) -> bool:
+    """Whether graphs with `actual` settings differ from what a model `expected`, on the keys the model
+    records (model files from before a key existed, or converted CGCNN ones, do not constrain it)."""
+    return any(actual.get(k) != v for k, v in expected.items())
+
+
 @dataclass(frozen=True)
 class Shard:
     """One shard's arrays in memory (CSR: per-structure n_atoms, per-atom rows)."""
@@ -273,7 +279,9 @@ class GraphFile:
 
     @property
     def graph_settings(self) -> dict:
-        return {"radius": float(self.attrs["radius"]), "max_nbr": int(self.attrs["max_nbr"])}
+        """What decides the graphs, as model files record it."""
+        return {"radius": float(self.attrs["radius"]), "max_nbr": int(self.attrs["max_nbr"]),
+                "neighbour_algorithm": str(self.attrs["neighbour_algorithm"])}
 
     def __len__(self) -> int:
         return int(self.attrs["n_structures"])

@@ -27,6 +27,7 @@ from .dataset import GraphSet, batches
 from .elements import cgcnn_feature_table, table_id
 from .labels import Matched, match, read_labels
 from .model import CrystalGraphNet
+from .shards import settings_differ
 
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]
@@ -235,7 +236,7 @@ def train(
     y_all[matched.positions] = matched.values
 
     if init is not None:
-        if init.graph_settings != graphs.graph_settings or init.feature_table_id != graphs.feature_table_id:
+        if settings_differ(init.graph_settings, graphs.graph_settings) or init.feature_table_id != graphs.feature_table_id:
             raise ValueError(
                 f"{graph_path} was featurized with {graphs.graph_settings}, table {graphs.feature_table_id}; "
                 f"the model expects {init.graph_settings}, table {init.feature_table_id}"

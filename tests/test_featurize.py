@@ -110,7 +110,7 @@ def test_featurize_folder_every_structure_once(database, tmp_path, jobs):
     assert_graphs_are_build_graph(graphs, database)
     with GraphFile(out) as f:
         assert f.skipped() == [(str(database.skipped[0]), "not a structure file (unknown extension)")]
-        assert f.graph_settings == {"radius": 8.0, "max_nbr": 12}
+        assert f.graph_settings == {"radius": 8.0, "max_nbr": 12, "neighbour_algorithm": "knn-pbc-v1"}
         assert len(f.shard_names) > 1, "shard_size=3 must give several shards"
         assert max(f.shard_sizes()) <= 3 + 4, "a shard holds about shard_size structures (one multi-frame file over)"
         formulas = {id_: formula for shard in f.iter_shards() for id_, formula in zip(shard.ids, shard.formula)}

@@ -321,3 +321,11 @@ def test_compiled_models_predict_what_eager_models_predict(data):
     assert compiled.ids == eager.ids
     for target in eager.values:
         np.testing.assert_allclose(compiled.values[target], eager.values[target], rtol=1e-4, atol=1e-5)
+
+
+def test_graphs_of_another_neighbour_algorithm_are_refused(data, tmp_path):
+    model = ModelFile.load(data["ef"])
+    model.graph_settings = {**model.graph_settings, "neighbour_algorithm": "some-future-algorithm"}
+    model.save(tmp_path / "future.pt")
+    result = cli("predict", data["graphs"], "--model", tmp_path / "future.pt", "--quiet")
+    assert_usage_error(result, "some-future-algorithm", "knn-pbc-v1")
