@@ -44,7 +44,7 @@ def parity_plot(pairs: dict[str, tuple[np.ndarray, np.ndarray]], units: dict[str
     for ax, (target, (true, pred)) in zip(axes[0], pairs.items()):
         lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
         ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
-        ax.scatter(true, pred, s=4, alpha=0.4, edgecolors="none")
+        ax.scatter(true, pred, s=min(30.0, max(3.0, 3000.0 / len(true))), alpha=0.5, edgecolors="none")
         r = results[target]
         ax.set_title(f"{target}\nMAE {r.mae:.3f} {units[target]}, R² {r.r2:.3f}, n={r.count}", fontsize=10)
         ax.set_xlabel(f"true ({units[target]})")
