@@ -174,3 +174,20 @@ def subprocess_env() -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     env["COLUMNS"] = "200"
     return env
+
+
+def train_tiny_pair(graphs: Path, labels: Path, root: Path, seed: int) -> dict[str, Path]:
+    """Tiny formation-energy and band-gap models (width 8, 2 epochs, one thread): {"ef": path, "eg": path}."""
+    from srscreen.train import TrainConfig, train
+
+    models = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for target, name in (("formation_energy_per_atom", "ef"), ("band_gap", "eg")):
+            config = TrainConfig(target=target, atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=seed)
+            train(graphs, labels, root / f"{name}.pt", config)
+            models[name] = root / f"{name}.pt"
+    finally:
+        torch.set_num_threads(before)
+    return models

@@ -11,7 +11,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 from screening_data import (
     MAX_NBR,
     RADIUS,
@@ -22,13 +21,13 @@ from screening_data import (
     one_thread,  # noqa: F401 - fixture
     subprocess_env,
     target_values,
+    train_tiny_pair,
     write_json_db,
     write_labels,
 )
 
 from srscreen.checkpoint import ModelFile
 from srscreen.shards import GraphFile
-from srscreen.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,14 +53,7 @@ def data(tmp_path_factory, prototypes):
     assert result.exit_code == 0, (result.stderr, result.exception)
     values = target_values(items)
     labels = write_labels(root / "labels.csv", values, drop=DROPPED, blank=BLANK, extra=("elsewhere",))
-    models = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for target, name in (("formation_energy_per_atom", "ef"), ("band_gap", "eg")):
-        config = TrainConfig(target=target, atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=2)
-        train(graphs, labels, root / f"{name}.pt", config)
-        models[name] = root / f"{name}.pt"
-    torch.set_num_threads(before)
+    models = train_tiny_pair(graphs, labels, root, seed=2)
     return {"root": root, "items": items, "values": values, "clean": clean, "messy": messy, "graphs": graphs,
             "labels": labels, **models}
 

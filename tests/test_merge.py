@@ -12,7 +12,6 @@ import io
 import tracemalloc
 
 import pytest
-import torch
 from screening_data import (
     assert_usage_error,
     cli,
@@ -20,13 +19,13 @@ from screening_data import (
     featurize_db,
     one_thread,  # noqa: F401 - fixture
     target_values,
+    train_tiny_pair,
     write_json_db,
     write_labels,
 )
 
 from srscreen.merge import merge_rankings, write_merged
 from srscreen.shards import GraphFile
-from srscreen.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,13 +38,7 @@ def data(tmp_path_factory, prototypes):
     items = crystals(prototypes)
     graphs = featurize_db(write_json_db(root / "db", items), root / "graphs.h5", shard_size=SHARD_SIZE)
     labels = write_labels(root / "labels.csv", target_values(items))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    models = []
-    for target, name in (("formation_energy_per_atom", "ef"), ("band_gap", "eg")):
-        train(graphs, labels, root / f"{name}.pt", TrainConfig(target=target, atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=3))
-        models += ["--model", root / f"{name}.pt"]
-    torch.set_num_threads(before)
+    models = [arg for path in train_tiny_pair(graphs, labels, root, seed=3).values() for arg in ("--model", path)]
     with GraphFile(graphs) as g:
         n_shards = len(g.shard_names)
     assert n_shards >= 5

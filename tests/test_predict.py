@@ -29,6 +29,7 @@ from screening_data import (
     other_atom_features,
     subprocess_env,
     target_values,
+    train_tiny_pair,
     write_json_db,
     write_labels,
 )
@@ -39,7 +40,6 @@ from srscreen.checkpoint import ModelFile
 from srscreen.graph import GraphSettings, build_graph
 from srscreen.predict import predict
 from srscreen.shards import GraphFile
-from srscreen.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,14 +54,7 @@ def data(tmp_path_factory, prototypes):
     folder = write_json_db(root / "db", items)
     graphs = featurize_db(folder, root / "graphs.h5", shard_size=SHARD_SIZE)
     labels = write_labels(root / "labels.csv", target_values(items))
-    models = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for target, name in (("formation_energy_per_atom", "ef"), ("band_gap", "eg")):
-        config = TrainConfig(target=target, atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=1)
-        train(graphs, labels, root / f"{name}.pt", config)
-        models[name] = root / f"{name}.pt"
-    torch.set_num_threads(before)
+    models = train_tiny_pair(graphs, labels, root, seed=1)
     return {"root": root, "items": items, "folder": folder, "graphs": graphs, "ef": models["ef"], "eg": models["eg"]}
 
 
