@@ -256,7 +256,7 @@ def train_cmd(
     unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step: ~1.2x faster epochs on CPU after a one-off compile of about a minute."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step; on 2 CPU cores it is not faster than eager (benchmarks/train.py), try it on yours."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
@@ -290,7 +290,7 @@ def finetune_cmd(
     patience: int = typer.Option(20, help="Stop after this many epochs without a better validation MAE."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (worth it for long runs)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the training step (benchmarks/train.py tells whether it pays on your machine)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""

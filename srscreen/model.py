@@ -95,8 +95,7 @@ class CrystalGraphNet(nn.Module):
             k = 0 if self.shared else t
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
-            z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
-            z = z.add_(self_term.unsqueeze(1)).add_(edge_terms[k])  # in place: these tensors are the big ones
+            z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea) + (self_term.unsqueeze(1) + edge_terms[k])
             z = self.bn1[t](z.view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
             nbr_filter, nbr_core = z.chunk(2, dim=2)
             summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)

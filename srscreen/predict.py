@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .allocator import reuse_freed_memory
 from .batch import collate, pack_by_atoms
 from .checkpoint import ModelFile
 from .shards import GraphFile, Shard, ShardFileError, settings_differ
@@ -214,6 +215,7 @@ def predict(
         if condition.column not in (*targets, "n_atoms"):
             raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*targets, 'n_atoms'])})")
     dev = pick_device(device)
+    reuse_freed_memory()
     with GraphFile(graph_path) as graphs:
         check_compatible(graphs, models)
         start, stop = shards

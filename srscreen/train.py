@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .allocator import reuse_freed_memory
 from .checkpoint import ModelFile
 from .dataset import GraphSet, batches
 from .elements import cgcnn_feature_table, table_id
@@ -215,10 +216,11 @@ def train(
     """Train (or, with `init`, fine-tune) a model on the labelled crystals of a graph file; write `out`.
 
     Each epoch is checkpointed to OUT.ckpt and logged to OUT.log.jsonl; `resume` continues from the
-    checkpoint after a kill. `compile` runs the training forward/backward through torch.compile
-    (fused kernels: measured 1.2x faster epochs on 2 CPU cores, after a one-off compile of about a minute).
+    checkpoint after a kill. `compile` runs the training forward/backward through torch.compile (on 2 CPU
+    cores measured no faster than eager once the allocator is tuned; it may pay on other machines).
     """
     check_config(config)
+    reuse_freed_memory()
     out = Path(out)
     if not out.parent.is_dir():
         raise ValueError(f"{out}: folder {out.parent} does not exist")
