@@ -95,8 +95,13 @@ class CrystalGraphNet(nn.Module):
             k = 0 if self.shared else t
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
-            z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea) + (self_term.unsqueeze(1) + edge_terms[k])
-            z = self.bn1[t](z.view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
+            if self.training:  # out of place: autograd through in-place ops on these views copies them whole
+                z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea) + (self_term.unsqueeze(1) + edge_terms[k])
+                z = self.bn1[t](z.view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
+            else:  # BN1 is affine here: folded into the per-atom terms and one multiply-add, saving two edge passes
+                scale, shift = _affine(self.bn1[t])
+                z = torch.addcmul(torch.addcmul(shift, self_term, scale).unsqueeze(1), edge_terms[k], scale)
+                z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
             nbr_filter, nbr_core = z.chunk(2, dim=2)
             summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
             v = F.softplus(v + self.bn2[t](summed))
@@ -128,3 +133,9 @@ class CrystalGraphNet(nn.Module):
         kind = "SR-CGCNN" if self.shared else "CGCNN"
         settings = ", ".join(f"{k}={v}" for k, v in self.architecture().items())
         return f"CrystalGraphNet[{kind}]({settings}, parameters={sum(p.numel() for p in self.parameters())})"
+
+
+def _affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as x * scale + shift."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
