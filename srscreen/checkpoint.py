@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import replace_when_done
 from .elements import load_atom_features, table_id
 from .model import CrystalGraphNet
 
@@ -141,12 +142,8 @@ class ModelFile:
         if not path.parent.is_dir():
             raise ModelFileError(f"{path}: folder {path.parent} does not exist")
         payload = {"schema_version": SCHEMA_VERSION, **_plain(self._payload(), "model file")}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with replace_when_done(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def _payload(self) -> dict:
         return {

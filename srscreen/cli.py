@@ -10,23 +10,29 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-import torch
-
+from .atomic import replace_when_done
 from .checkpoint import ModelFile, ModelFileError, convert_cgcnn_checkpoint
 from .evaluate import evaluate
-from .predict import Condition, predict, write_ranking
 from .featurize import FeaturizeOptions, featurize
-from .merge import merge_rankings, write_merged
-from .registry import DEFAULT_MODELS, pretrained_names, resolve_model
-from .train import TrainConfig, train
 from .graph import GraphSettings
+from .merge import merge_rankings, write_merged
+from .predict import Condition, predict, write_ranking
+from .registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from .shards import GraphFile, ShardFileError
+from .train import TrainConfig, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="High-throughput screening of crystals with SR-CGCNN.")
 err = Console(stderr=True)
@@ -371,13 +377,8 @@ def merge_cmd(
     try:
         ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc)
         if out is not None:  # written whole or not at all
-            tmp = out.with_name(out.name + ".tmp")
-            try:
-                with tmp.open("w", newline="", encoding="utf-8") as stream:
-                    write_merged(ranked, stream)
-                tmp.replace(out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with replace_when_done(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
+                write_merged(ranked, stream)
             return
         write_merged(ranked, sys.stdout)
         sys.stdout.flush()

@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 
 from . import elements
 from .backends import check_backend, compute_backend
-from .graph import GraphBatch, GraphSettings, build_graphs
+from .graph import BuiltGraphs, GraphSettings, build_graphs
 from .readers import (
     DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
     parse_extxyz_frames, parse_jsonl_lines,
@@ -192,12 +192,12 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
     return ChunkResult([item.key for item in items], records, failures)
 
 
-def _graphs(structures: list, settings: GraphSettings) -> GraphBatch:
+def _graphs(structures: list, settings: GraphSettings) -> BuiltGraphs:
     """`build_graphs` over GRAPH_BATCH structures at a time (its pair arrays then stay in cache)."""
     if len(structures) <= GRAPH_BATCH:
         return build_graphs(structures, settings)
     parts = [build_graphs(structures[i : i + GRAPH_BATCH], settings) for i in range(0, len(structures), GRAPH_BATCH)]
-    return GraphBatch(
+    return BuiltGraphs(
         np.concatenate([b.nbr_idx for b in parts]),
         np.concatenate([b.nbr_dist for b in parts]),
         [e for b in parts for e in b.errors],

@@ -26,6 +26,8 @@ from typing import Literal, Sequence
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from .cell import cell_volume
+
 IsolatedPolicy = Literal["fail", "pad"]
 
 _PBC = np.ones(3, dtype=np.int64)
@@ -65,14 +67,12 @@ class CrystalGraph:
 
 def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSettings) -> float:
     """Radius of a sphere expected to hold ~1.5 * (max_nbr + 1) atoms at this cell's number density."""
-    (a, b, c), (d, e, f), (g, h, i) = lattice
-    volume = abs(a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g))
-    r = (3.0 * 1.5 * (settings.max_nbr + 1) * volume / (4.0 * math.pi * n_atoms)) ** (1.0 / 3.0)
+    r = (3.0 * 1.5 * (settings.max_nbr + 1) * cell_volume(lattice) / (4.0 * math.pi * n_atoms)) ** (1.0 / 3.0)
     return min(settings.radius, max(r, 1.0))
 
 
 @dataclass(frozen=True)
-class GraphBatch:
+class BuiltGraphs:
     """The graphs of several structures, atoms concatenated (CSR rows), and why the others have none.
 
     ``errors[s]`` is None when structure s has a graph; its rows are in ``nbr_idx``/``nbr_dist`` in
@@ -87,7 +87,7 @@ class GraphBatch:
 _D32_BITS = 31  # a non-negative float32 as int: ordered like the value, below 2**31
 
 
-def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: GraphSettings) -> GraphBatch:
+def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: GraphSettings) -> BuiltGraphs:
     """The crystal graphs of many periodic structures given as (lattice, fractional coordinates).
 
     Same graphs as `build_graph` one by one, whatever the batch. A structure with overlapping atoms,
@@ -169,7 +169,7 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
     if any(e is not None for e in errors):
         keep_rows = np.repeat(np.array([e is None for e in errors]), sizes)
         nbr_idx, nbr_dist = nbr_idx[keep_rows], nbr_dist[keep_rows]
-    return GraphBatch(nbr_idx, nbr_dist, errors)
+    return BuiltGraphs(nbr_idx, nbr_dist, errors)
 
 
 def _search_again(cart: np.ndarray, lattice: np.ndarray, rows: np.ndarray, r: float, settings: GraphSettings):

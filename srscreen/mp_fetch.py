@@ -23,6 +23,7 @@ from typing import Callable
 
 import orjson
 
+from .atomic import replace_when_done
 from .readers import ParseFailure, structure_from_dict
 
 LABEL_COLUMNS = ("formation_energy_per_atom", "band_gap", "energy_above_hull")
@@ -103,9 +104,8 @@ def _number(value) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with replace_when_done(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class _Session:

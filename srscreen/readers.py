@@ -31,6 +31,8 @@ from typing import Iterator, Literal
 import numpy as np
 import orjson
 
+from .cell import cell_volume
+
 Format = Literal["cif", "json", "jsonl", "poscar", "extxyz", "asedb"]
 DisorderPolicy = Literal["fail", "majority"]
 
@@ -136,15 +138,9 @@ def _volume_checked(id_: str, lattice: np.ndarray, frac: np.ndarray, numbers: np
 
 
 def _check_volume(lattice: np.ndarray, n_atoms: int) -> None:
-    volume = abs(_det3(lattice.tolist()))
+    volume = cell_volume(lattice.tolist())
     if volume < 0.1 * n_atoms:
         raise ReadError(f"degenerate cell (volume {volume:.3g} Å^3 for {n_atoms} atoms)")
-
-
-def _det3(m: list[list[float]]) -> float:
-    """Determinant of a 3x3 matrix given as nested lists (np.linalg.det costs ~10 µs a call)."""
-    (a, b, c), (d, e, f), (g, h, i) = m
-    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def _species_number(occupancies: list[tuple[int, float]], policy: DisorderPolicy) -> int:

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .atomic import replace_when_done
 from .seen_ids import PartKeys, SeenIds
 
 FORMAT_NAME = "srscreen-graphs"
@@ -105,9 +106,8 @@ def start_parts(out: Path, attrs: dict, overwrite: bool) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with replace_when_done(path) as tmp:
+        tmp.write_text(text)
 
 
 def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
@@ -124,14 +124,11 @@ def _write_graphs(group: h5py.Group, records: GraphRecords) -> None:
 
 def write_part(parts: Path, index: int, records: GraphRecords, failures: list[Failure], done_keys: list[str]) -> None:
     """One shard's worth of results as its own file, renamed into place only once complete."""
-    final = part_path(parts, index)
-    tmp = final.with_name(final.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    with replace_when_done(part_path(parts, index)) as tmp, h5py.File(tmp, "w") as f:
         if len(records):
             _write_graphs(f.create_group("graphs"), records)
         _write_failures(f.create_group("failures"), failures)
         _write_strings(f, "done_keys", done_keys)
-    os.replace(tmp, final)
 
 
 def _write_failures(group: h5py.Group, failures: list[Failure]) -> None:
@@ -193,10 +190,9 @@ def read_parts_state(parts: Path) -> PartsState:
 
 def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, str]]) -> None:
     """Copy every part into OUT.tmp, then rename it to OUT; remove the parts."""
-    tmp = out.with_name(out.name + ".tmp")
     failures: dict[str, list[str]] = {"id": [], "source": [], "reason": []}
     n_structures = 0
-    with h5py.File(tmp, "w") as f:
+    with replace_when_done(out) as tmp, h5py.File(tmp, "w") as f:
         shards = f.create_group("shards")
         for path in sorted(parts.glob("part-*.h5")):
             with h5py.File(path, "r") as part:
@@ -222,7 +218,6 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
                 "n_skipped": len(skipped),
             }
         )
-    os.replace(tmp, out)
     shutil.rmtree(parts)
 
 

@@ -12,7 +12,6 @@ import copy
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .allocator import reuse_freed_memory
+from .atomic import replace_when_done
 from .checkpoint import ModelFile
 from .dataset import GraphSet, batches
 from .elements import cgcnn_feature_table, table_id
@@ -194,9 +194,8 @@ class TrainResult:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with replace_when_done(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(
