@@ -339,8 +339,8 @@ def predict_cmd(
         conditions = [Condition.parse(w) for w in where]
         span = _shard_range(shards)
         models = _models(model)
-        with GraphFile(graphs) as g:
-            total = len(g)
+        with GraphFile(graphs) as g:  # the structures of the chosen shards (an out-of-range span fails in predict)
+            total = sum(g.shard_sizes()[span[0] : span[1]])
         progress = Progress(SpinnerColumn(), TextColumn("predicting"), BarColumn(bar_width=None),
                             TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
                             console=err, disable=_no_progress(quiet), transient=True)

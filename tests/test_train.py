@@ -369,3 +369,24 @@ def test_labels_written_by_a_spreadsheet(data, tmp_path):
     labels.write_bytes(b"\xef\xbb\xbf" + text.encode())
     m = run_train(data, tmp_path / "m.pt", "--epochs", "1", labels=labels)
     assert m.training["data"]["labelled"] == len(ids)
+
+
+def test_ema_averages_weights_and_batchnorm_statistics():
+    from srscreen.elements import cgcnn_feature_table
+    from srscreen.model import CrystalGraphNet
+    from srscreen.train import _ema_update
+
+    table = np.array(cgcnn_feature_table())
+    model, ema = CrystalGraphNet(feature_table=table, steps=2), CrystalGraphNet(feature_table=table, steps=2)
+    with torch.no_grad():
+        for net, value in ((model, 1.0), (ema, 0.0)):
+            net.fc_out.bias.fill_(value)
+            net.bn1[0].running_mean.fill_(value)
+        model.bn1[0].num_batches_tracked.fill_(7)
+    _ema_update(ema, model, decay=0.9, step=10**6)  # the ramp has reached 0.9
+    assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1]))
+    assert torch.allclose(ema.bn1[0].running_mean, torch.full((128,), 0.1))  # averaged, not copied
+    assert int(ema.bn1[0].num_batches_tracked) == 7
+    assert torch.equal(ema.feature_table, model.feature_table)
+    _ema_update(ema, model, decay=0.9, step=0)  # early: decay (1 + 0) / 10 = 0.1, mostly the new weights
+    assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1 * 0.1 + 0.9]))
