@@ -62,7 +62,7 @@ def split_file(graphs: Path, labels: Path) -> Path:
 
 
 def run(graphs: Path, labels: Path, split: Path, *, shared: bool, steps: int, target: str, seed: int,
-        epochs: int, compile: bool, note: str) -> dict:
+        epochs: int, compile: bool | None, note: str) -> dict:
     name = run_name(shared, steps, target, seed)
     out = RUNS / f"{name}.pt"
     if not out.exists():
@@ -146,8 +146,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--graphs", type=Path, default=RUNS / "mp.h5")
     parser.add_argument("--labels", type=Path, default=SHARED / "labels.csv")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="torch.compile the training steps (default off: not faster on 2 CPU cores)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="fuse the convolutions with torch.compile (default: srscreen train's rule, on here)")
     args = parser.parse_args()
     if args.what == "report":
         report(finished())

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch import GraphBatch
+from .gated_edges import GatedEdges
 
 
 class CrystalGraphNet(nn.Module):
@@ -60,6 +61,11 @@ class CrystalGraphNet(nn.Module):
         self.conv_to_fc = nn.Linear(fea, h_fea_len)
         self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
         self.fc_out = nn.Linear(h_fea_len, 1)
+        self.gated_edges = GatedEdges()
+
+    def compile_training(self) -> None:
+        """Fuse the training-mode edge block with torch.compile (falls back to eager if compiling fails)."""
+        self.gated_edges = GatedEdges(compiled=True)
 
     def architecture(self) -> dict:
         """Constructor arguments except the table: with the state dict, enough to rebuild the model."""
@@ -90,20 +96,20 @@ class CrystalGraphNet(nn.Module):
         # [v_i, v_j, u_ij] W splits into v_i W_self + v_j W_nbr + u_ij W_edge: the first two are computed per
         # atom and gathered, never building the (N, M, 2F + G) concatenation; the edge term (with the bias)
         # depends only on distances, so it is computed once per weight set, i.e. once per forward when shared.
-        edge_terms = [F.linear(gaussians, fc.weight[:, 2 * fea :], fc.bias) for fc in self.fc_full]
+        edge_terms = [F.linear(gaussians, fc.weight[:, 2 * fea :], fc.bias).view(n_atoms, n_nbr, 2 * fea)
+                      for fc in self.fc_full]
         for t in range(self.steps):
             k = 0 if self.shared else t
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
-            if self.training:  # out of place: autograd through in-place ops on these views copies them whole
-                z = nbr_term.index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea) + (self_term.unsqueeze(1) + edge_terms[k])
-                z = self.bn1[t](z.view(-1, 2 * fea)).view(n_atoms, n_nbr, 2 * fea)
+            if self.bn1[t].training:  # batch statistics: the fused block with its own backward
+                summed = self.gated_edges(nbr_term, self_term, edge_terms[k], flat_nbr, self.bn1[t])
             else:  # BN1 is affine here: folded into the per-atom terms and one multiply-add, saving two edge passes
                 scale, shift = _affine(self.bn1[t])
                 z = torch.addcmul(torch.addcmul(shift, self_term, scale).unsqueeze(1), edge_terms[k], scale)
                 z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
-            nbr_filter, nbr_core = z.chunk(2, dim=2)
-            summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
+                nbr_filter, nbr_core = z.chunk(2, dim=2)
+                summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
             v = F.softplus(v + self.bn2[t](summed))
 
         crystal_fea = self._mean_per_crystal(v, batch)

@@ -23,6 +23,7 @@ import torch
 from .allocator import reuse_freed_memory
 from .batch import collate, pack_by_atoms
 from .checkpoint import ModelFile
+from .compiled import Compiled
 from .shards import GraphFile, Shard, ShardFileError, settings_differ
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
@@ -123,25 +124,6 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
 COMPILE_FROM = 50_000
 
 
-class _Compiled:
-    """A network through torch.compile, falling back to eager for good if compiling fails (no C++ compiler)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net
-        self.compiled = torch.compile(net, dynamic=True)
-
-    def __call__(self, batch) -> torch.Tensor:
-        if self.compiled is not None:
-            try:
-                return self.compiled(batch)
-            except Exception as e:  # noqa: BLE001 - inductor raises many types; eager gives the same numbers
-                import warnings
-
-                warnings.warn(f"torch.compile failed, predicting without it: {' '.join(str(e).split())[:200]}")
-                self.compiled = None
-        return self.net(batch)
-
-
 def _prefetch(shards: Iterator[Shard], depth: int = 2) -> Iterator[Shard]:
     """Read shards on a background thread (HDF5 I/O and decompression overlap with the model)."""
     q: queue.Queue = queue.Queue(maxsize=depth)
@@ -224,7 +206,7 @@ def predict(
             raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
         if compile is None:
             compile = len(graphs) >= COMPILE_FROM
-        nets = [_Compiled(m.build_model().to(dev).eval()) if compile else m.build_model().to(dev).eval() for m in models]
+        nets = [Compiled(m.build_model().to(dev).eval()) if compile else m.build_model().to(dev).eval() for m in models]
         parts: list[Ranking] = []
         with torch.inference_mode():
             for shard in _prefetch(graphs.iter_shards(start, stop)):
