@@ -1,4 +1,4 @@
-"""One convolution step's edge block in training mode, with a hand-written backward that can be compiled.
+"""One convolution step's edge block in training mode: a forward torch.compile can fuse, a hand-written backward.
 
     z_ij = a_j + b_i + c_ij                      (gathered neighbour term, own term, edge term)
     y    = BN(z)                                 (batch statistics over all edges)
