@@ -73,14 +73,19 @@ class _GatedEdges(torch.autograd.Function):
         return d_a, d_b, d_c, None, d_weight, d_bias, None, None
 
 
+def gate_sum(y: torch.Tensor) -> torch.Tensor:
+    """CGCNN's gate summed over neighbours: (atoms, neighbours, 2F) normalised messages -> (atoms, F)."""
+    filt, core = y.chunk(2, dim=2)
+    return (torch.sigmoid(filt) * F.softplus(core)).sum(dim=1)
+
+
 def reference_edges(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor,
                     bn: nn.BatchNorm1d) -> torch.Tensor:
     """The same block as plain autograd operations: the faster of the two when not compiled."""
     n_atoms, n_nbr, width = c.shape
     # Out of place: autograd copies whole any view that an in-place operation changed.
     z = a.index_select(0, nbr).view(n_atoms, n_nbr, width) + (b.unsqueeze(1) + c)
-    filt, core = bn(z.view(-1, width)).view(n_atoms, n_nbr, width).chunk(2, dim=2)
-    return (torch.sigmoid(filt) * F.softplus(core)).sum(dim=1)
+    return gate_sum(bn(z.view(-1, width)).view(n_atoms, n_nbr, width))
 
 
 class GatedEdges:

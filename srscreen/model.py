@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch import GraphBatch
-from .gated_edges import GatedEdges
+from .gated_edges import GatedEdges, gate_sum
 
 
 class CrystalGraphNet(nn.Module):
@@ -108,8 +108,7 @@ class CrystalGraphNet(nn.Module):
                 scale, shift = _affine(self.bn1[t])
                 z = torch.addcmul(torch.addcmul(shift, self_term, scale).unsqueeze(1), edge_terms[k], scale)
                 z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
-                nbr_filter, nbr_core = z.chunk(2, dim=2)
-                summed = (torch.sigmoid(nbr_filter) * F.softplus(nbr_core)).sum(dim=1)
+                summed = gate_sum(z)
             v = F.softplus(v + self.bn2[t](summed))
 
         crystal_fea = self._mean_per_crystal(v, batch)
