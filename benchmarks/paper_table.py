@@ -4,12 +4,13 @@
     python benchmarks/paper_table.py sweep [--epochs 100]                    # SR steps 1-8, CGCNN layers 1-4, Ef, seed 0
     python benchmarks/paper_table.py report                                  # table + plot from what has finished
 
-Every run uses identical training: AdamW (no weight decay, i.e. Adam), lr 1e-3 divided by 10 at 80% of
-the epochs, MSE loss, batch 256, the same 80/10/10 split (seed 0, written once to a split file) and model
-seeds 0, 1, 2. Runs are resumable run by run (finished ones are skipped) and epoch by epoch (each run
-checkpoints every epoch; rerunning the same command continues). Results, with every run's per-epoch
-log and test MAE, go to benchmarks/results/paper_table.json; the sweep's plot to
-benchmarks/results/depth_sweep.png.
+Every run uses identical training: AdamW (no weight decay, i.e. Adam), lr 1e-3 divided by 10 at 80%
+of the epochs, MSE loss, batch 256, the same 80/10/10 split (seed 0, written once to a split file)
+and model seeds 0, 1, 2. Runs are resumable run by run (finished ones are skipped) and epoch by epoch
+(each run checkpoints every epoch; rerunning the same command continues). Results, with every run's
+per-epoch log and test MAE, go to benchmarks/results/paper_table.json; the sweep's plot to
+benchmarks/results/depth_sweep.png. Git keeps the JSON, the logs, the split and an unfinished run's
+checkpoint, not the model files (each carries its split's ids, ~1 MB).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def run(graphs: Path, labels: Path, split: Path, *, shared: bool, steps: int, ta
                              loss="mse", schedule="multistep", milestones=(int(0.8 * epochs),), seed=seed)
         train(graphs, labels, out, config, split_file=split, resume=True, compile=compile,
               command=f"python benchmarks/paper_table.py {note} --epochs {epochs}")
+        out.with_name(out.name + ".ckpt").unlink()  # finished: only an unfinished run's checkpoint is kept
     model = ModelFile.load(out)
     log = [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
     conv = model.build_model().conv_parameter_count()
@@ -160,6 +162,9 @@ def main() -> None:
     split = split_file(args.graphs, args.labels)
     runs = {r["name"]: r for r in finished()}
     for shared, steps, target, seed in plan(args.what):
+        done = runs.get(run_name(shared, steps, target, seed))
+        if done is not None and done["epochs"] == args.epochs:
+            continue  # recorded in the JSON (model files are not kept in git)
         r = run(args.graphs, args.labels, split, shared=shared, steps=steps, target=target, seed=seed,
                 epochs=args.epochs, compile=args.compile, note=args.what)
         runs[r["name"]] = r
