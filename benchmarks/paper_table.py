@@ -107,14 +107,19 @@ def save(runs: list[dict], epochs: int) -> None:
 
 
 def report(runs: list[dict]) -> None:
-    print(f"{'model':<12}{'target':<7}{'conv params':>12}{'ours (test MAE)':>22}{'paper':>20}")
-    for (model, target), (mean, std) in PAPER.items():
-        rs = [r for r in runs if r["model"] == model and r["target"] == target]
-        maes = [r["test_mae"] for r in rs]
-        ours = (f"{statistics.mean(maes):.4f} ± {statistics.stdev(maes):.4f}" if len(maes) > 1
-                else (f"{maes[0]:.4f} (1 seed)" if maes else "not run"))
-        conv = f"{rs[0]['conv_parameters']:,}" if rs else "-"
-        print(f"{model:<12}{target:<7}{conv:>12}{ours + f' n={len(maes)}':>22}{f'{mean:.4f} ± {std:.4f}':>20}")
+    """The table as Markdown (what README shows), then the sweep's plot once it has runs."""
+    print("| model | conv params | Ef test MAE, ours (eV/atom) | Ef, paper | Eg test MAE, ours (eV) | Eg, paper |")
+    print("|---|---|---|---|---|---|")
+    for model in ("CGCNN-3", "SR-CGCNN-3"):
+        rs = [r for r in runs if r["model"] == model]
+        cells = [model, f"{rs[0]['conv_parameters']:,}" if rs else "-"]
+        for target in ("Ef", "Eg"):
+            maes = [r["test_mae"] for r in rs if r["target"] == target]
+            ours = (f"{statistics.mean(maes):.4f} ± {statistics.stdev(maes):.4f}" if len(maes) > 1
+                    else (f"{maes[0]:.4f}" if maes else "not run"))
+            mean, std = PAPER[(model, target)]
+            cells += [f"{ours} ({len(maes)} seed{'s' if len(maes) != 1 else ''})", f"{mean:.4f} ± {std:.4f}"]
+        print("| " + " | ".join(cells) + " |")
     sweep = [r for r in runs if r["target"] == "Ef" and r["seed"] == 0]
     if len({(r["shared"], r["steps"]) for r in sweep}) > 2:
         plot_sweep(sweep)
