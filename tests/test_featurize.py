@@ -422,10 +422,10 @@ def test_killed_run_resumes_with_every_id_once(prototypes, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # generous: CI machines can be slow and shared
         while not list(parts.glob("part-*.h5")):
             assert proc.poll() is None, f"run ended before it could be killed: {proc.communicate()[1].decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no part file appeared within 60 s"
+            assert time.monotonic() < deadline, "no part file appeared within 300 s"
             assert not out.exists()
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)

@@ -231,15 +231,15 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(big, tmp_path):
     proc = subprocess.Popen([*SRSCREEN, "train", *args, "-o", str(out)], env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # generous: CI machines can be slow and shared
         while not (log.exists() and log.read_text().count("\n") >= 1):
             assert proc.poll() is None, f"training ended before it could be killed: {proc.communicate()}"
-            assert time.monotonic() < deadline, "no epoch logged in 120 s"
+            assert time.monotonic() < deadline, "no epoch logged in 300 s"
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
-        if proc.poll() is None and proc.returncode is None:
-            proc.wait(timeout=30)
+        if proc.poll() is None:  # an assertion above failed: stop the run so that its message is reported
+            proc.kill()
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists(), "the run was killed after writing the model: nothing left to resume"
