@@ -21,6 +21,12 @@ from torch import nn
 from .compiled import Compiled
 
 
+def _messages(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """z = a[nbr] + b + c as (atoms, neighbours, 2F), out of place (autograd copies views changed in place)."""
+    n_atoms, n_nbr, width = c.shape
+    return a.index_select(0, nbr).view(n_atoms, n_nbr, width) + (b.unsqueeze(1) + c)
+
+
 def edge_forward(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
     """(out, zhat, slopes, mean, invstd): the step's summed messages and what the backward needs.
@@ -29,7 +35,7 @@ def edge_forward(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.T
     computed here, inside the fused loop, the backward needs no transcendental functions.
     """
     n_atoms, n_nbr, width = c.shape
-    z = a.index_select(0, nbr).view(n_atoms, n_nbr, width) + (b.unsqueeze(1) + c)
+    z = _messages(a, b, c, nbr)
     zhat, mean, invstd = torch.native_batch_norm(z.view(-1, width), None, None, None, None, True, 0.0, eps)
     filt, core = torch.addcmul(bias, zhat, weight).view(n_atoms, n_nbr, width).chunk(2, dim=2)
     s, p = torch.sigmoid(filt), F.softplus(core)
@@ -83,8 +89,7 @@ def reference_edges(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torc
                     bn: nn.BatchNorm1d) -> torch.Tensor:
     """The same block as plain autograd operations: the faster of the two when not compiled."""
     n_atoms, n_nbr, width = c.shape
-    # Out of place: autograd copies whole any view that an in-place operation changed.
-    z = a.index_select(0, nbr).view(n_atoms, n_nbr, width) + (b.unsqueeze(1) + c)
+    z = _messages(a, b, c, nbr)
     return gate_sum(bn(z.view(-1, width)).view(n_atoms, n_nbr, width))
 
 
