@@ -85,8 +85,9 @@ def plan(kind: str) -> list[tuple[bool, int, str, int]]:
     if kind == "table":
         # Seed by seed, so that an interrupted table already compares both models on both targets.
         return [(shared, 3, target, seed) for seed in (0, 1, 2) for target in TARGETS for shared in (False, True)]
-    return ([(True, s, "formation_energy_per_atom", 0) for s in (1, 2, 3, 4, 6, 8)]
-            + [(False, s, "formation_energy_per_atom", 0) for s in (1, 2, 3, 4)])
+    # Shallow first and both models at each depth, so that an interrupted sweep already has both curves.
+    depths = [(True, s) for s in (1, 2, 3, 4, 6, 8)] + [(False, s) for s in (1, 2, 3, 4)]
+    return [(shared, s, "formation_energy_per_atom", 0) for shared, s in sorted(depths, key=lambda d: (d[1], d[0]))]
 
 
 def finished() -> list[dict]:
