@@ -3,11 +3,13 @@
     python benchmarks/predict.py [--graphs mp.h5] [--threads 2] [--device auto]
 
 Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then in one run:
-- read-only: stream every shard and build every batch, no model (the I/O limit);
+- read-only: stream every shard and build every batch, no model (the I/O limit); then the time to
+  merge equivalent atoms alone, and how many atoms per class that leaves;
 - predict: the pretrained sr-cgcnn-ef and sr-cgcnn-eg (or, if not installed, untrained models of the
   same architecture: speed does not depend on the weights) with --top 100, eager and through
   torch.compile; structures/s over the whole run (compile included) and after the first shard (the
   rate a long screening runs at, the one-off compile excluded), and the ratio to the read-only time;
+- the baseline in the same run: compiled, but convolving every atom (no merging of equivalent atoms);
 - peak RSS of `srscreen predict --top 100` in a fresh process on a small and on the full file
   (flat memory: it should not grow with the file).
 """
@@ -25,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import srscreen.predict as predict_module
 from srscreen.batch import collate, pack_by_atoms
 from srscreen.checkpoint import ModelFile
 from srscreen.elements import cgcnn_feature_table
+from srscreen.equivalent_atoms import quotient, unmerged
 from srscreen.featurize import FeaturizeOptions, featurize
 from srscreen.model import CrystalGraphNet
 from srscreen.predict import predict
@@ -60,6 +64,30 @@ def read_only(path: Path, batch_atoms: int) -> float:
                 a, b = starts[run.start], starts[run.stop]
                 collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
     return time.perf_counter() - start
+
+
+def merge_only(path: Path, steps: int) -> tuple[float, float]:
+    """Seconds to merge every shard's equivalent atoms, and atoms per class."""
+    atoms = nodes = 0
+    elapsed = 0.0
+    with GraphFile(path) as graphs:
+        for shard in graphs.iter_shards():
+            start = time.perf_counter()
+            q = quotient(shard, steps)
+            elapsed += time.perf_counter() - start
+            atoms, nodes = atoms + int(q.n_atoms.sum()), nodes + int(q.n_nodes.sum())
+    return elapsed, atoms / nodes
+
+
+def merged_vs_every_atom(path: Path, loaded: list) -> dict[str, float]:
+    """Largest |prediction with merging - prediction convolving every atom| per target, on the first shard."""
+    nets = [m.build_model().eval() for m in loaded]
+    steps = max(m.architecture["steps"] for m in loaded)
+    with GraphFile(path) as graphs, torch.inference_mode():
+        shard = graphs.read_shard(0)
+        merged = predict_module.predict_shard(quotient(shard, steps), nets, loaded, torch.device("cpu"), 1024)
+        plain = predict_module.predict_shard(unmerged(shard), nets, loaded, torch.device("cpu"), 1024)
+    return {t: float(np.abs(merged[t] - plain[t]).max()) for t in merged}
 
 
 def peak_rss_mib(graphs: Path, names: list[str], threads: int) -> float:
@@ -106,17 +134,21 @@ def main() -> None:
         names, kind = models(tmp)
         loaded = [resolve_model(n) for n in names]
         t_read = read_only(full, args.batch_atoms)
+        t_merge, atoms_per_class = merge_only(full, max(m.architecture["steps"] for m in loaded))
+        deviation = merged_vs_every_atom(full, loaded)
         t_pred, steady = {}, {}
-        for compiled in (False, True):
+        for mode, compiled, merge in (("eager", False, quotient), ("compiled", True, quotient),
+                                      ("baseline", True, lambda shard, steps: unmerged(shard))):
+            predict_module.quotient = merge
             marks: list[tuple[float, int]] = []
             start = time.perf_counter()
             ranking = predict(full, loaded, top=100, device=args.device, batch_atoms=args.batch_atoms, compile=compiled,
                               on_shard=lambda n: marks.append((time.perf_counter(), n)))
-            mode = "compiled" if compiled else "eager"
             t_pred[mode] = time.perf_counter() - start
             # After the first shard (which carries the one-off compile): the rate a long screening runs at.
             steady[mode] = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0])
             assert len(ranking) == 100
+        predict_module.quotient = quotient
         rss_small = peak_rss_mib(small, names, args.threads)
         rss_full = peak_rss_mib(full, names, args.threads)
 
@@ -125,6 +157,7 @@ def main() -> None:
     result = {
         "structures": n_full, "device": device, "threads": args.threads, "models": kind,
         "read_only_s": t_read, "read_only_per_s": n_full / t_read,
+        "merge_only_s": t_merge, "atoms_per_class": atoms_per_class, "max_abs_merged_minus_every_atom": deviation,
         **{f"predict_{k}_after_first_shard_per_s": v for k, v in steady.items()},
         **{f"predict_{k}_s": v for k, v in t_pred.items()},
         **{f"predict_{k}_per_s": n_full / v for k, v in t_pred.items()},
@@ -132,9 +165,14 @@ def main() -> None:
     }
     print(f"{n_full:,} structures, device {device}, {args.threads} threads, models: {kind}")
     print(f"read shards + batches only        : {t_read:6.2f} s  {n_full / t_read:10,.0f} structures/s")
+    print(f"merge equivalent atoms only       : {t_merge:6.2f} s  ({atoms_per_class:.2f} atoms per class)")
+    print("merged - every atom, first shard  : max |difference| " + ", ".join(f"{t} {d:.1e}" for t, d in deviation.items()))
     for k, v in t_pred.items():
         print(f"predict --top 100, Ef + Eg, {k:<8}: {v:6.2f} s  {n_full / v:10,.0f} structures/s  ({v / t_read:.1f}x read-only); "
               f"after the first shard: {steady[k]:,.0f} structures/s")
+    print("baseline = compiled, every atom convolved: merging equivalent atoms is "
+          f"{steady['compiled'] / steady['baseline']:.2f}x as fast after the first shard, "
+          f"{t_pred['baseline'] / t_pred['compiled']:.2f}x over the whole run")
     print(f"peak RSS, --top 100               : {rss_small:6.0f} MiB at 4,096 structures, {rss_full:.0f} MiB at {n_full:,}")
     out = Path(__file__).parent / "results" / "predict.json"
     out.parent.mkdir(exist_ok=True)

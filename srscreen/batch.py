@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -12,15 +12,18 @@ import torch
 class GraphBatch:
     """Several crystal graphs merged into one disconnected graph.
 
-    `nbr_idx` indexes the batch's atoms (global), so the network never needs per-crystal loops;
-    `crystal` tells which crystal each atom belongs to, for pooling.
+    `nbr_idx` indexes the batch's nodes (global), so the network never needs per-crystal loops;
+    `crystal` tells which crystal each atom belongs to, for pooling. Nodes are atoms, unless
+    `atom_node` is given: then nodes are classes of equivalent atoms (`equivalent_atoms`) and
+    `atom_node` says which node each atom takes its features from.
     """
 
-    numbers: torch.Tensor  # long (N,) atomic numbers
+    numbers: torch.Tensor  # long (N,) atomic numbers, per node
     nbr_idx: torch.Tensor  # long (N, M) global neighbour indices
     nbr_dist: torch.Tensor  # float32 (N, M) neighbour distances in Å
-    crystal: torch.Tensor  # long (N,) crystal index of each atom, 0..n_crystals-1
+    crystal: torch.Tensor  # long (A,) crystal index of each atom, 0..n_crystals-1
     n_crystals: int
+    atom_node: torch.Tensor | None = None  # long (A,) node of each atom; None: A == N, node i is atom i
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GraphBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -30,8 +33,9 @@ class GraphBatch:
         return self._map(torch.Tensor.pin_memory)
 
     def _map(self, fn) -> GraphBatch:
-        tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self) if f.name != "n_crystals"}
-        return GraphBatch(**tensors, n_crystals=self.n_crystals)
+        tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self)
+                   if f.name != "n_crystals" and getattr(self, f.name) is not None}
+        return replace(self, **tensors)
 
 
 def collate(
@@ -57,6 +61,18 @@ def collate(
         nbr_dist=torch.from_numpy(np.ascontiguousarray(nbr_dist, dtype=np.float32)),
         crystal=torch.from_numpy(crystal),
         n_crystals=len(n_atoms),
+    )
+
+
+def with_atoms(batch: GraphBatch, n_atoms: np.ndarray, node_of_atom: np.ndarray) -> GraphBatch:
+    """A batch collated from classes of equivalent atoms, told its atoms: per crystal `n_atoms`, and per
+    atom its node, local to its crystal (as `equivalent_atoms.Quotient` gives them)."""
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    node_start = np.searchsorted(batch.crystal.numpy(), np.arange(batch.n_crystals))
+    return replace(
+        batch,
+        crystal=torch.from_numpy(np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)),
+        atom_node=torch.from_numpy(node_of_atom.astype(np.int64) + np.repeat(node_start, n_atoms)),
     )
 
 

@@ -110,6 +110,8 @@ class CrystalGraphNet(nn.Module):
                 z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
                 summed = gate_sum(z)
             v = F.softplus(v + self.bn2[t](summed))
+        if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
+            v = v.index_select(0, batch.atom_node)
 
         crystal_fea = self._mean_per_crystal(v, batch)
         h = F.softplus(self.conv_to_fc(F.softplus(crystal_fea)))

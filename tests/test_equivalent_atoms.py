@@ -1,0 +1,105 @@
+"""Merging equivalent atoms: the classes crystals should have, and predictions that do not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import cu_slab
+
+import srscreen.equivalent_atoms as eq
+from srscreen.batch import collate, with_atoms
+from srscreen.elements import cgcnn_feature_table
+from srscreen.graph import GraphSettings, build_graph
+from srscreen.model import CrystalGraphNet
+from srscreen.shards import Shard
+
+SETTINGS = GraphSettings(radius=8.0, max_nbr=12)
+
+
+def shard_of(structures: list) -> Shard:
+    graphs = [build_graph(s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers), SETTINGS) for s in structures]
+    return Shard(
+        ids=[f"s{i}" for i in range(len(structures))],
+        formula=[s.composition.reduced_formula for s in structures],
+        n_atoms=np.array([len(s) for s in structures], dtype=np.int32),
+        atomic_numbers=np.concatenate([g.numbers for g in graphs]),
+        nbr_idx=np.concatenate([g.nbr_idx for g in graphs]),
+        nbr_dist=np.concatenate([g.nbr_dist for g in graphs]),
+    )
+
+
+@pytest.fixture(scope="module")
+def crystals(prototypes) -> list:
+    nacl = prototypes["NaCl"]  # conventional: 4 Na, 4 Cl
+    rattled = prototypes["supercell"].copy().perturb(0.05, seed=0)
+    return [nacl, prototypes["SrTiO3"], nacl * (2, 1, 1), prototypes["ZnO"], cu_slab(layers=6),
+            prototypes["triclinic"], prototypes["supercell"], rattled]
+
+
+def test_symmetry_gives_the_classes_a_chemist_expects(crystals):
+    q = eq.quotient(shard_of(crystals), steps=4)
+    nacl, srtio3, nacl_double, zno, _, triclinic, supercell, rattled = q.n_nodes
+    assert (nacl, srtio3, nacl_double, zno) == (2, 3, 2, 2)  # Na/Cl; Sr/Ti/O; a supercell changes nothing
+    assert triclinic == 4 and supercell == 2
+    assert rattled == crystals[-1].num_sites  # broken symmetry: every atom its own class
+
+
+def test_deeper_networks_tell_more_atoms_apart(crystals):
+    # One step sees only the nearest neighbours: a slab's surface atoms, and the rest. Deeper steps see
+    # the surface from inside, and CGCNN's 12-neighbour cut picks among tied shells per atom, which
+    # the classes must follow too: they are the graph's, not the ideal crystal's.
+    slab = shard_of([crystals[4]])
+    counts = [int(eq.quotient(slab, steps).n_nodes[0]) for steps in (1, 2, 4)]
+    assert counts[0] == 2 and counts == sorted(counts) and counts[-1] > 2
+
+
+def test_quotient_points_every_atom_at_a_class_of_its_own_element_and_crystal(crystals):
+    shard = shard_of(crystals)
+    q = eq.quotient(shard, steps=3)
+    node_start = np.repeat(np.cumsum(q.n_nodes) - q.n_nodes, q.n_atoms)
+    nodes = q.node_of_atom + node_start
+    assert np.array_equal(q.atomic_numbers[nodes], shard.atomic_numbers)
+    assert (q.node_of_atom >= 0).all() and (q.node_of_atom < np.repeat(q.n_nodes, q.n_atoms)).all()
+    assert (q.nbr_idx >= 0).all() and (q.nbr_idx < np.repeat(q.n_nodes, q.n_nodes)[:, None]).all()
+
+
+def test_a_hash_collision_falls_back_to_exact_classes(crystals, monkeypatch):
+    shard = shard_of(crystals)
+    want = eq.quotient(shard, steps=4)
+    monkeypatch.setattr(eq, "_row_hash", lambda rows: np.zeros(len(rows), dtype=np.int64))  # every row collides
+    got = eq.quotient(shard, steps=4)
+    assert np.array_equal(got.n_nodes, want.n_nodes)
+    assert np.array_equal(got.node_of_atom, want.node_of_atom)
+
+
+def test_unmerged_is_every_atom_its_own_class(crystals):
+    shard = shard_of(crystals)
+    q = eq.unmerged(shard)
+    assert np.array_equal(q.n_nodes, q.n_atoms) and np.array_equal(q.nbr_idx, shard.nbr_idx)
+    assert np.array_equal(q.node_of_atom, np.concatenate([np.arange(n) for n in shard.n_atoms]))
+
+
+def test_an_empty_shard_has_an_empty_quotient():
+    empty = Shard([], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros((0, 12), np.int32),
+                  np.zeros((0, 12), np.float32))
+    assert eq.quotient(empty, steps=3).n_nodes.size == 0
+
+
+@pytest.mark.parametrize(("steps", "shared"), [(4, True), (4, False), (1, True)])
+def test_predictions_on_the_quotient_equal_predictions_on_every_atom(crystals, steps, shared):
+    torch.manual_seed(0)
+    net = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()), steps=steps, shared=shared)
+    with torch.no_grad():  # non-trivial normalisation, as a trained model has
+        for bn in [*net.bn1, *net.bn2]:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    net.eval()
+    shard = shard_of(crystals)
+    q = eq.quotient(shard, steps=steps)
+    with torch.inference_mode():
+        want = net(collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist))
+        merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_atoms, q.node_of_atom)
+        got = net(merged)
+    assert merged.numbers.shape[0] <= shard.atomic_numbers.shape[0] // 2  # it really merged
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
