@@ -54,10 +54,9 @@ FAMILIES = {"fluorides": ("F", 9), "nitrides": ("N", 7)}
 def family_mask(graphs: GraphSet, z: int) -> np.ndarray:
     """True for every crystal with at least one atom of atomic number z."""
     has = (graphs.atomic_numbers == z).astype(np.int64)
-    # Atoms per crystal are contiguous (CSR): count per crystal with a cumulative sum at the boundaries.
+    # Nodes per crystal are contiguous (CSR): count per crystal with a cumulative sum at the boundaries.
     csum = np.concatenate([[0], np.cumsum(has)])
-    ends = graphs.atom_start + graphs.n_atoms
-    return (csum[ends] - csum[graphs.atom_start]) > 0
+    return (csum[graphs.node_start + graphs.n_nodes] - csum[graphs.node_start]) > 0
 
 
 def write_split(path: Path, graphs: GraphSet, parts: dict[str, np.ndarray]) -> None:

@@ -5,7 +5,9 @@
 Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then times training steps, each mode
 in a fresh process of this same run (so no mode inherits another's thread pool, allocator settings or
 compiled kernels): plain eager with glibc's default allocator settings (the baseline), eager with
-srscreen's allocator settings (`srscreen.allocator`, what `srscreen train` runs), and torch.compile on top.
+srscreen's allocator settings (`srscreen.allocator`), torch.compile on top, and merged: compiled, on
+classes of equivalent atoms (`srscreen.equivalent_atoms`, counted once per atom in the batch statistics),
+which is what `srscreen train` runs.
 Each mode's epoch time is its mean step time times the steps in one epoch over the 80% training
 split (26,452 crystals at batch 256); the breakdown splits a step into batch gather, forward,
 backward and optimizer. Ratios are against the baseline measured in this same run.
@@ -40,12 +42,12 @@ def time_steps(graphs: GraphSet, mode: str, n_batches: int, batch_size: int) -> 
         reuse_freed_memory()
     torch.manual_seed(0)
     model = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()))
-    if mode == "compiled":
+    if mode in ("compiled", "merged"):
         model.compile_training()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     y = torch.randn(len(graphs))
     runs = batches(len(graphs), batch_size, np.random.default_rng(0))
-    warmup = 3 if mode == "compiled" else 1
+    warmup = 3 if mode in ("compiled", "merged") else 1
     parts = {"gather": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     for i, b in enumerate(runs[: warmup + n_batches]):
         t0 = time.perf_counter()
@@ -71,12 +73,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="baseline,eager,compiled")
+    parser.add_argument("--modes", default="baseline,eager,compiled,merged")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only:
-        print(json.dumps(time_steps(GraphSet.load(args.graphs), args.only, args.batches, args.batch_size)))
+        graphs = GraphSet.load(args.graphs, steps=3 if args.only == "merged" else None)
+        print(json.dumps(time_steps(graphs, args.only, args.batches, args.batch_size)))
         return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

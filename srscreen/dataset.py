@@ -11,40 +11,55 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import GraphBatch, collate
+from .batch import GraphBatch, collate, with_atoms
+from .equivalent_atoms import quotient, unmerged
 from .shards import GraphFile
 
 
 @dataclass(frozen=True)
 class GraphSet:
-    """All crystals of a graph file in CSR arrays, addressable by position."""
+    """All crystals of a graph file in CSR arrays, addressable by position.
+
+    Graph rows are nodes: atoms, or, when loaded with `steps`, classes of atoms that a network of that
+    many steps cannot tell apart (`equivalent_atoms`: 2.3x fewer on Materials Project), which training
+    counts once per atom so that it computes exactly what it would on every atom.
+    """
 
     ids: list[str]
     formula: list[str]
     n_atoms: np.ndarray
-    atom_start: np.ndarray
-    atomic_numbers: np.ndarray
+    n_nodes: np.ndarray
+    node_start: np.ndarray
+    atomic_numbers: np.ndarray  # per node, as are nbr_idx and nbr_dist
     nbr_idx: np.ndarray
     nbr_dist: np.ndarray
+    atom_start: np.ndarray
+    node_of_atom: np.ndarray | None  # per atom, local to its crystal's nodes; None: nodes are atoms
     graph_settings: dict
     feature_table_id: str
 
     @classmethod
-    def load(cls, path: str | Path) -> "GraphSet":
+    def load(cls, path: str | Path, steps: int | None = None) -> "GraphSet":
+        """The file's graphs, with equivalent atoms merged for a `steps`-step network (None: not merged)."""
         with GraphFile(path) as graphs:
             shards = list(graphs.iter_shards())
             settings, table_id = graphs.graph_settings, str(graphs.attrs["feature_table_id"])
         if not shards:
             raise ValueError(f"{path}: no featurized structures to train on")
-        n_atoms = np.concatenate([s.n_atoms for s in shards]).astype(np.int64)
+        parts = [quotient(s, steps) if steps is not None else unmerged(s) for s in shards]
+        n_atoms = np.concatenate([q.n_atoms for q in parts])
+        n_nodes = np.concatenate([q.n_nodes for q in parts])
         return cls(
             ids=[i for s in shards for i in s.ids],
             formula=[f for s in shards for f in s.formula],
             n_atoms=n_atoms,
+            n_nodes=n_nodes,
+            node_start=np.cumsum(n_nodes) - n_nodes,
+            atomic_numbers=np.concatenate([q.atomic_numbers for q in parts]),
+            nbr_idx=np.concatenate([q.nbr_idx for q in parts]),
+            nbr_dist=np.concatenate([q.nbr_dist for q in parts]),
             atom_start=np.cumsum(n_atoms) - n_atoms,
-            atomic_numbers=np.concatenate([s.atomic_numbers for s in shards]),
-            nbr_idx=np.concatenate([s.nbr_idx for s in shards]),
-            nbr_dist=np.concatenate([s.nbr_dist for s in shards]),
+            node_of_atom=np.concatenate([q.node_of_atom for q in parts]) if steps is not None else None,
             graph_settings=settings,
             feature_table_id=table_id,
         )
@@ -54,12 +69,18 @@ class GraphSet:
 
     def batch(self, crystals: np.ndarray) -> GraphBatch:
         """The crystals at these positions, in this order, as one batch."""
-        counts = self.n_atoms[crystals]
-        starts = self.atom_start[crystals]
-        # Atom rows of every chosen crystal, concatenated: start repeated per atom plus a running offset.
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        rows = np.repeat(starts, counts) + within
-        return collate(counts, self.atomic_numbers[rows], self.nbr_idx[rows], self.nbr_dist[rows])
+        nodes = _rows(self.node_start[crystals], self.n_nodes[crystals])
+        batch = collate(self.n_nodes[crystals], self.atomic_numbers[nodes], self.nbr_idx[nodes], self.nbr_dist[nodes])
+        if self.node_of_atom is None:
+            return batch
+        atoms = _rows(self.atom_start[crystals], self.n_atoms[crystals])
+        return with_atoms(batch, self.n_atoms[crystals], self.node_of_atom[atoms])
+
+
+def _rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Rows of every chosen crystal, concatenated: start repeated per row plus a running offset."""
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + within
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

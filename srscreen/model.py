@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch import GraphBatch
+from .batch_stats import batch_norm
 from .gated_edges import GatedEdges, gate_sum
 
 
@@ -92,6 +93,9 @@ class CrystalGraphNet(nn.Module):
         gaussians = self._gaussians(batch.nbr_dist)
         n_atoms, n_nbr = batch.nbr_idx.shape
         flat_nbr = batch.nbr_idx.reshape(-1)
+        # Nodes that are classes of equivalent atoms count once per atom in training's batch statistics.
+        counts = (None if batch.atom_node is None or not self.training else
+                  torch.bincount(batch.atom_node, minlength=n_atoms).to(v.dtype))
 
         # [v_i, v_j, u_ij] W splits into v_i W_self + v_j W_nbr + u_ij W_edge: the first two are computed per
         # atom and gathered, never building the (N, M, 2F + G) concatenation; the edge term (with the bias)
@@ -103,13 +107,13 @@ class CrystalGraphNet(nn.Module):
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
             if self.bn1[t].training:  # batch statistics: the fused block with its own backward
-                summed = self.gated_edges(nbr_term, self_term, edge_terms[k], flat_nbr, self.bn1[t])
+                summed = self.gated_edges(nbr_term, self_term, edge_terms[k], flat_nbr, self.bn1[t], counts)
             else:  # BN1 is affine here: folded into the per-atom terms and one multiply-add, saving two edge passes
                 scale, shift = _affine(self.bn1[t])
                 z = torch.addcmul(torch.addcmul(shift, self_term, scale).unsqueeze(1), edge_terms[k], scale)
                 z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
                 summed = gate_sum(z)
-            v = F.softplus(v + self.bn2[t](summed))
+            v = F.softplus(v + batch_norm(summed, self.bn2[t], counts))
         if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
             v = v.index_select(0, batch.atom_node)
 

@@ -103,3 +103,38 @@ def test_predictions_on_the_quotient_equal_predictions_on_every_atom(crystals, s
         got = net(merged)
     assert merged.numbers.shape[0] <= shard.atomic_numbers.shape[0] // 2  # it really merged
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _training_step(net: CrystalGraphNet, batch) -> tuple[torch.Tensor, dict, list]:
+    net.train()
+    net.zero_grad()
+    loss = (net(batch) - 0.3).square().mean()
+    loss.backward()
+    stats = [t.clone() for bn in [*net.bn1, *net.bn2] for t in (bn.running_mean, bn.running_var)]
+    return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}, stats
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_training_on_the_quotient_equals_training_on_every_atom(crystals, fused):
+    """Loss, every gradient and every BatchNorm running statistic: classes count once per atom in the
+    batch statistics, so a training step on merged atoms is the step on every atom (float64)."""
+    from srscreen.gated_edges import GatedEdges, edge_forward
+
+    torch.manual_seed(0)
+    net = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()), steps=3).double()
+    if fused:  # the fused block with its hand-written backward, run eagerly
+        net.gated_edges = GatedEdges()
+        net.gated_edges.fwd = edge_forward
+    shard = shard_of(crystals)
+    q = eq.quotient(shard, steps=3)
+    every = collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist)
+    merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_atoms, q.node_of_atom)
+    want = _training_step(net, every._map(lambda t: t.double() if t.is_floating_point() else t))
+    for bn in [*net.bn1, *net.bn2]:
+        bn.reset_running_stats()
+    got = _training_step(net, merged._map(lambda t: t.double() if t.is_floating_point() else t))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-12)
+    for name in want[1]:
+        torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-8, atol=1e-10, msg=name)
+    for g, w in zip(got[2], want[2]):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)

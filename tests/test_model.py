@@ -227,23 +227,27 @@ def _edge_inputs(seed: int = 0, dtype=torch.float64):
     return a, b, c, nbr, bn
 
 
-def _run_edges(block, inputs, upstream: torch.Tensor):
+def _run_edges(block, inputs, upstream: torch.Tensor, counts: torch.Tensor | None):
     a, b, c, nbr, bn = inputs
-    out = block(a, b, c, nbr, bn)
+    out = block(a, b, c, nbr, bn, counts)
     out.backward(upstream)
     leaves = (a, b, c, bn.weight, bn.bias)
     return out.detach(), [t.grad for t in leaves], (bn.running_mean.clone(), bn.running_var.clone())
 
 
-def test_fused_edge_block_equals_autograd_with_batchnorm():
+@pytest.mark.parametrize("merged", [False, True])
+def test_fused_edge_block_equals_autograd_with_batchnorm(merged):
     """The hand-written forward and backward (run eagerly here) against nn.BatchNorm1d + gate under autograd:
-    output, the gradient of every input, and the BatchNorm running statistics after the step."""
+    output, the gradient of every input, and the BatchNorm running statistics after the step; `merged`:
+    rows standing for 1-4 atoms each, against batch_stats's weighted BatchNorm under autograd."""
     from srscreen.gated_edges import GatedEdges, _GatedEdges, edge_forward
 
-    upstream = torch.randn(40, 8, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    ref = _run_edges(GatedEdges(), _edge_inputs(), upstream)
-    fused = _run_edges(lambda a, b, c, nbr, bn: _GatedEdges.apply(a, b, c, nbr, bn.weight, bn.bias, bn, edge_forward),
-                       _edge_inputs(), upstream)
+    gen = torch.Generator().manual_seed(9)
+    upstream = torch.randn(40, 8, generator=gen, dtype=torch.float64)
+    counts = torch.randint(1, 5, (40,), generator=gen).double() if merged else None
+    ref = _run_edges(GatedEdges(), _edge_inputs(), upstream, counts)
+    fused = _run_edges(lambda a, b, c, nbr, bn, n: _GatedEdges.apply(a, b, c, nbr, bn.weight, bn.bias, bn, edge_forward, n),
+                       _edge_inputs(), upstream, counts)
     torch.testing.assert_close(fused[0], ref[0], rtol=1e-10, atol=1e-10)
     for got, want in zip(fused[1], ref[1]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
