@@ -64,7 +64,8 @@ def time_steps(graphs: GraphSet, mode: str, n_batches: int, batch_size: int) -> 
             for key, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 parts[key] += dt / n_batches
     steps = -(-TRAIN_CRYSTALS // batch_size)
-    return {"epoch_s": sum(parts.values()) * steps, **{f"{k}_s": v * steps for k, v in parts.items()}}
+    return {"epoch_s": sum(parts.values()) * steps, **{f"{k}_s": v * steps for k, v in parts.items()},
+            "atoms_per_row": float(graphs.n_atoms.sum() / graphs.n_nodes.sum())}
 
 
 def main() -> None:
@@ -99,7 +100,7 @@ def main() -> None:
     print(f"{'mode':<10}{'s/epoch':>9}{'vs base':>10}{'gather':>9}{'forward':>9}{'backward':>10}{'optim':>8}")
     for mode, r in results.items():
         print(f"{mode:<10}{r['epoch_s']:>9.1f}{base / r['epoch_s']:>9.2f}x{r['gather_s']:>9.1f}{r['forward_s']:>9.1f}"
-              f"{r['backward_s']:>10.1f}{r['optimizer_s']:>8.1f}")
+              f"{r['backward_s']:>10.1f}{r['optimizer_s']:>8.1f}   ({r['atoms_per_row']:.2f} atoms per graph row)")
     out = Path(__file__).parent / "results" / "train.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "modes": results}, indent=1))
