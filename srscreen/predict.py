@@ -124,7 +124,7 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
 
 # Structures from which compiling pays back its one-off cost on CPU: ~11 s against ~0.06 ms saved each
 # (benchmarks/predict.py, Ef + Eg, 2 threads).
-COMPILE_FROM = 200_000
+COMPILE_FROM_STRUCTURES = 200_000
 
 T = TypeVar("T")
 
@@ -214,7 +214,7 @@ def predict(
         if not (0 <= start <= (n_shards if stop is None else stop) <= n_shards):
             raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
         if compile is None:
-            compile = len(graphs) >= COMPILE_FROM
+            compile = len(graphs) >= COMPILE_FROM_STRUCTURES
         nets = [Compiled(m.build_model().to(dev).eval()) if compile else m.build_model().to(dev).eval() for m in models]
         parts: list[Ranking] = []
         with torch.inference_mode():

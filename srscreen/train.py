@@ -32,9 +32,9 @@ from .shards import settings_differ
 
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]
+# Crystal-epochs from which compiling pays back its one-off ~20-60 s (it saves ~0.2 ms per crystal).
+COMPILE_FROM_CRYSTAL_EPOCHS = 200_000
 # A resumed run may run longer or stop earlier than first planned; anything else must match.
-# Crystal-epochs from which compiling pays back its one-off ~20-60 s (it saves ~0.4 ms per crystal).
-COMPILE_FROM = 200_000
 _EXTENSIBLE = frozenset({"epochs", "patience"})
 UNITS = {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_form": "eV/atom", "gap": "eV"}
 
@@ -219,7 +219,7 @@ def train(
     Each epoch is checkpointed to OUT.ckpt and logged to OUT.log.jsonl; `resume` continues from the
     checkpoint after a kill. `compile` fuses the convolutions' training forward with torch.compile
     (1.5x faster epochs on 2 CPU cores, benchmarks/train.py, after a one-off compile of ~20-60 s);
-    None compiles when the run is long enough to pay that back (COMPILE_FROM crystal-epochs).
+    None compiles when the run is long enough to pay that back (COMPILE_FROM_CRYSTAL_EPOCHS).
     """
     check_config(config)
     reuse_freed_memory()
@@ -292,7 +292,7 @@ def train(
     elif log_path.exists():
         log_path.unlink()
 
-    if compile if compile is not None else len(split.train) * config.epochs >= COMPILE_FROM:
+    if compile if compile is not None else len(split.train) * config.epochs >= COMPILE_FROM_CRYSTAL_EPOCHS:
         model.compile_training()
     y_norm = torch.from_numpy((y_all - normalizer["mean"]) / normalizer["std"]).float()
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
