@@ -123,6 +123,14 @@ def report(runs: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
     sweep = [r for r in runs if r["target"] == "Ef" and r["seed"] == 0]
     if len({(r["shared"], r["steps"]) for r in sweep}) > 2:
+        print("\n| steps / layers | SR-CGCNN conv params | SR-CGCNN Ef test MAE | CGCNN conv params | CGCNN Ef test MAE |")
+        print("|---|---|---|---|---|")
+        for steps in sorted({r["steps"] for r in sweep}):
+            cells = [str(steps)]
+            for shared in (True, False):
+                r = next((r for r in sweep if r["steps"] == steps and r["shared"] == shared), None)
+                cells += [f"{r['conv_parameters']:,}", f"{r['test_mae']:.4f}"] if r else ["-", "not run"]
+            print("| " + " | ".join(cells) + " |")
         plot_sweep(sweep)
 
 
