@@ -139,16 +139,18 @@ def main() -> None:
         t_pred, steady = {}, {}
         for mode, compiled, merge in (("eager", False, quotient), ("compiled", True, quotient),
                                       ("baseline", True, lambda shard, steps: unmerged(shard))):
-            predict_module.quotient = merge
             marks: list[tuple[float, int]] = []
             start = time.perf_counter()
-            ranking = predict(full, loaded, top=100, device=args.device, batch_atoms=args.batch_atoms, compile=compiled,
-                              on_shard=lambda n: marks.append((time.perf_counter(), n)))
+            predict_module.quotient = merge
+            try:
+                ranking = predict(full, loaded, top=100, device=args.device, batch_atoms=args.batch_atoms,
+                                  compile=compiled, on_shard=lambda n: marks.append((time.perf_counter(), n)))
+            finally:
+                predict_module.quotient = quotient
             t_pred[mode] = time.perf_counter() - start
             # After the first shard (which carries the one-off compile): the rate a long screening runs at.
             steady[mode] = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0])
             assert len(ranking) == 100
-        predict_module.quotient = quotient
         rss_small = peak_rss_mib(small, names, args.threads)
         rss_full = peak_rss_mib(full, names, args.threads)
 

@@ -5,9 +5,9 @@
 Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then times training steps, each mode
 in a fresh process of this same run (so no mode inherits another's thread pool, allocator settings or
 compiled kernels): plain eager with glibc's default allocator settings (the baseline), eager with
-srscreen's allocator settings (`srscreen.allocator`), torch.compile on top, and merged: compiled, on
-classes of equivalent atoms (`srscreen.equivalent_atoms`, counted once per atom in the batch statistics),
-which is what `srscreen train` runs.
+srscreen's allocator settings (`srscreen.allocator`), torch.compile on top, and the last two on classes
+of equivalent atoms (`srscreen.equivalent_atoms`, counted once per atom in the batch statistics):
+merged-eager and merged (compiled), which is what `srscreen train` runs for long trainings.
 Each mode's epoch time is its mean step time times the steps in one epoch over the 80% training
 split (26,452 crystals at batch 256); the breakdown splits a step into batch gather, forward,
 backward and optimizer. Ratios are against the baseline measured in this same run.
@@ -35,19 +35,21 @@ from srscreen.model import CrystalGraphNet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
 TRAIN_CRYSTALS = 26452
+STEPS = 3
 
 
 def time_steps(graphs: GraphSet, mode: str, n_batches: int, batch_size: int) -> dict[str, float]:
     if mode != "baseline":
         reuse_freed_memory()
     torch.manual_seed(0)
-    model = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()))
-    if mode in ("compiled", "merged"):
+    model = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()), steps=STEPS)
+    compiled = mode in ("compiled", "merged")
+    if compiled:
         model.compile_training()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     y = torch.randn(len(graphs))
     runs = batches(len(graphs), batch_size, np.random.default_rng(0))
-    warmup = 3 if mode in ("compiled", "merged") else 1
+    warmup = 3 if compiled else 1
     parts = {"gather": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
     for i, b in enumerate(runs[: warmup + n_batches]):
         t0 = time.perf_counter()
@@ -74,12 +76,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="baseline,eager,compiled,merged")
+    parser.add_argument("--modes", default="baseline,eager,compiled,merged-eager,merged")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only:
-        graphs = GraphSet.load(args.graphs, steps=3 if args.only == "merged" else None)
+        graphs = GraphSet.load(args.graphs, steps=STEPS if args.only.startswith("merged") else None)
         print(json.dumps(time_steps(graphs, args.only, args.batches, args.batch_size)))
         return
     results = {}
@@ -97,9 +99,9 @@ def main() -> None:
             results[mode] = json.loads(run.stdout.splitlines()[-1])
     base = results.get("baseline", next(iter(results.values())))["epoch_s"]
     print(f"SR-CGCNN-3, batch {args.batch_size}, {args.threads} threads, {args.batches} timed steps per mode")
-    print(f"{'mode':<10}{'s/epoch':>9}{'vs base':>10}{'gather':>9}{'forward':>9}{'backward':>10}{'optim':>8}")
+    print(f"{'mode':<13}{'s/epoch':>9}{'vs base':>10}{'gather':>9}{'forward':>9}{'backward':>10}{'optim':>8}")
     for mode, r in results.items():
-        print(f"{mode:<10}{r['epoch_s']:>9.1f}{base / r['epoch_s']:>9.2f}x{r['gather_s']:>9.1f}{r['forward_s']:>9.1f}"
+        print(f"{mode:<13}{r['epoch_s']:>9.1f}{base / r['epoch_s']:>9.2f}x{r['gather_s']:>9.1f}{r['forward_s']:>9.1f}"
               f"{r['backward_s']:>10.1f}{r['optimizer_s']:>8.1f}   ({r['atoms_per_row']:.2f} atoms per graph row)")
     out = Path(__file__).parent / "results" / "train.json"
     out.parent.mkdir(exist_ok=True)

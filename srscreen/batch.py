@@ -64,11 +64,14 @@ def collate(
     )
 
 
-def with_atoms(batch: GraphBatch, n_atoms: np.ndarray, node_of_atom: np.ndarray) -> GraphBatch:
-    """A batch collated from classes of equivalent atoms, told its atoms: per crystal `n_atoms`, and per
-    atom its node, local to its crystal (as `equivalent_atoms.Quotient` gives them)."""
-    n_atoms = np.asarray(n_atoms, dtype=np.int64)
-    node_start = np.searchsorted(batch.crystal.numpy(), np.arange(batch.n_crystals))
+def with_atoms(batch: GraphBatch, n_nodes: np.ndarray, n_atoms: np.ndarray, node_of_atom: np.ndarray) -> GraphBatch:
+    """A batch collated from classes of equivalent atoms (`n_nodes` per crystal), told its atoms: per
+    crystal `n_atoms`, and per atom its node, local to its crystal (as `equivalent_atoms.Quotient` has them)."""
+    n_nodes, n_atoms = np.asarray(n_nodes, dtype=np.int64), np.asarray(n_atoms, dtype=np.int64)
+    if not (len(n_nodes) == len(n_atoms) == batch.n_crystals and len(node_of_atom) == n_atoms.sum()):
+        raise ValueError(f"{batch.n_crystals} crystals in the batch, but {len(n_nodes)} node counts, "
+                         f"{len(n_atoms)} atom counts and {len(node_of_atom)} atoms")
+    node_start = np.cumsum(n_nodes) - n_nodes
     return replace(
         batch,
         crystal=torch.from_numpy(np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)),

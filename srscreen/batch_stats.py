@@ -37,5 +37,5 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm1d, counts: torch.Tensor | None)
     if counts is None or not bn.training:
         return bn(x)
     xhat, mean, invstd = weighted_stats(x, counts, bn.eps)
-    update_running_stats(bn, mean, invstd.detach().double().pow(-2) - bn.eps, float(counts.sum()))
+    update_running_stats(bn, mean.detach(), invstd.detach().double().pow(-2) - bn.eps, float(counts.sum()))
     return torch.addcmul(bn.bias, xhat, bn.weight)

@@ -323,7 +323,7 @@ def predict_cmd(
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~10-60 s compile); default: only for files of 200,000+ structures."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
     shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),

@@ -74,7 +74,7 @@ class GraphSet:
         if self.node_of_atom is None:
             return batch
         atoms = _rows(self.atom_start[crystals], self.n_atoms[crystals])
-        return with_atoms(batch, self.n_atoms[crystals], self.node_of_atom[atoms])
+        return with_atoms(batch, self.n_nodes[crystals], self.n_atoms[crystals], self.node_of_atom[atoms])
 
 
 def _rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

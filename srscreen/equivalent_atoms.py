@@ -8,11 +8,13 @@ such classes for 4 steps (`python benchmarks/predict.py` prints the ratio). Conv
 on the quotient graph (a representative's neighbours point to their classes) and expanding the result
 back to atoms before pooling gives every atom its own features, so predictions are unchanged up to
 float rounding. Distances count as equal when their stored float32 values are: symmetric neighbours'
-distances, computed in float64, round to the same float32. (A tolerance of 1e-4 Å would also merge
-nearly symmetric atoms, and moved MP predictions by up to 1e-5 eV.)
+distances, computed in float64, almost always round to the same float32, and where they do not the
+class splits (slower, never wrong). A tolerance of 1e-4 Å would also merge nearly symmetric atoms,
+and moved MP predictions by up to 1e-5 eV.
 
-Classes stay within a crystal, so the quotient is again a shard of self-contained graphs and batches
-can be packed from it.
+`predict` (on CPU) and `train` both convolve the quotient; training counts each class once per atom
+in its BatchNorm statistics (`batch_stats`). Classes stay within a crystal, so the quotient is again
+a shard of self-contained graphs and batches can be packed from it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Quotient:
     """A shard's graphs on classes of equivalent atoms, in the shard's CSR layout.
 
     Per crystal `n_nodes` classes; per class `atomic_numbers`, `nbr_idx` (local to its crystal's classes)
-    and `nbr_dist`; per atom `node_of_atom`, its class local to its crystal.
+    and `nbr_dist`; per atom `node_of_atom`, its class local to its crystal (None: classes are atoms).
     """
 
     n_atoms: np.ndarray
@@ -37,7 +39,7 @@ class Quotient:
     atomic_numbers: np.ndarray
     nbr_idx: np.ndarray
     nbr_dist: np.ndarray
-    node_of_atom: np.ndarray
+    node_of_atom: np.ndarray | None
 
 
 def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, nbr: np.ndarray, dist: np.ndarray,
@@ -51,6 +53,8 @@ def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, nbr: np.ndarra
     """
     if len(numbers) == 0:
         return np.zeros(0, dtype=np.int64)
+    if len(numbers) >= 2**32:  # labels share an int64 with a distance's 32 bits: leave such a shard unmerged
+        return np.arange(len(numbers))
     dkey = np.ascontiguousarray(dist, dtype=np.float32).view(np.int32).astype(np.int64) << 32  # exact
     labels = np.unique((crystal.astype(np.int64) << 8) | numbers, return_inverse=True)[1].reshape(-1)
     for _ in range(steps):
@@ -103,5 +107,4 @@ def unmerged(shard: Shard) -> Quotient:
     """The shard as a quotient with every atom its own class: for a GPU, where merging would cost more
     CPU time than the convolutions it saves (1.3 s against 0.2 s to read the MP file)."""
     n_atoms = shard.n_atoms.astype(np.int64)
-    local = np.arange(int(n_atoms.sum())) - np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)
-    return Quotient(n_atoms, n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist, local)
+    return Quotient(n_atoms, n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist, None)

@@ -122,16 +122,16 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
         raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
 
 
-# Structures from which compiling pays back its one-off cost on CPU: ~11 s against ~0.06 ms saved each
+# Structures from which compiling pays back its one-off cost on CPU: 7-12 s against ~0.07 ms saved each
 # (benchmarks/predict.py, Ef + Eg, 2 threads).
-COMPILE_FROM_STRUCTURES = 200_000
+COMPILE_FROM_STRUCTURES = 150_000
 
 T = TypeVar("T")
 
 
 def _prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Run `items` on a background thread: reading shards (HDF5 I/O, decompression) and merging their
-    equivalent atoms (numpy, which releases the GIL) overlap with the model."""
+    equivalent atoms (numpy, which releases the GIL in its larger loops) overlap with the model."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
 
@@ -152,7 +152,8 @@ def _prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
 
 
 def _default_batch_atoms(device: torch.device) -> int:
-    """1,024 atoms keep a CPU's working set in cache (measured fastest); a GPU wants large batches."""
+    """1,024 nodes (atoms, or classes of them) keep a CPU's working set in cache (measured fastest on
+    atoms); a GPU wants large batches."""
     return 32768 if device.type == "cuda" else 1024
 
 
@@ -167,7 +168,9 @@ def predict_shard(q: Quotient, nets: list[torch.nn.Module], models: list[ModelFi
     for run in pack_by_atoms(q.n_nodes, batch_atoms):
         a, b = node_starts[run.start], node_starts[run.stop]
         batch = collate(q.n_nodes[run], q.atomic_numbers[a:b], q.nbr_idx[a:b], q.nbr_dist[a:b])
-        batch = with_atoms(batch, q.n_atoms[run], q.node_of_atom[atom_starts[run.start] : atom_starts[run.stop]])
+        if q.node_of_atom is not None:
+            atoms = q.node_of_atom[atom_starts[run.start] : atom_starts[run.stop]]
+            batch = with_atoms(batch, q.n_nodes[run], q.n_atoms[run], atoms)
         batch = (batch.pin_memory() if cuda else batch).to(device, non_blocking=cuda)
         for net, m in zip(nets, models):
             outputs[m.target].append(net(batch))  # stays on the device: no sync until the shard is done
@@ -192,7 +195,7 @@ def predict(
 
     `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
     `on_shard(n_structures)` is called after each shard. `compile` runs the models through
-    torch.compile (up to ~2x faster on CPU after a ~10-60 s one-off compile); None decides by file size.
+    torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
     """
     if not models:
         raise ValueError("no model given")

@@ -77,7 +77,7 @@ def test_unmerged_is_every_atom_its_own_class(crystals):
     shard = shard_of(crystals)
     q = eq.unmerged(shard)
     assert np.array_equal(q.n_nodes, q.n_atoms) and np.array_equal(q.nbr_idx, shard.nbr_idx)
-    assert np.array_equal(q.node_of_atom, np.concatenate([np.arange(n) for n in shard.n_atoms]))
+    assert q.node_of_atom is None
 
 
 def test_an_empty_shard_has_an_empty_quotient():
@@ -99,7 +99,7 @@ def test_predictions_on_the_quotient_equal_predictions_on_every_atom(crystals, s
     q = eq.quotient(shard, steps=steps)
     with torch.inference_mode():
         want = net(collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist))
-        merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_atoms, q.node_of_atom)
+        merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
         got = net(merged)
     assert merged.numbers.shape[0] <= shard.atomic_numbers.shape[0] // 2  # it really merged
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -128,7 +128,7 @@ def test_training_on_the_quotient_equals_training_on_every_atom(crystals, fused)
     shard = shard_of(crystals)
     q = eq.quotient(shard, steps=3)
     every = collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist)
-    merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_atoms, q.node_of_atom)
+    merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
     want = _training_step(net, every._map(lambda t: t.double() if t.is_floating_point() else t))
     for bn in [*net.bn1, *net.bn2]:
         bn.reset_running_stats()
