@@ -262,7 +262,7 @@ def train_cmd(
     unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
     threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Fuse the convolutions with torch.compile: 1.5x faster epochs on CPU after a one-off ~20-60 s; default: when training crystals x epochs >= 200,000."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Fuse the convolutions with torch.compile: 2x faster epochs on CPU after a one-off ~20-60 s; default: when training crystals x epochs >= 200,000."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""

@@ -9,7 +9,7 @@ that many times in the batch statistics (`batch_stats`).
 
 This is where training spends its time: every line touches an edges x 2F tensor, and autograd runs it
 as ~15 separate passes. `edge_forward` and `edge_backward` are plain functions, so torch.compile can
-fuse the forward into a few loops: SR-CGCNN-3 epochs 1.5x faster on 2 CPU cores (benchmarks/train.py).
+fuse the forward into a few loops: SR-CGCNN-3 epochs 2x faster on 2 CPU cores (benchmarks/train.py).
 They equal `nn.BatchNorm1d` + the gate under autograd to float tolerance (tests/test_model.py).
 """
 

@@ -218,7 +218,7 @@ def train(
 
     Each epoch is checkpointed to OUT.ckpt and logged to OUT.log.jsonl; `resume` continues from the
     checkpoint after a kill. `compile` fuses the convolutions' training forward with torch.compile
-    (1.5x faster epochs on 2 CPU cores, benchmarks/train.py, after a one-off compile of ~20-60 s);
+    (2x faster epochs on 2 CPU cores, benchmarks/train.py, after a one-off compile of ~20-60 s);
     None compiles when the run is long enough to pay that back (COMPILE_FROM_CRYSTAL_EPOCHS).
     """
     check_config(config)
@@ -228,7 +228,7 @@ def train(
         raise ValueError(f"{out}: folder {out.parent} does not exist")
     ckpt_path = out.with_name(out.name + ".ckpt")
     log_path = out.with_name(out.name + ".log.jsonl")
-    graphs = GraphSet.load(graph_path, steps=config.steps)  # equivalent atoms merged: exact, 2x faster
+    graphs = GraphSet.load(graph_path, steps=config.steps)  # equivalent atoms merged: exact, fewer rows
     labels = read_labels(labels_path, config.target)
     matched = match(graphs.ids, labels)
     if len(matched.positions) < 3:
