@@ -146,6 +146,7 @@ def plot_sweep(sweep: list[dict]) -> None:
         if rs:
             axes[0].plot([r["steps"] for r in rs], [r["test_mae"] for r in rs], "o-", label=label)
             axes[1].plot([r["conv_parameters"] for r in rs], [r["test_mae"] for r in rs], "o-", label=label)
+    axes[0].set_xticks(sorted({r["steps"] for r in sweep}))
     axes[0].set_xlabel("message-passing steps / layers")
     axes[1].set_xlabel("convolution parameters")
     axes[1].set_xscale("log")
