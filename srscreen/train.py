@@ -228,7 +228,8 @@ def train(
         raise ValueError(f"{out}: folder {out.parent} does not exist")
     ckpt_path = out.with_name(out.name + ".ckpt")
     log_path = out.with_name(out.name + ".log.jsonl")
-    graphs = GraphSet.load(graph_path, steps=config.steps)  # equivalent atoms merged: exact, fewer rows
+    # Equivalent atoms merged (exact, fewer rows) for the depth of the network that will train.
+    graphs = GraphSet.load(graph_path, steps=init.architecture["steps"] if init is not None else config.steps)
     labels = read_labels(labels_path, config.target)
     matched = match(graphs.ids, labels)
     if len(matched.positions) < 3:

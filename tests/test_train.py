@@ -37,6 +37,7 @@ from screening_data import (
     write_labels,
 )
 
+import srscreen.train
 from srscreen.checkpoint import ModelFile
 from srscreen.dataset import GraphSet
 from srscreen.train import TrainConfig, metrics, predict_positions, train
@@ -325,6 +326,19 @@ def test_finetune_from_a_model_file(data, base_model, tmp_path, freeze):
     lines = result.stdout.splitlines()
     assert lines[0] == "rank,id,formula,n_atoms,band_gap"
     assert len(lines) == 1 + len(data["items"])
+
+
+def test_finetune_merges_equivalent_atoms_for_the_base_models_depth(data, tmp_path, monkeypatch):
+    """Classes of equivalent atoms depend on the number of steps: a 2-step base model fine-tuned with
+    the command's defaults (3 steps) must train on 2-step classes, or it would merge atoms it tells apart."""
+    base = tmp_path / "two.pt"
+    run_train(data, base, "--epochs", "1", "--batch-size", "8", "--steps", "2")
+    loaded = []
+    real_load = srscreen.train.GraphSet.load
+    monkeypatch.setattr(srscreen.train.GraphSet, "load", lambda path, steps=None: loaded.append(steps) or real_load(path, steps))
+    result = finetune(data, base, tmp_path / "tuned.pt")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert loaded == [2] and ModelFile.load(tmp_path / "tuned.pt").architecture["steps"] == 2
 
 
 def test_finetune_on_the_same_target_keeps_the_models_scale(data, base_model, tmp_path):
