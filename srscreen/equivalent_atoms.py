@@ -1,4 +1,4 @@
-"""Merge atoms that the network cannot tell apart, so that prediction convolves each kind once.
+"""Merge atoms that the network cannot tell apart, so that it convolves each kind once.
 
 A T-step crystal graph convolution gives two atoms the same features whenever their T-hop
 neighbourhoods match: same element, and neighbours at the same distances whose own neighbourhoods
