@@ -14,6 +14,11 @@ Parsers, fastest that is correct first:
 - ASE databases (.db): rows read by id range with ase.db; rows without a periodic cell are failures.
 - Entry dumps (lists of `ComputedStructureEntry` dicts): ids from `entry_id`, else the data dict's
   `material_id`/`mat_id`; large dumps are cut into chunks by `sources` and parsed a chunk at a time.
+
+No parser fills in a default for what a file lacks: a missing, unreadable or impossible cell, a
+missing or non-numeric coordinate is a failure naming it. Every lattice goes through the shared
+`cell.lattice_fault`; a CIF's six written cell numbers through `cell.cell_parameters_fault` first,
+and the cell gemmi (or pymatgen, the fallback) builds must be made of those numbers.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Iterator, Literal
 import numpy as np
 import orjson
 
-from .cell import cell_volume
+from .cell import cell_parameters_fault, lattice_fault
 
 Format = Literal["cif", "json", "jsonl", "poscar", "extxyz", "asedb"]
 DisorderPolicy = Literal["fail", "majority"]
@@ -118,14 +123,24 @@ def _text(data: bytes) -> str:
 
 def _checked(id_: str, lattice, frac, numbers) -> Parsed:
     """Reject what no graph can be built from: empty, non-finite, degenerate or unknown-element cells."""
-    lattice = np.asarray(lattice, dtype=np.float64).reshape(3, 3)
-    frac = np.asarray(frac, dtype=np.float64).reshape(-1, 3)
-    numbers = np.asarray(numbers, dtype=np.int64)
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
     if len(numbers) == 0:
         raise ReadError("structure has no atoms")
-    if not (np.isfinite(lattice).all() and np.isfinite(frac).all()):
-        raise ReadError("non-finite lattice or coordinates")
-    _check_volume(lattice, len(numbers))
+    try:
+        lattice = np.asarray(lattice, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ReadError("lattice is not a 3x3 matrix of numbers") from None
+    if lattice.shape != (3, 3):
+        raise ReadError(f"lattice is not a 3x3 matrix of numbers (shape {lattice.shape})")
+    _check_lattice(lattice, len(numbers))
+    try:
+        frac = np.asarray(frac, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ReadError("coordinates are not 3 numbers per site") from None
+    if frac.shape != (len(numbers), 3):
+        raise ReadError(f"coordinates are not 3 numbers per site ({len(numbers)} sites, shape {frac.shape})")
+    if not np.isfinite(frac).all():
+        raise ReadError("non-finite coordinates (NaN, infinite or missing)")
     if ((numbers <= 0) | (numbers > _MAX_Z)).any():
         raise ReadError("site without a chemical element (dummy or unknown species)")
     return Parsed(id_, lattice, frac, numbers)
@@ -133,14 +148,15 @@ def _checked(id_: str, lattice, frac, numbers) -> Parsed:
 
 def _volume_checked(id_: str, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray) -> Parsed:
     """`_checked` for arrays known to be float64/int64, finite, non-empty and of real elements."""
-    _check_volume(lattice, len(numbers))
+    _check_lattice(lattice, len(numbers))
     return Parsed(id_, lattice, frac, numbers)
 
 
-def _check_volume(lattice: np.ndarray, n_atoms: int) -> None:
-    volume = cell_volume(lattice.tolist())
-    if volume < 0.1 * n_atoms:
-        raise ReadError(f"degenerate cell (volume {volume:.3g} Å^3 for {n_atoms} atoms)")
+def _check_lattice(lattice: np.ndarray, n_atoms: int) -> None:
+    """The shared cell check (`cell.lattice_fault`) as a ReadError."""
+    fault = lattice_fault(lattice.tolist(), n_atoms)
+    if fault is not None:
+        raise ReadError(fault)
 
 
 def _species_number(occupancies: list[tuple[int, float]], policy: DisorderPolicy) -> int:
@@ -166,10 +182,16 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
         id_ = stem if len(blocks) == 1 else f"{stem}:{i}"
         try:
             fast = _p1_block_arrays(block)
-            if fast is not None:  # finite, known elements, at least one site: only the volume to check
+            if fast is not None:  # finite, known elements, at least one site, a valid cell: only the volume to check
                 yield _volume_checked(id_, *fast)
                 continue
+            # gemmi falls back on a 1 Å cube for a missing or unreadable cell and on 0 for a missing
+            # coordinate column: check the block's own numbers first, then that gemmi used them.
+            _check_cif_coordinate_tags(lambda tag: bool(block.find_values(tag)))
+            params = _cif_cell_parameters(block.find_value)
             small = gemmi.make_small_structure_from_block(block)
+            cell = small.cell
+            _check_cell_used((cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma), params)
             sites = small.get_all_unit_cell_sites()
             if not sites:
                 raise ReadError("no atom sites in CIF block")
@@ -183,10 +205,7 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
                 sites = _majority_sites(sites)
             frac = [s.fract.tolist() for s in sites]
             numbers = [s.element.atomic_number for s in sites]
-            lattice = np.array(small.cell.orth.mat.tolist()).T
-            if small.cell.a <= 0 or small.cell.volume <= 0 or not np.isfinite(small.cell.volume):
-                raise ReadError("CIF has no valid cell parameters")
-            yield _checked(id_, lattice, frac, numbers)
+            yield _checked(id_, np.array(cell.orth.mat.tolist()).T, frac, numbers)
         except ReadError as e:
             yield ParseFailure(id_, str(e))
         except (RuntimeError, ValueError, IndexError) as e:
@@ -196,7 +215,55 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
 _SYMOP_TAGS = ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz")  # gemmi's order
 _SG_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number")
 _CELL_TAGS = ["_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha", "_cell_angle_beta", "_cell_angle_gamma"]
+_FRACT_TAGS = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
 _SITE_COLUMNS = ["_atom_site_type_symbol", "_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z"]
+
+
+def _cif_cell_parameters(find) -> list[float]:
+    """a, b, c, alpha, beta, gamma as the CIF writes them (`find(tag)` gives a tag's raw value or
+    None); a ReadError naming the tag when one is missing, unknown (? or .) or not a number, or
+    when the six make no cell. Uncertainties are dropped: 5.43(2) is 5.43."""
+    import gemmi
+
+    params = []
+    for tag in _CELL_TAGS:
+        raw = find(tag)
+        if isinstance(raw, list):  # pymatgen's CifBlock: a looped value
+            raw = raw[0] if len(raw) == 1 else " ".join(raw)
+        if raw is None:
+            raise ReadError(f"CIF has no {tag}: a cell needs all six _cell_length_* and _cell_angle_* values")
+        value = gemmi.cif.as_number(raw)
+        if math.isnan(value):
+            what = "unknown" if raw.strip() in ("?", ".") else "not a number"
+            raise ReadError(f"CIF {tag} is {what} ({_one_line(raw)[:40]!r}): the cell is not given")
+        params.append(value)
+    fault = cell_parameters_fault(*params)
+    if fault is not None:
+        raise ReadError(fault)
+    return params
+
+
+def _check_cif_coordinate_tags(has) -> None:
+    """A ReadError unless the block has fractional coordinate columns (`has(tag)`: tag present)."""
+    missing = [tag for tag in _FRACT_TAGS if not has(tag)]
+    if not missing:
+        return
+    if has("_atom_site_cartn_x"):
+        raise ReadError(
+            "CIF gives Cartesian coordinates only (_atom_site_Cartn_*): srscreen needs _atom_site_fract_x/y/z"
+        )
+    if len(missing) == 3 and not (has("_atom_site_label") or has("_atom_site_type_symbol")):
+        raise ReadError("no atom sites in CIF block")
+    raise ReadError(f"atom sites without fractional coordinates (no {', '.join(missing)})")
+
+
+def _check_cell_used(used: tuple[float, ...], params: list[float]) -> None:
+    """A ReadError when the parser built its cell from other numbers than the CIF's (a default cell)."""
+    if any(not abs(u - p) <= 1e-6 * max(1.0, abs(p)) for u, p in zip(used, params)):
+        raise ReadError(
+            f"cell read ({' '.join(f'{x:g}' for x in used)}) is not the CIF's "
+            f"_cell_* values ({' '.join(f'{x:g}' for x in params)})"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -249,8 +316,8 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     try:
         cell = [block.find_value(tag) for tag in _CELL_TAGS]
         params = [float(v) for v in cell]
-        if not all(0.0 < v < math.inf for v in params):
-            return None
+        if cell_parameters_fault(*params) is not None:
+            return None  # the full path names the fault
         # The whole loop in one call, then columns by slicing: far cheaper than a Column per tag.
         values, width = loop.values, len(tags)
         ks, kx, ky, kz = (tags.index(t) for t in _SITE_COLUMNS)
@@ -286,20 +353,72 @@ def _majority_sites(sites: list) -> list:
 
 
 def _parse_cif_pymatgen(stem: str, text: str, policy: DisorderPolicy, first_error: str) -> Iterator[Parsed | ParseFailure]:
-    """Fallback for CIFs gemmi rejects; failures report gemmi's reason, which names the bad line."""
+    """Fallback for CIFs gemmi rejects, a block at a time, under the same cell and coordinate checks
+    as gemmi's path; failures pymatgen cannot explain report gemmi's reason, which names the bad line."""
     import warnings
 
-    from pymatgen.io.cif import CifParser
+    from pymatgen.io.cif import CifFile, CifParser
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            structures = CifParser(io.StringIO(text), frac_tolerance=0.0).parse_structures(primitive=False)
+            blocks = list(CifFile.from_str(text).data.values())
     except Exception:  # noqa: BLE001 - pymatgen raises anything on bad input; gemmi's reason is the useful one
+        blocks = []
+    if not blocks:
         yield ParseFailure(stem, f"invalid CIF: {_one_line(first_error)}")
         return
-    for i, structure in enumerate(structures):
-        yield _from_pymatgen(stem if len(structures) == 1 else f"{stem}:{i}", structure, policy)
+    for i, block in enumerate(blocks):
+        id_ = stem if len(blocks) == 1 else f"{stem}:{i}"
+        lower: dict[str, list] = {}
+        for tag, value in block.data.items():  # tags are case-insensitive: pymatgen's dict is not
+            lower.setdefault(tag.lower(), []).append(value)
+        try:
+            _check_cif_coordinate_tags(lambda tag: tag in lower)
+            _check_cif_coordinate_values(lower)
+            params = _cif_cell_parameters(lambda tag: _one_value(lower, tag))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structures = CifParser.from_str(str(block), frac_tolerance=0.0).parse_structures(primitive=False)
+            if len(structures) != 1:
+                raise ValueError(f"{len(structures)} structures in one block")
+            _check_cell_used(structures[0].lattice.parameters, params)
+        except ReadError as e:
+            yield ParseFailure(id_, str(e))
+            continue
+        except Exception:  # noqa: BLE001 - as above
+            yield ParseFailure(id_, f"invalid CIF: {_one_line(first_error)}")
+            continue
+        yield _from_pymatgen(id_, structures[0], policy)
+
+
+def _check_cif_coordinate_values(values: dict[str, list]) -> None:
+    """A ReadError for a fractional coordinate that is not a number (pymatgen would drop the block
+    without saying why); `values` by lower-cased tag, as in `_parse_cif_pymatgen`."""
+    import gemmi
+
+    for tag in _FRACT_TAGS:
+        for column in values[tag]:
+            for raw in column if isinstance(column, list) else [column]:
+                if math.isnan(gemmi.cif.as_number(raw)):
+                    raise ReadError(f"non-finite coordinates: {tag} value {_one_line(raw)[:40]!r} is not a number")
+
+
+def _one_value(values: dict[str, list], tag: str):
+    """The value of `tag` (lower case) among a block's values by lower-cased tag; None if absent,
+    a ReadError if the block gives it twice, differently (which pymatgen would resolve silently)."""
+    import gemmi
+
+    found = values.get(tag)
+    if not found:
+        return None
+    first = found[0]
+    for other in found[1:]:
+        same_number = (isinstance(other, str) and isinstance(first, str)
+                       and gemmi.cif.as_number(other) == gemmi.cif.as_number(first))
+        if other != first and not same_number:
+            raise ReadError(f"CIF gives {tag} {len(found)} times with different values")
+    return first
 
 
 def _from_pymatgen(id_: str, structure, policy: DisorderPolicy) -> Parsed | ParseFailure:
@@ -324,13 +443,20 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
     try:
         if "structure" in d and isinstance(d["structure"], dict):
             d = d["structure"]
-        matrix = d["lattice"]["matrix"]
+        lattice = d.get("lattice")
+        if not isinstance(lattice, dict) or "matrix" not in lattice:
+            what = "lattice.matrix" if isinstance(lattice, dict) else "lattice"
+            raise ReadError(f"not a pymatgen structure dict: no {what}")
+        if not isinstance(d.get("sites"), list):
+            raise ReadError("not a pymatgen structure dict: no list of sites")
         frac, numbers = [], []
-        for site in d["sites"]:
+        for k, site in enumerate(d["sites"]):
+            if "abc" not in site:
+                raise ReadError(f"site {k} has no fractional coordinates (abc)")
             occ = [(_element_number(Element, sp["element"]), float(sp.get("occu", 1.0))) for sp in site["species"]]
             numbers.append(_species_number(occ, policy))
             frac.append(site["abc"])
-        return _checked(id_, matrix, frac, numbers)
+        return _checked(id_, lattice["matrix"], frac, numbers)
     except ReadError as e:
         return ParseFailure(id_, str(e))
     except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -412,10 +538,8 @@ def parse_ase_db_rows(path: str, stem: str, first_id: int, last_id: int,
                 if not np.asarray(row.pbc).all():
                     raise ReadError("row has no periodic cell (pbc must be true along a, b and c)")
                 cell = np.asarray(row.cell, dtype=np.float64)
-                try:
-                    frac = np.asarray(row.positions, dtype=np.float64) @ np.linalg.inv(cell)
-                except np.linalg.LinAlgError:
-                    raise ReadError("degenerate cell (singular lattice)") from None
+                _check_lattice(cell, len(row.numbers))  # before the inverse: a zero cell is a reason, not an error
+                frac = np.asarray(row.positions, dtype=np.float64) @ np.linalg.inv(cell)
                 yield _checked(name, cell, frac, row.numbers)
             except ReadError as e:
                 yield ParseFailure(name, str(e))
@@ -430,8 +554,8 @@ def parse_jsonl_lines(stem: str, lines: list[str], first: int, policy: DisorderP
     for i, line in enumerate(lines, start=first):
         id_ = f"{stem}:{i}"
         try:
-            yield structure_from_dict(id_, orjson.loads(line), policy)
-        except orjson.JSONDecodeError as e:
+            yield structure_from_dict(id_, _loads(line), policy)  # NaN as in .json: a non-finite failure
+        except ValueError as e:
             yield ParseFailure(id_, f"invalid JSON line: {_one_line(e)}")
 
 
@@ -456,8 +580,13 @@ def parse_extxyz_frames(stem: str, text: str, first: int) -> Iterator[Parsed | P
         frame += 1
         try:
             atoms = ase.io.read(io.StringIO(block), format="extxyz")
-            if not atoms.pbc.all() or atoms.cell.rank < 3:
-                raise ReadError("frame has no periodic lattice (extxyz needs Lattice=... and pbc)")
+            if not atoms.cell.array.any():
+                raise ReadError('frame has no lattice (extxyz needs Lattice="..." and pbc="T T T")')
+            if not atoms.pbc.all():
+                pbc = " ".join("T" if p else "F" for p in atoms.pbc)
+                raise ReadError(f'frame has no periodic lattice along a, b and c (pbc="{pbc}"; '
+                                'a crystal graph needs pbc="T T T")')
+            _check_lattice(atoms.cell.array, len(atoms))  # before the inverse in get_scaled_positions
             yield _checked(id_, atoms.cell.array, atoms.get_scaled_positions(wrap=False), atoms.numbers)
         except ReadError as e:
             yield ParseFailure(id_, str(e))
@@ -471,13 +600,57 @@ def _parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Pars
     from pymatgen.io.vasp import Poscar
 
     try:
+        _check_poscar_scale(text)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Poscar.from_str(text).structure
+    except ReadError as e:
+        yield ParseFailure(stem, str(e))
+        return
     except Exception as e:  # noqa: BLE001 - pymatgen raises anything on bad input
-        yield ParseFailure(stem, f"invalid POSCAR: {_one_line(e)}")
+        yield ParseFailure(stem, _poscar_fault(text) or f"invalid POSCAR: {_one_line(e)}")
         return
     yield _from_pymatgen(stem, structure, policy)
+
+
+def _check_poscar_scale(text: str) -> None:
+    """A ReadError for a zero scale factor (line 2), which pymatgen takes: it would zero the lattice.
+    A negative one is a target volume (VASP's and pymatgen's meaning) and stays."""
+    head = text.split("\n", 2)
+    tokens = head[1].split("#")[0].split() if len(head) > 1 else []
+    try:
+        zero = bool(tokens) and all(float(x) == 0.0 for x in tokens)
+    except ValueError:
+        return  # pymatgen names what it cannot read
+    if zero:
+        raise ReadError("POSCAR scale factor (line 2) is 0: it multiplies the lattice, so the cell would be a point")
+
+
+def _poscar_fault(text: str) -> str | None:
+    """What a POSCAR pymatgen rejects lacks, when it is a lattice row or coordinate lines; else None."""
+    import re
+
+    lines = [ln.split("#")[0].split("!")[0].split() for ln in re.split(r"\n\s*\n", text.strip())[0].splitlines()]
+
+    def numbers(tokens: list[str], n: int) -> bool:
+        try:
+            [float(x) for x in tokens[:n]]
+        except ValueError:
+            return False
+        return len(tokens) >= n
+
+    if len(lines) < 5 or not all(numbers(row, 3) for row in lines[2:5]):
+        return "invalid POSCAR: lines 3-5 must be the three lattice vectors, three numbers each"
+    try:
+        i = 5 if numbers(lines[5], 1) else 6  # VASP 5 writes element symbols before the counts
+        n_atoms = sum(int(x) for x in lines[i])
+        i += 2 if lines[i + 1] and lines[i + 1][0][0] in "sS" else 1  # "Selective dynamics"
+    except (IndexError, ValueError):
+        return None
+    given = sum(1 for row in lines[i + 1 : i + 1 + n_atoms] if numbers(row, 3))
+    if given < n_atoms:
+        return f"invalid POSCAR: coordinates for {given} of {n_atoms} atoms (one line of three numbers per atom)"
+    return None
 
 
 def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iterator[Parsed | ParseFailure]:
