@@ -11,12 +11,28 @@ loads with `torch.load(weights_only=True)`:
     target, unit        str, e.g. "formation_energy_per_atom", "eV/atom"
     normalizer          {"mean": float, "std": float}: prediction = output * std + mean
     training            dict, free-form: data summary, split, epochs, metrics (test MAE), command
+    digest              str, "sha256:<64 hex>" of everything above (schema 2 on; see below)
+
+Damage is detected, not guessed at. `digest` is SHA-256 over a canonical encoding of the whole payload
+except `digest` itself (`payload_digest`): dicts in sorted key order, each value tagged with its type
+and length-prefixed; floats as `float.hex`; every tensor, wherever it sits, as dtype, shape and its raw
+C-order bytes in native (little-endian) order. `load` checks it before anything else is read from the
+payload, so a file whose bytes changed after `save` either fails to unpickle ("not a readable srscreen
+model file: damaged, ...") or fails the digest ("damaged model file (digest mismatch ...)"): it never
+loads different weights or metadata. Either is one `ModelFileError` line naming the file; the check
+costs ~20 ms on a pretrained model, mostly its training metadata (the split's ids).
+Schema 1 files (srscreen before digests) have no digest and still load, unchecked beyond the
+`feature_table_id` and architecture checks they always had; re-save them (`ModelFile.load(p).save(p)`)
+to add one. A schema-1 payload that carries a digest is checked like any other (a version byte damaged
+from 2 to 1 must not switch the check off); a schema-2 payload without one is refused as damaged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +44,8 @@ from .atomic import replace_when_done
 from .elements import load_atom_features, table_id
 from .model import CrystalGraphNet
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `digest`
+DIGEST_ALGORITHM = "sha256"
 _REQUIRED = (
     "schema_version",
     "srscreen_version",
@@ -91,13 +108,27 @@ class ModelFile:
         """Read and validate a model file; any problem raises ModelFileError."""
         source = str(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            file = open(path, "rb")  # noqa: SIM115 - closed below; apart so that only its errors read "cannot read"
         except OSError as exc:
             raise ModelFileError(f"{source}: cannot read model file: {exc.strerror or exc}") from exc
-        except Exception as exc:  # torch raises many types for corrupt or foreign files
-            raise ModelFileError(f"{source}: not a readable srscreen model file ({_first_line(exc)})") from exc
-        model_file = cls._from_payload(payload, source)
-        model_file.build_model()  # weights and architecture must agree: fail here, not at predict time
+        try:
+            # Damaged pickles can make torch warn (odd protocol, deprecated storage types) before it fails:
+            # the failure is the message; its warnings would be extra lines on stderr.
+            with file, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                payload = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt or foreign files (OSError too: bad offsets)
+            raise ModelFileError(
+                f"{source}: not a readable srscreen model file: damaged, cut short or another kind of file "
+                f"({_first_line(exc)})"
+            ) from exc
+        try:
+            model_file = cls._from_payload(payload, source)
+            model_file.build_model()  # weights and architecture must agree: fail here, not at predict time
+        except ModelFileError:
+            raise
+        except Exception as exc:  # a schema-1 file (no digest) can be damaged into any shape: still one line
+            raise ModelFileError(f"{source}: not a usable srscreen model file ({_first_line(exc)})") from exc
         return model_file
 
     @classmethod
@@ -111,13 +142,17 @@ class ModelFile:
                 hint = "; it looks like an original CGCNN checkpoint: convert it with convert_cgcnn_checkpoint"
             raise fail(f"not a srscreen model file (no schema_version){hint}")
         version = payload["schema_version"]
-        if not isinstance(version, int) or version < 1:
-            raise fail(f"invalid schema_version {version!r}")
-        if version > SCHEMA_VERSION:
+        damage = _digest_problem(payload)  # first: nothing below may act on bytes that changed since `save`
+        if isinstance(version, int) and version > SCHEMA_VERSION:
             raise fail(
                 f"written by a newer srscreen (model file schema {version}, this srscreen "
                 f"{__version__} reads up to {SCHEMA_VERSION}); upgrade srscreen"
+                + (f" (or the file is damaged: {damage})" if damage and "digest" in payload else "")
             )
+        if damage:
+            raise fail(f"damaged model file ({damage})")
+        if not isinstance(version, int) or version < 1:
+            raise fail(f"invalid schema_version {version!r}")
         missing = [k for k in _REQUIRED if k not in payload]
         if missing:
             raise fail(f"missing keys: {', '.join(missing)}")
@@ -142,6 +177,7 @@ class ModelFile:
         if not path.parent.is_dir():
             raise ModelFileError(f"{path}: folder {path.parent} does not exist")
         payload = {"schema_version": SCHEMA_VERSION, **_plain(self._payload(), "model file")}
+        payload["digest"] = payload_digest(payload)
         with replace_when_done(path) as tmp:
             torch.save(payload, tmp)
 
@@ -235,6 +271,70 @@ def convert_cgcnn_checkpoint(
     )
 
 
+def payload_digest(payload: dict) -> str:
+    """"sha256:<hex>" of a model file payload, leaving out its `digest` (the encoding: module docstring)."""
+    parts: list[bytes] = []
+    _encode({k: v for k, v in payload.items() if k != "digest"}, parts)
+    return f"{DIGEST_ALGORITHM}:{hashlib.new(DIGEST_ALGORITHM, b''.join(parts)).hexdigest()}"
+
+
+def _encode(value: object, parts: list[bytes]) -> None:
+    """Append `value` to `parts` as type tag, length and content: equal encodings mean equal values and types."""
+
+    def put(tag: bytes, data: bytes) -> None:
+        parts.append(b"%s%d:" % (tag, len(data)))
+        parts.append(data)
+
+    if type(value) is str:  # first: most values are strings (a training split's ids)
+        put(b"s", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        put(b"T", f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+        # As bytes, not numpy: numpy has no bfloat16 and friends. Native (little-endian) byte order.
+        put(b"t", tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        put(b"d", str(len(value)).encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, str(k))):
+            _encode(key, parts)
+            _encode(value[key], parts)
+    elif isinstance(value, (list, tuple)):
+        put(b"l", str(len(value)).encode())
+        for item in value:
+            _encode(item, parts)
+    elif value is None or isinstance(value, bool):
+        put(b"c", repr(value).encode())
+    elif isinstance(value, int):
+        put(b"i", str(value).encode())
+    elif isinstance(value, float):
+        put(b"f", value.hex().encode())
+    elif isinstance(value, str):
+        put(b"s", value.encode("utf-8", "surrogatepass"))
+    else:
+        raise TypeError(f"{type(value).__name__} cannot be in a model file")
+
+
+def _digest_problem(payload: dict) -> str | None:
+    """Why `payload` fails its digest (one line), or None if it passes or predates digests (schema 1)."""
+    stored = payload.get("digest")
+    if stored is None:
+        return None if payload.get("schema_version") == 1 else "no digest"
+    if not isinstance(stored, str) or not stored.startswith(f"{DIGEST_ALGORITHM}:"):
+        return f"digest {_short(stored)} is not a {DIGEST_ALGORITHM} digest"
+    try:
+        computed = payload_digest(payload)
+    except Exception as exc:  # a damaged payload can hold anything weights_only loading allows
+        return f"cannot compute its digest: {_first_line(exc)}"
+    if computed != stored:
+        return f"digest mismatch: stored {_short(stored)}, computed {_short(computed)}"
+    return None
+
+
+def _short(value: object) -> str:
+    """A stored value for a one-line message: printable, at most ~30 characters."""
+    text = ascii(value) if not isinstance(value, str) else ascii(value)[1:-1]
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
 def _plain(value: object, where: str) -> object:
     """`value` with numpy scalars made Python ones; anything weights_only loading would refuse raises."""
     if isinstance(value, torch.Tensor) or value is None or type(value) in (str, int, float, bool):
@@ -259,4 +359,8 @@ def _first_line(exc: BaseException) -> str:
     if marker in text:
         text, prefix = text.split(marker, 1)[1], "refused by the weights-only loader: "
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return prefix + lines[0] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    if isinstance(exc, LookupError):  # KeyError(231) reads "231": say what it was
+        prefix += f"{type(exc).__name__}: "
+    return prefix + lines[0]

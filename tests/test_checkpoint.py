@@ -1,9 +1,13 @@
 """Model files: a saved model predicts what it predicted before, loads as data only, fails in one line,
-and an original CGCNN checkpoint converts into a model that predicts what CGCNN's own code predicts."""
+detects its own damage (a digest: damaged bytes never load as a different model), and an original CGCNN
+checkpoint converts into a model that predicts what CGCNN's own code predicts."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from srscreen.batch import collate
-from srscreen.checkpoint import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint
+from srscreen.checkpoint import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
 from srscreen.model import CrystalGraphNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +39,19 @@ def small_graphs(sizes: list[int], seed: int, elements: list[int]) -> dict[str, 
         "nbr_idx": nbr_idx,
         "nbr_dist": nbr_dist,
     }
+
+
+def batch_of(graphs: dict[str, np.ndarray]):
+    """`collate` of `small_graphs`: every neighbour slot (padding too, as CGCNN has it) is an edge.
+
+    Works with collate's fixed-width (N, M) form and with its CSR form (`n_edges` per atom, edges flat):
+    the batch code is moving from the first to the second; drop the first branch once that is committed.
+    """
+    if "n_edges" not in inspect.signature(collate).parameters:
+        return collate(**graphs)
+    n, m = graphs["nbr_idx"].shape
+    return collate(n_atoms=graphs["n_atoms"], atomic_numbers=graphs["atomic_numbers"], n_edges=np.full(n, m),
+                   nbr_idx=graphs["nbr_idx"].reshape(-1), nbr_dist=graphs["nbr_dist"].reshape(-1))  # fmt: skip
 
 
 @pytest.fixture
@@ -67,7 +84,7 @@ def test_round_trip_predicts_the_same(model_file, tmp_path):
     assert loaded.state_dict.keys() == model_file.state_dict.keys()
     assert loaded.normalizer == {"mean": -1.5, "std": 0.9}
     assert loaded.training["metrics"]["test_mae"] == pytest.approx(0.05)
-    batch = collate(**small_graphs([3, 5], seed=1, elements=[8, 14, 26]))
+    batch = batch_of(small_graphs([3, 5], seed=1, elements=[8, 14, 26]))
     with torch.no_grad():
         before = model_file.denormalise(model_file.build_model()(batch))
         after = loaded.denormalise(loaded.build_model()(batch))
@@ -85,6 +102,7 @@ def test_model_file_is_data_loadable_without_unpickling_code(model_file, tmp_pat
     assert payload["graph_settings"] == {"radius": 8.0, "max_nbr": 12}
     assert payload["target"] == "formation_energy_per_atom" and payload["unit"] == "eV/atom"
     assert payload["feature_table_id"].startswith("sha256:")
+    assert payload["digest"].startswith("sha256:") and payload["digest"] == payload_digest(payload)
 
 
 def test_save_refuses_what_is_not_data(model_file, tmp_path):
@@ -99,6 +117,12 @@ def _saved_payload(model_file: ModelFile, tmp_path: Path) -> dict:
     return torch.load(tmp_path / "good.pt", weights_only=True)
 
 
+def _edited(payload: dict, path: Path) -> Path:
+    """Save an edited payload with its digest recomputed: an edit, not damage, so the checks behind it run."""
+    torch.save({**payload, "digest": payload_digest(payload)}, path)
+    return path
+
+
 def _load_error(path: Path) -> str:
     with pytest.raises(ModelFileError) as info:
         ModelFile.load(path)
@@ -110,15 +134,16 @@ def _load_error(path: Path) -> str:
 def test_missing_keys_are_named(model_file, tmp_path):
     payload = _saved_payload(model_file, tmp_path)
     del payload["normalizer"], payload["graph_settings"]
-    torch.save(payload, tmp_path / "m.pt")
-    assert "missing keys: graph_settings, normalizer" in _load_error(tmp_path / "m.pt")
+    assert "missing keys: graph_settings, normalizer" in _load_error(_edited(payload, tmp_path / "m.pt"))
 
 
 def test_newer_schema_asks_for_an_upgrade(model_file, tmp_path):
     payload = _saved_payload(model_file, tmp_path)
     payload["schema_version"] = SCHEMA_VERSION + 1
-    torch.save(payload, tmp_path / "m.pt")
-    assert "newer srscreen" in _load_error(tmp_path / "m.pt")
+    message = _load_error(_edited(payload, tmp_path / "m.pt"))
+    assert "newer srscreen" in message and "damaged" not in message
+    torch.save(payload, tmp_path / "changed.pt")  # the version alone changed: damage, or a newer digest scheme
+    assert "upgrade srscreen (or the file is damaged: digest mismatch" in _load_error(tmp_path / "changed.pt")
 
 
 class Hook:
@@ -142,12 +167,175 @@ def test_unreadable_files_fail_in_one_line(model_file, tmp_path):
 def test_tampered_weights_are_caught(model_file, tmp_path):
     payload = _saved_payload(model_file, tmp_path)
     payload["state_dict"]["feature_table"][26, 0] += 1.0
-    torch.save(payload, tmp_path / "table.pt")
-    assert "feature_table_id" in _load_error(tmp_path / "table.pt")
+    assert "feature_table_id" in _load_error(_edited(payload, tmp_path / "table.pt"))
     payload = _saved_payload(model_file, tmp_path)
     payload["architecture"]["steps"] = 4
-    torch.save(payload, tmp_path / "arch.pt")
-    assert "weights do not fit the architecture" in _load_error(tmp_path / "arch.pt")
+    assert "weights do not fit the architecture" in _load_error(_edited(payload, tmp_path / "arch.pt"))
+
+
+# --- the digest: a file whose bytes changed after `save` never loads as a different model ---
+
+
+def test_digest_is_saved_and_checked(model_file, tmp_path):
+    model_file.save(tmp_path / "a.pt")
+    loaded = ModelFile.load(tmp_path / "a.pt")
+    loaded.save(tmp_path / "b.pt")
+    first, second = (torch.load(tmp_path / n, weights_only=True)["digest"] for n in ("a.pt", "b.pt"))
+    assert first == second  # of the content, not of the file's bytes (torch writes a new serialization id)
+    assert (tmp_path / "a.pt").read_bytes() != (tmp_path / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p["state_dict"]["fc_out.weight"].view(-1)[0].add_(1e-6),  # one weight, a little
+        lambda p: p["state_dict"].update({"fc_out.bias": p["state_dict"]["fc_out.bias"].double()}),  # dtype only
+        lambda p: p["normalizer"].update(mean=-1.25),
+        lambda p: p["training"].update(epochs=4.0),  # 3 -> 4.0: type and value
+        lambda p: p.update(unit="meV/atom"),
+        lambda p: p.update(extra=1),  # keys no srscreen reads are covered too
+    ],
+    ids=["weight", "dtype", "normalizer", "training", "unit", "extra key"],
+)
+def test_any_change_without_a_new_digest_is_damage(model_file, tmp_path, change):
+    payload = _saved_payload(model_file, tmp_path)
+    change(payload)
+    torch.save(payload, tmp_path / "changed.pt")
+    message = _load_error(tmp_path / "changed.pt")
+    assert message.startswith(f"{tmp_path / 'changed.pt'}: damaged model file (digest mismatch: stored sha256:")
+
+
+def test_schema_1_files_load_without_a_digest(model_file, tmp_path):
+    """Files written before digests still load; a damaged version byte cannot switch the check off."""
+    payload = _saved_payload(model_file, tmp_path)
+    old = {k: v for k, v in payload.items() if k != "digest"}
+    torch.save({**old, "schema_version": 1}, tmp_path / "v1.pt")
+    assert ModelFile.load(tmp_path / "v1.pt").normalizer == model_file.normalizer
+    torch.save(old, tmp_path / "v2-no-digest.pt")
+    assert "damaged model file (no digest)" in _load_error(tmp_path / "v2-no-digest.pt")
+    torch.save({**payload, "schema_version": 1}, tmp_path / "v1-with-digest.pt")
+    assert "damaged model file (digest mismatch" in _load_error(tmp_path / "v1-with-digest.pt")
+    torch.save({**payload, "digest": 12}, tmp_path / "bad-digest.pt")
+    assert "damaged model file (digest 12 is not a sha256 digest)" in _load_error(tmp_path / "bad-digest.pt")
+
+
+def test_digest_covers_values_types_and_tensor_layout():
+    base = {"a": 1, "t": torch.arange(4, dtype=torch.int32), "m": {"x": [1.0, "s", None, True]}}
+    variants = [
+        {**base, "a": 1.0},
+        {**base, "a": True},
+        {**base, "t": torch.arange(4, dtype=torch.int32).view(torch.float32)},  # same bytes, other dtype
+        {**base, "t": torch.arange(4, dtype=torch.int32).view(2, 2)},  # same bytes, other shape
+        {**base, "m": {"x": [1.0, "s", None, 1]}},
+        {**base, "m": {"x": [1.0, "s"], "y": None}},
+    ]
+    digests = {payload_digest(p) for p in [base, *variants]}
+    assert len(digests) == 1 + len(variants)
+    assert payload_digest({"m": {"x": [1.0, "s", None, True]}, "t": torch.arange(4, dtype=torch.int32), "a": 1}) \
+        == payload_digest(base)  # key order does not matter
+    assert payload_digest({**base, "digest": "anything"}) == payload_digest(base)
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    assert payload_digest({"t": t.t()}) == payload_digest({"t": t.t().contiguous()})  # values, not strides
+    assert payload_digest({"t": t.bfloat16()}) != payload_digest({"t": t.half()})  # dtypes numpy lacks
+
+
+def tiny_model_file() -> ModelFile:
+    """A small model (~54 kB file) so that many damaged copies load in well under a second."""
+    torch.manual_seed(1)
+    table = np.random.default_rng(1).random((101, 92)).astype(np.float32)
+    model = CrystalGraphNet(feature_table=table, steps=2, shared=True, atom_fea_len=8, h_fea_len=16).eval()
+    return ModelFile.from_model(
+        model,
+        graph_settings={"radius": RADIUS, "max_nbr": MAX_NBR},
+        target="formation_energy_per_atom",
+        unit="eV/atom",
+        normalizer={"mean": -1.5, "std": 0.9},
+        training={"epochs": 2, "split": {"test": ["mp-1", "mp-22"]}, "metrics": {"test_mae": 0.05}},
+    )
+
+
+def _damaged_copies(intact: Path, folder: Path, seed: int) -> list[tuple[int, Path]]:
+    """Copies of `intact` with 16 bytes inverted at seeded offsets: anywhere in the file, and more in the two
+    places where a flip is read as structure rather than numbers (the pickle, and the zip directory)."""
+    data = intact.read_bytes()
+    with zipfile.ZipFile(intact) as z:
+        pickle_end = next(i.header_offset + 100 + i.compress_size for i in z.infolist() if i.filename.endswith("data.pkl"))
+        directory = max(i.header_offset + 100 + i.compress_size for i in z.infolist())
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([
+        rng.integers(0, len(data) - 16, 60),
+        rng.integers(0, pickle_end, 30),
+        rng.integers(min(directory, len(data) - 16), len(data) - 16, 20),
+    ])  # fmt: skip
+    copies = []
+    for offset in offsets.tolist():
+        damaged = bytearray(data)
+        damaged[offset : offset + 16] = bytes(b ^ 0xFF for b in damaged[offset : offset + 16])
+        path = folder / f"damaged-at-{offset}.pt"
+        path.write_bytes(damaged)
+        copies.append((offset, path))
+    return copies
+
+
+def _same_model(a: ModelFile, b: ModelFile, batch) -> bool:
+    fields = ("architecture", "feature_table_id", "graph_settings", "target", "unit", "normalizer", "training",
+              "srscreen_version")  # fmt: skip
+    if any(getattr(a, f) != getattr(b, f) for f in fields) or a.state_dict.keys() != b.state_dict.keys():
+        return False
+    for key, tensor in a.state_dict.items():
+        other = b.state_dict[key]
+        if tensor.dtype != other.dtype or tensor.shape != other.shape or not torch.equal(tensor, other):
+            return False
+    with torch.no_grad():
+        return torch.equal(a.denormalise(a.build_model()(batch)), b.denormalise(b.build_model()(batch)))
+
+
+def test_damaged_bytes_give_the_intact_model_or_one_line(tmp_path):
+    """16 bytes inverted at 110 seeded offsets: each copy loads as exactly the intact model, or fails with one
+    line naming the file. Never a different model, never a traceback."""
+    intact = tmp_path / "tiny.pt"
+    tiny_model_file().save(intact)
+    reference = ModelFile.load(intact)
+    batch = batch_of(small_graphs([3, 5], seed=2, elements=[8, 14, 26]))
+    outcomes = {"same": 0, "digest": 0, "unreadable": 0}
+    for offset, path in _damaged_copies(intact, tmp_path, seed=20240611):
+        try:
+            loaded = ModelFile.load(path)
+        except ModelFileError as exc:
+            message = str(exc)
+            assert "\n" not in message and message.startswith(f"{path}: "), (offset, message)
+            kind = "digest" if "damaged model file (digest mismatch" in message else "unreadable"
+            assert kind == "digest" or "not a readable srscreen model file" in message, (offset, message)
+            outcomes[kind] += 1
+        else:
+            assert _same_model(loaded, reference, batch), f"damage at byte {offset} loaded as a different model"
+            outcomes["same"] += 1
+    assert outcomes["digest"] >= 20 and outcomes["unreadable"] >= 20, outcomes  # both defences were exercised
+
+
+def test_damaged_model_through_the_cli_exits_2_with_one_line(tmp_path):
+    from screening_data import SRSCREEN, subprocess_env  # imports the CLI: only this test should need it
+
+    intact = tmp_path / "tiny.pt"
+    tiny_model_file().save(intact)
+    copies = [path for _, path in _damaged_copies(intact, tmp_path, seed=7)]
+
+    def fails(path: Path) -> bool:
+        try:
+            ModelFile.load(path)
+        except ModelFileError:
+            return True
+        return False
+
+    # A copy that fails to load from each part: anywhere (mostly weights: the digest), the pickle, the directory.
+    picks = [next(filter(fails, part)) for part in (copies[:60], copies[60:90], copies[90:])]
+    for path in picks:
+        proc = subprocess.run([*SRSCREEN, "models", str(path)], capture_output=True, text=True,
+                              env=subprocess_env(), timeout=120)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stdout == "" and "Traceback" not in proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), repr(proc.stderr)
+        assert str(path) in proc.stderr and "damaged" in proc.stderr
 
 
 # --- CGCNN conversion, checked against a literal port of txie-93/cgcnn (cgcnn/model.py, cgcnn/data.py) ---
@@ -274,7 +462,7 @@ def test_converted_cgcnn_checkpoint_predicts_what_cgcnn_predicts(name, target, u
 
     graphs = small_graphs([2, 8, 5], seed=4, elements=[3, 8, 14, 26, 29, 56])
     with torch.no_grad():
-        ours = model_file.denormalise(model_file.build_model()(collate(**graphs))).numpy()
+        ours = model_file.denormalise(model_file.build_model()(batch_of(graphs))).numpy()
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     want = cgcnn_predict(checkpoint, json.loads(atom_init_path.read_text()), graphs)
     np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5)
