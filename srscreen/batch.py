@@ -12,15 +12,17 @@ import torch
 class GraphBatch:
     """Several crystal graphs merged into one disconnected graph.
 
-    `nbr_idx` indexes the batch's nodes (global), so the network never needs per-crystal loops;
-    `crystal` tells which crystal each atom belongs to, for pooling. Nodes are atoms, unless
+    Edges are CSR: sorted by their `centre` node; `nbr_idx` indexes the batch's nodes (global), so the
+    network never needs per-crystal loops; `crystal` tells which crystal each atom belongs to, for
+    pooling. Nodes are atoms, unless
     `atom_node` is given: then nodes are classes of equivalent atoms (`equivalent_atoms`) and
     `atom_node` says which node each atom takes its features from.
     """
 
     numbers: torch.Tensor  # long (N,) atomic numbers, per node
-    nbr_idx: torch.Tensor  # long (N, M) global neighbour indices
-    nbr_dist: torch.Tensor  # float32 (N, M) neighbour distances in Å
+    centre: torch.Tensor  # long (E,) node of each edge, ascending
+    nbr_idx: torch.Tensor  # long (E,) global neighbour index of each edge
+    nbr_dist: torch.Tensor  # float32 (E,) edge lengths in Å
     crystal: torch.Tensor  # long (A,) crystal index of each atom, 0..n_crystals-1
     n_crystals: int
     atom_node: torch.Tensor | None = None  # long (A,) node of each atom; None: A == N, node i is atom i
@@ -41,23 +43,28 @@ class GraphBatch:
 def collate(
     n_atoms: np.ndarray,
     atomic_numbers: np.ndarray,
+    n_edges: np.ndarray,
     nbr_idx: np.ndarray,
     nbr_dist: np.ndarray,
 ) -> GraphBatch:
     """Batch a contiguous run of structures given as CSR arrays (neighbour indices local to each structure)."""
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    n_edges = np.asarray(n_edges, dtype=np.int64)
     total = int(n_atoms.sum())
-    if not (len(atomic_numbers) == len(nbr_idx) == len(nbr_dist) == total):
+    if not (len(atomic_numbers) == len(n_edges) == total and len(nbr_idx) == len(nbr_dist) == int(n_edges.sum())):
         raise ValueError(
-            f"CSR arrays disagree: n_atoms sums to {total} but got {len(atomic_numbers)} atomic numbers, "
-            f"{len(nbr_idx)} neighbour-index rows, {len(nbr_dist)} distance rows"
+            f"CSR arrays disagree: n_atoms sums to {total} and n_edges to {int(n_edges.sum())}, but got "
+            f"{len(atomic_numbers)} atomic numbers, {len(n_edges)} edge counts, {len(nbr_idx)} neighbour "
+            f"indices and {len(nbr_dist)} distances"
         )
     starts = np.cumsum(n_atoms) - n_atoms
+    centre = np.repeat(np.arange(total, dtype=np.int64), n_edges)
     atom_offset = np.repeat(starts, n_atoms)
     crystal = np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)
     return GraphBatch(
         numbers=torch.from_numpy(np.asarray(atomic_numbers, dtype=np.int64)),
-        nbr_idx=torch.from_numpy(np.asarray(nbr_idx, dtype=np.int64) + atom_offset[:, None]),
+        centre=torch.from_numpy(centre),
+        nbr_idx=torch.from_numpy(np.asarray(nbr_idx, dtype=np.int64) + atom_offset[centre]),
         nbr_dist=torch.from_numpy(np.ascontiguousarray(nbr_dist, dtype=np.float32)),
         crystal=torch.from_numpy(crystal),
         n_crystals=len(n_atoms),

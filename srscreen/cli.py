@@ -27,9 +27,9 @@ from .atomic import replace_when_done
 from .checkpoint import ModelFile, ModelFileError, convert_cgcnn_checkpoint
 from .evaluate import evaluate
 from .featurize import FeaturizeOptions, featurize
-from .graph import GraphSettings
+from .graph import ALGORITHMS, GraphSettings
 from .merge import merge_rankings, write_merged
-from .predict import Condition, predict, write_ranking
+from .predict import Condition, DamagedShard, predict, write_ranking
 from .registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from .shards import GraphFile, ShardFileError
 from .train import TrainConfig, train
@@ -63,7 +63,9 @@ def featurize_cmd(
     source: Path = typer.Argument(..., help="Folder, structure file, multi-structure file (.jsonl, .extxyz, entry dump .json[.gz|.bz2], ASE .db) or .tar/.zip archive."),
     out: Path = typer.Argument(..., help="Graph file to write (HDF5)."),
     radius: float = typer.Option(8.0, help="Neighbour cutoff radius in Å."),
-    max_nbr: int = typer.Option(12, "--max-nbr", help="Neighbours kept per atom (nearest first)."),
+    max_nbr: int = typer.Option(12, "--max-nbr", help="Neighbours kept per atom (nearest first), plus any tied with the last."),
+    graph_rule: str = typer.Option("knn-ties", "--graph-rule", help="'knn-ties': the max-nbr nearest plus every neighbour tied with the max-nbr-th (a function of the crystal); 'cgcnn': exactly max-nbr, padded, for models imported from CGCNN."),
+    tie_tolerance: float = typer.Option(1e-4, "--tie-tolerance", help="Å: neighbours this close to the max-nbr-th count as tied with it (knn-ties)."),
     jobs: int = typer.Option(-1, "--jobs", "-j", help="Worker processes; -1 uses every core."),
     shard_size: int = typer.Option(4096, help="Structures per shard."),
     max_atoms: int = typer.Option(1000, help="Cells with more atoms are recorded as failures."),
@@ -83,10 +85,14 @@ def featurize_cmd(
         _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
     if on_isolated_atoms not in ("fail", "pad"):
         _fail(f"--on-isolated-atoms must be 'fail' or 'pad', not {on_isolated_atoms!r}")
-    if radius <= 0 or max_nbr < 1 or shard_size < 1 or max_atoms < 1 or jobs == 0:
-        _fail("--radius, --max-nbr, --shard-size and --max-atoms must be positive, and --jobs non-zero")
+    if graph_rule not in ALGORITHMS:
+        _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
+    if radius <= 0 or max_nbr < 1 or shard_size < 1 or max_atoms < 1 or jobs == 0 or tie_tolerance < 0:
+        _fail("--radius, --max-nbr, --shard-size and --max-atoms must be positive, --tie-tolerance not negative, "
+              "and --jobs non-zero")
     options = FeaturizeOptions(
-        graph=GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance, on_isolated_atoms=on_isolated_atoms),
+        graph=GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance, on_isolated_atoms=on_isolated_atoms,
+                            rule=graph_rule, tie_tolerance=tie_tolerance),
         max_atoms=max_atoms,
         on_disorder=on_disorder,
         shard_size=shard_size,
@@ -119,6 +125,8 @@ def featurize_cmd(
         table.add_row("skipped (not structures)", f"{summary.skipped:,}")
         if summary.resumed:
             table.add_row("done by an earlier run", f"{summary.resumed:,}")
+        for part in summary.redone:
+            table.add_row("damaged part, redone", part)
         table.add_row("time", f"{elapsed:.1f} s")
         err.print(table)
         if summary.failed:
@@ -137,6 +145,7 @@ def info_cmd(
     path: Path = typer.Argument(..., help="Graph file written by `srscreen featurize`."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object: structures, failed (id, source, reason), skipped, settings, shards."),
     ids: bool = typer.Option(False, "--ids", help="Print the featurized ids, one per line."),
+    verify: bool = typer.Option(False, "--verify", help="Check every shard's checksums and structure; exit 2 if any is damaged."),
 ) -> None:
     """Counts, settings, shards and failures of a graph file."""
     try:
@@ -144,6 +153,9 @@ def info_cmd(
     except ShardFileError as e:
         _fail(str(e))
     with graphs:
+        if verify:
+            _verify(graphs)
+            return
         if ids:
             try:
                 for id_ in graphs.ids():
@@ -152,8 +164,12 @@ def info_cmd(
             except BrokenPipeError:
                 _reader_closed_stdout()
             return
-        failures = graphs.failures()
-        settings = {k: graphs.attrs[k] for k in ("radius", "max_nbr", "neighbour_algorithm", "feature_table_id", "feature_table_name")}
+        try:
+            failures = graphs.failures()
+        except ShardFileError as e:
+            _fail(str(e))
+        settings = {k: graphs.attrs[k] for k in ("radius", "max_nbr", "neighbour_algorithm", "tie_tolerance",
+                                                 "feature_table_id", "feature_table_name") if k in graphs.attrs}
         settings["policies"] = json.loads(graphs.attrs["policies"])
         if as_json:
             obj = {
@@ -191,6 +207,19 @@ def info_cmd(
             for kind, count in Counter(_reason_kind(f.reason) for f in failures).most_common():
                 reasons.add_row(kind, str(count), examples[kind])
             out.print(reasons)
+
+
+def _verify(graphs: GraphFile) -> None:
+    """`info --verify`: one line per shard on stdout (shard, structures, ok or the damage), then a verdict."""
+    report = graphs.verify()
+    for name, n, reason in report:
+        sys.stdout.write(f"{name}\t{n}\t{'ok' if reason is None else 'DAMAGED: ' + reason}\n")
+    sys.stdout.flush()
+    damaged = [name for name, _, reason in report if reason is not None]
+    if damaged:
+        _fail(f"{graphs.path}: {len(damaged)} of {len(report)} parts damaged ({', '.join(damaged[:5])}"
+              f"{', ...' if len(damaged) > 5 else ''}); predict --skip-damaged ranks the rest")
+    err.print(f"{graphs.path}: all {len(report) - 2} shards and both tables intact", highlight=False)
 
 
 def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict], None]]:
@@ -328,6 +357,8 @@ def predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
     threads: int = typer.Option(0, help="Torch threads on CPU (0: torch's default)."),
+    skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Rank every intact shard and list the structures of damaged ones in --damaged-list, instead of stopping."),
+    damaged_list: Optional[Path] = typer.Option(None, "--damaged-list", help="CSV of the skipped shards' structures (shard,id,reason); default: GRAPHS.damaged.csv in the current folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
@@ -344,13 +375,17 @@ def predict_cmd(
         progress = Progress(SpinnerColumn(), TextColumn("predicting"), BarColumn(bar_width=None),
                             TextColumn("{task.completed:,}/{task.total:,}"), TimeElapsedColumn(),
                             console=err, disable=_no_progress(quiet), transient=True)
+        damaged: list[DamagedShard] = []
         with progress:
             task = progress.add_task("predict", total=total)
             ranking = predict(graphs, models, top=top, sort_by=sort, descending=desc, where=conditions, device=device,
                               batch_atoms=batch_atoms, shards=span, compile=compile,
-                              on_shard=lambda n: progress.advance(task, n))
+                              on_shard=lambda n: progress.advance(task, n),
+                              on_damaged=damaged.append if skip_damaged else None)
     except USAGE_ERRORS as e:
         _fail(str(e))
+    if damaged:
+        _write_damaged(damaged, damaged_list or Path(graphs.name + ".damaged.csv"))
     if out is not None:
         try:
             with out.open("w", newline="") as stream:
@@ -363,6 +398,24 @@ def predict_cmd(
         sys.stdout.flush()
     except BrokenPipeError:
         _reader_closed_stdout()
+
+
+def _write_damaged(damaged: list[DamagedShard], path: Path) -> None:
+    """The skipped shards' structures as CSV (shard,id,reason; an empty id where the ids were damaged too)."""
+    import csv
+
+    try:
+        with replace_when_done(path) as tmp, tmp.open("w", newline="") as stream:
+            writer = csv.writer(stream, lineterminator="\n")
+            writer.writerow(["shard", "id", "reason"])
+            for d in damaged:
+                writer.writerows([d.shard, id_, d.reason] for id_ in (d.ids if d.ids is not None else [""]))
+    except OSError as e:
+        _fail(f"{path}: cannot write the damaged-shard list ({e.strerror or e})")
+    known = sum(len(d.ids) for d in damaged if d.ids is not None)
+    unknown = sum(d.ids is None for d in damaged)
+    err.print(f"warning: skipped {len(damaged)} damaged shard(s) ({known:,} structures listed"
+              f"{f', {unknown} shard(s) with unreadable ids' if unknown else ''}) in {path}", highlight=False)
 
 
 @app.command("merge")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch import GraphBatch, collate, with_atoms
+from .csr import rows_of, starts_of
 from .equivalent_atoms import quotient, unmerged
 from .shards import GraphFile
 
@@ -30,8 +31,10 @@ class GraphSet:
     n_atoms: np.ndarray
     n_nodes: np.ndarray
     node_start: np.ndarray
-    atomic_numbers: np.ndarray  # per node, as are nbr_idx and nbr_dist
-    nbr_idx: np.ndarray
+    atomic_numbers: np.ndarray  # per node, as are n_edges and edge_start
+    n_edges: np.ndarray
+    edge_start: np.ndarray
+    nbr_idx: np.ndarray  # per edge, local to its crystal's nodes
     nbr_dist: np.ndarray
     atom_start: np.ndarray
     node_of_atom: np.ndarray | None  # per atom, local to its crystal's nodes; None: nodes are atoms
@@ -49,16 +52,19 @@ class GraphSet:
         parts = [quotient(s, steps) if steps is not None else unmerged(s) for s in shards]
         n_atoms = np.concatenate([q.n_atoms for q in parts])
         n_nodes = np.concatenate([q.n_nodes for q in parts])
+        n_edges = np.concatenate([q.n_edges for q in parts])
         return cls(
             ids=[i for s in shards for i in s.ids],
             formula=[f for s in shards for f in s.formula],
             n_atoms=n_atoms,
             n_nodes=n_nodes,
-            node_start=np.cumsum(n_nodes) - n_nodes,
+            node_start=starts_of(n_nodes),
             atomic_numbers=np.concatenate([q.atomic_numbers for q in parts]),
+            n_edges=n_edges,
+            edge_start=starts_of(n_edges),
             nbr_idx=np.concatenate([q.nbr_idx for q in parts]),
             nbr_dist=np.concatenate([q.nbr_dist for q in parts]),
-            atom_start=np.cumsum(n_atoms) - n_atoms,
+            atom_start=starts_of(n_atoms),
             node_of_atom=np.concatenate([q.node_of_atom for q in parts]) if steps is not None else None,
             graph_settings=settings,
             feature_table_id=table_id,
@@ -69,18 +75,14 @@ class GraphSet:
 
     def batch(self, crystals: np.ndarray) -> GraphBatch:
         """The crystals at these positions, in this order, as one batch."""
-        nodes = _rows(self.node_start[crystals], self.n_nodes[crystals])
-        batch = collate(self.n_nodes[crystals], self.atomic_numbers[nodes], self.nbr_idx[nodes], self.nbr_dist[nodes])
+        nodes = rows_of(self.node_start[crystals], self.n_nodes[crystals])
+        edges = rows_of(self.edge_start[nodes], self.n_edges[nodes])
+        batch = collate(self.n_nodes[crystals], self.atomic_numbers[nodes], self.n_edges[nodes],
+                        self.nbr_idx[edges], self.nbr_dist[edges])
         if self.node_of_atom is None:
             return batch
-        atoms = _rows(self.atom_start[crystals], self.n_atoms[crystals])
+        atoms = rows_of(self.atom_start[crystals], self.n_atoms[crystals])
         return with_atoms(batch, self.n_nodes[crystals], self.n_atoms[crystals], self.node_of_atom[atoms])
-
-
-def _rows(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Rows of every chosen crystal, concatenated: start repeated per row plus a running offset."""
-    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    return np.repeat(starts, counts) + within
 
 
 def batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

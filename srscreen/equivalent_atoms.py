@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .csr import rows_of, starts_of
 from .shards import Shard
 
 
@@ -30,61 +31,92 @@ from .shards import Shard
 class Quotient:
     """A shard's graphs on classes of equivalent atoms, in the shard's CSR layout.
 
-    Per crystal `n_nodes` classes; per class `atomic_numbers`, `nbr_idx` (local to its crystal's classes)
-    and `nbr_dist`; per atom `node_of_atom`, its class local to its crystal (None: classes are atoms).
+    Per crystal `n_nodes` classes; per class `atomic_numbers` and `n_edges`; per edge `nbr_idx` (local to
+    its crystal's classes) and `nbr_dist`; per atom `node_of_atom`, its class local to its crystal
+    (None: classes are atoms).
     """
 
     n_atoms: np.ndarray
     n_nodes: np.ndarray
     atomic_numbers: np.ndarray
+    n_edges: np.ndarray
     nbr_idx: np.ndarray
     nbr_dist: np.ndarray
     node_of_atom: np.ndarray | None
 
 
-def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, nbr: np.ndarray, dist: np.ndarray,
-                        steps: int) -> np.ndarray:
+def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, n_edges: np.ndarray, nbr: np.ndarray,
+                        dist: np.ndarray, steps: int) -> np.ndarray:
     """Class label per atom (0..n_classes-1): atoms with equal labels get equal features for `steps` steps.
 
-    `nbr` indexes atoms globally; labels of different crystals never coincide. Each round relabels an
-    atom by its row (own class, sorted (distance, neighbour's class) pairs: ties in distance may list
-    neighbours in any order). Rows are hashed for speed and every class is then checked against its
-    first row exactly, so a hash collision cannot merge atoms that differ.
+    `n_edges` per atom; per edge (grouped by atom, ascending distance within each) `nbr` indexes atoms
+    globally. Labels of different crystals never coincide. Each round relabels an atom by its row (own
+    class, its (distance, neighbour's class) pairs in canonical order: by distance, ties by class).
+    Rows are hashed for speed and every class is then checked against its first row exactly, so a hash
+    collision cannot merge atoms that differ.
     """
-    if len(numbers) == 0:
+    n = len(numbers)
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    if len(numbers) >= 2**32:  # labels share an int64 with a distance's 32 bits: leave such a shard unmerged
-        return np.arange(len(numbers))
-    dkey = np.ascontiguousarray(dist, dtype=np.float32).view(np.int32).astype(np.int64) << 32  # exact
+    if n >= 2**31 or len(nbr) >= 2**31:  # keys pack an edge's group and a label in an int64: leave unmerged
+        return np.arange(n)
+    n_edges = n_edges.astype(np.int64)
+    centre = np.repeat(np.arange(n), n_edges)
+    start = starts_of(n_edges)
+    rank = np.arange(len(nbr)) - start[centre]
+    d32 = np.ascontiguousarray(dist, dtype=np.float32)
+    # Edges with the same centre and distance bits form a group: within it neighbours may come in any order.
+    new_group = np.ones(len(nbr), dtype=bool)
+    new_group[1:] = (centre[1:] != centre[:-1]) | (d32[1:] != d32[:-1])
+    group = np.cumsum(new_group) - 1
+    dkey = d32.view(np.int32).astype(np.int64) << 32  # exact
+    weights = np.random.default_rng(0).integers(1, 2**62, size=int(n_edges.max(initial=0)) + 1) | 1
     labels = np.unique((crystal.astype(np.int64) << 8) | numbers, return_inverse=True)[1].reshape(-1)
     for _ in range(steps):
-        rows = np.empty((len(labels), nbr.shape[1] + 1), dtype=np.int64)
-        rows[:, 0] = labels
-        rows[:, 1:] = dkey | labels[nbr]
-        rows[:, 1:].sort(axis=1)
-        _, first, refined = np.unique(_row_hash(rows), return_index=True, return_inverse=True)
+        # Neighbour classes sorted within each group: one sort of (group, class) packed in an int64.
+        packed = np.sort((group << 32) | labels[nbr])
+        keys = dkey | (packed & 0xFFFFFFFF)
+        row_hash = labels * weights[0] + _segment_sums(keys * weights[rank + 1], start, n_edges)
+        _, first, refined = np.unique(row_hash, return_index=True, return_inverse=True)
         refined = refined.reshape(-1)
-        if (rows != rows[first[refined]]).any():  # a hash collision: exact, slower relabelling
-            refined = np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
+        rep = first[refined]
+        if not _rows_equal(labels, n_edges, start, rank, centre, keys, rep):  # a hash collision: exact, slower
+            refined = _exact_relabel(labels, n_edges, start, rank, centre, keys)
         if refined.max() == labels.max():  # refinement only splits: same count, same partition, stable
             break
         labels = refined
     return labels
 
 
-def _row_hash(rows: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per row: a weighted sum with fixed odd random weights (wrapping)."""
-    weights = np.random.default_rng(0).integers(1, 2**62, size=rows.shape[1]) | 1
-    return (rows * weights).sum(axis=1)
+def _segment_sums(values: np.ndarray, start: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per row the wrapping int64 sum of its contiguous values (rows may be empty)."""
+    cum = np.concatenate([[0], np.cumsum(values)])
+    return cum[start + counts] - cum[start]
+
+
+def _rows_equal(labels, n_edges, start, rank, centre, keys, rep) -> bool:
+    """Whether every atom's row equals its class representative's `rep` row, exactly."""
+    if (labels != labels[rep]).any() or (n_edges != n_edges[rep]).any():
+        return False
+    return bool((keys == keys[start[rep[centre]] + rank]).all())
+
+
+def _exact_relabel(labels, n_edges, start, rank, centre, keys) -> np.ndarray:
+    """Classes of whole rows, padded to the longest, by exact comparison."""
+    rows = np.full((len(labels), int(n_edges.max(initial=0)) + 2), -1, dtype=np.int64)
+    rows[:, 0], rows[:, 1] = labels, n_edges
+    rows[centre, rank + 2] = keys
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def quotient(shard: Shard, steps: int) -> Quotient:
     """The shard's graphs with the atoms merged that a `steps`-step convolution cannot tell apart."""
     n_atoms = shard.n_atoms.astype(np.int64)
-    atom_start = np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)
+    n_edges = shard.n_edges.astype(np.int64)
+    atom_start = starts_of(n_atoms)
     crystal = np.repeat(np.arange(len(n_atoms)), n_atoms)
-    nbr = shard.nbr_idx.astype(np.int64) + atom_start[:, None]
-    labels = equivalence_classes(crystal, shard.atomic_numbers, nbr, shard.nbr_dist, steps)
+    nbr = shard.nbr_idx.astype(np.int64) + np.repeat(atom_start[crystal], n_edges)
+    labels = equivalence_classes(crystal, shard.atomic_numbers, n_edges, nbr, shard.nbr_dist, steps)
     # Number the classes by their first atom, so that they come crystal by crystal, like atoms.
     _, first = np.unique(labels, return_index=True)
     rep = np.sort(first)
@@ -92,13 +124,16 @@ def quotient(shard: Shard, steps: int) -> Quotient:
     node[labels[rep]] = np.arange(len(rep))
     node_of_atom = node[labels]
     n_nodes = np.bincount(crystal[rep], minlength=len(n_atoms))
-    node_start = np.cumsum(n_nodes) - n_nodes
+    node_start = starts_of(n_nodes)
+    edges = rows_of(starts_of(n_edges)[rep], n_edges[rep])
+    rep_of_edge = np.repeat(rep, n_edges[rep])
     return Quotient(
         n_atoms=n_atoms,
         n_nodes=n_nodes,
         atomic_numbers=shard.atomic_numbers[rep],
-        nbr_idx=node_of_atom[nbr[rep]] - node_start[crystal[rep], None],
-        nbr_dist=shard.nbr_dist[rep],
+        n_edges=shard.n_edges[rep],
+        nbr_idx=node_of_atom[nbr[edges]] - node_start[crystal[rep_of_edge]],
+        nbr_dist=shard.nbr_dist[edges],
         node_of_atom=node_of_atom - node_start[crystal],
     )
 
@@ -107,4 +142,4 @@ def unmerged(shard: Shard) -> Quotient:
     """The shard as a quotient with every atom its own class: for a GPU, where merging would cost more
     CPU time than the convolutions it saves (1.3 s against 0.2 s to read the MP file)."""
     n_atoms = shard.n_atoms.astype(np.int64)
-    return Quotient(n_atoms, n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist, None)
+    return Quotient(n_atoms, n_atoms, shard.atomic_numbers, shard.n_edges, shard.nbr_idx, shard.nbr_dist, None)

@@ -58,6 +58,7 @@ class FeaturizeSummary:
     skipped: int
     resumed: int
     out: str
+    redone: tuple[str, ...] = ()  # damaged part files of an earlier run, removed and featurized again
 
     @property
     def inputs(self) -> int:
@@ -187,7 +188,7 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
     records = GraphRecords(
         ids, sources, formulas, np.fromiter(map(len, numbers), dtype=np.int32, count=len(numbers)),
         np.concatenate(numbers).astype(np.uint8) if numbers else np.zeros(0, np.uint8),
-        batch.nbr_idx, batch.nbr_dist,
+        batch.n_edges, batch.nbr_idx, batch.nbr_dist,
     )
     return ChunkResult([item.key for item in items], records, failures)
 
@@ -198,6 +199,7 @@ def _graphs(structures: list, settings: GraphSettings) -> BuiltGraphs:
         return build_graphs(structures, settings)
     parts = [build_graphs(structures[i : i + GRAPH_BATCH], settings) for i in range(0, len(structures), GRAPH_BATCH)]
     return BuiltGraphs(
+        np.concatenate([b.n_edges for b in parts]),
         np.concatenate([b.nbr_idx for b in parts]),
         np.concatenate([b.nbr_dist for b in parts]),
         [e for b in parts for e in b.errors],
@@ -323,7 +325,7 @@ def featurize(
     if out.exists():
         return _completed_summary(out, attrs)
     parts = start_parts(out, attrs, overwrite)
-    state = read_parts_state(parts)
+    state = read_parts_state(parts, options.graph.as_attrs())
     writer = _Writer(parts, options.shard_size, state.seen_ids, state.next_index)
     skipped: list[tuple[str, str]] = []
     resumed = state.n_structures + state.n_failed
@@ -354,4 +356,5 @@ def featurize(
         skipped=len(skipped),
         resumed=resumed,
         out=str(out),
+        redone=tuple(state.redone),
     )

@@ -4,6 +4,8 @@
     y    = BN(z)                                 (batch statistics over all edges)
     out_i = sum_j sigmoid(y_ij,filter) * softplus(y_ij,core)
 
+Edges are CSR (`centre`, `nbr`: each edge's own node and its neighbour), so atoms may have any number.
+
 With `counts`, row i stands for counts[i] equivalent atoms (`equivalent_atoms`), and its edges count
 that many times in the batch statistics (`batch_stats`).
 
@@ -25,43 +27,38 @@ from .batch_stats import batch_norm, update_running_stats, weighted_stats
 from .compiled import Compiled
 
 
-def _messages(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-    """z = a[nbr] + b + c as (atoms, neighbours, 2F), out of place (autograd copies views changed in place)."""
-    n_atoms, n_nbr, width = c.shape
-    return a.index_select(0, nbr).view(n_atoms, n_nbr, width) + (b.unsqueeze(1) + c)
+def _messages(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """z = a[nbr] + b[centre] + c as (edges, 2F), out of place (autograd copies views changed in place)."""
+    return a.index_select(0, nbr) + (b.index_select(0, centre) + c)
 
 
-def _edge_counts(counts: torch.Tensor, n_nbr: int) -> torch.Tensor:
-    """Each edge's count: its atom's, (atoms,) -> (atoms * neighbours,)."""
-    return counts.unsqueeze(1).expand(-1, n_nbr).reshape(-1)
+def edge_forward(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor,
+                 weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                 edge_counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """(messages, zhat, slopes, mean, invstd): each edge's gated message and what the backward needs.
 
-
-def edge_forward(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor,
-                 bias: torch.Tensor, eps: float, counts: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """(out, zhat, slopes, mean, invstd): the step's summed messages and what the backward needs.
-
-    `slopes` holds d out / d y for a unit upstream gradient, [s(1-s) softplus(core), s sigmoid(core)]:
+    `slopes` holds d message / d y for a unit upstream gradient, [s(1-s) softplus(core), s sigmoid(core)]:
     computed here, inside the fused loop, the backward needs no transcendental functions.
     """
-    n_atoms, n_nbr, width = c.shape
-    z = _messages(a, b, c, nbr)
-    if counts is None:
-        zhat, mean, invstd = torch.native_batch_norm(z.view(-1, width), None, None, None, None, True, 0.0, eps)
+    z = _messages(a, b, c, centre, nbr)
+    if edge_counts is None:
+        zhat, mean, invstd = torch.native_batch_norm(z, None, None, None, None, True, 0.0, eps)
     else:
-        zhat, mean, invstd = weighted_stats(z.view(-1, width), _edge_counts(counts, n_nbr), eps)
-    filt, core = torch.addcmul(bias, zhat, weight).view(n_atoms, n_nbr, width).chunk(2, dim=2)
+        zhat, mean, invstd = weighted_stats(z, edge_counts, eps)
+    filt, core = torch.addcmul(bias, zhat, weight).chunk(2, dim=1)
     s, p = torch.sigmoid(filt), F.softplus(core)
-    slopes = torch.cat([s * (1.0 - s) * p, s * torch.sigmoid(core)], dim=2)
-    return (s * p).sum(dim=1), zhat, slopes, mean, invstd
+    slopes = torch.cat([s * (1.0 - s) * p, s * torch.sigmoid(core)], dim=1)
+    return s * p, zhat, slopes, mean, invstd
 
 
 def edge_backward(grad: torch.Tensor, zhat: torch.Tensor, slopes: torch.Tensor, invstd: torch.Tensor,
-                  nbr: torch.Tensor, weight: torch.Tensor, share: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Gradients (a, b, c, weight, bias) of `edge_forward`'s output. `share` is each edge's weight in
-    the batch statistics: 1 / edges, or per edge (edges, 1) its count over the total count."""
-    n_atoms, half = grad.shape
+                  centre: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor,
+                  share: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Gradients (a, b, c, weight, bias) of the summed messages. `share` is each edge's weight in the
+    batch statistics: 1 / edges, or per edge (edges, 1) its count over the total count."""
+    n_nodes, half = grad.shape
     n_edges, width = zhat.shape
-    dy = (slopes.view(n_atoms, -1, 2, half) * grad.view(n_atoms, 1, 1, half)).view(n_edges, width)
+    dy = (slopes.view(n_edges, 2, half) * grad.index_select(0, centre).view(n_edges, 1, half)).view(n_edges, width)
     d_bias = dy.sum(0)
     d_weight = (dy * zhat).sum(0)
     scale = weight * invstd
@@ -72,47 +69,51 @@ def edge_backward(grad: torch.Tensor, zhat: torch.Tensor, slopes: torch.Tensor, 
     if per_edge:
         dz.mul_(share)
     dz.addcmul_(dy, scale)
-    d_a = torch.zeros((n_atoms, width), dtype=dz.dtype, device=dz.device).index_add_(0, nbr, dz)
-    dz3 = dz.view(n_atoms, -1, width)
-    return d_a, dz3.sum(1), dz3, d_weight, d_bias
+    d_a = dz.new_zeros((n_nodes, width)).index_add_(0, nbr, dz)
+    d_b = dz.new_zeros((n_nodes, width)).index_add_(0, centre, dz)
+    return d_a, d_b, dz, d_weight, d_bias
 
 
 class _GatedEdges(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, c, nbr, weight, bias, bn: nn.BatchNorm1d, fwd: Callable, counts):
-        out, zhat, slopes, mean, invstd = fwd(a, b, c, nbr, weight, bias, bn.eps, counts)
+    def forward(ctx, a, b, c, centre, nbr, weight, bias, bn: nn.BatchNorm1d, fwd: Callable, counts):
+        edge_counts = None if counts is None else counts.index_select(0, centre)
+        messages, zhat, slopes, mean, invstd = fwd(a, b, c, centre, nbr, weight, bias, bn.eps, edge_counts)
         n_edges = zhat.shape[0]
-        if counts is None:
+        if edge_counts is None:
             n, ctx.share = n_edges, 1.0 / n_edges
         else:
-            n_nbr = n_edges // counts.shape[0]
-            n = float(counts.sum()) * n_nbr
-            ctx.share = (_edge_counts(counts, n_nbr) / n).unsqueeze(1)
+            n = float(edge_counts.sum())
+            ctx.share = (edge_counts / n).unsqueeze(1)
         update_running_stats(bn, mean, invstd.double().pow(-2) - bn.eps, n)
-        ctx.save_for_backward(zhat, slopes, invstd, nbr, weight)
-        return out
+        ctx.save_for_backward(zhat, slopes, invstd, centre, nbr, weight)
+        return neighbour_sum(messages, centre, b.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
-        zhat, slopes, invstd, nbr, weight = ctx.saved_tensors
-        d_a, d_b, d_c, d_weight, d_bias = edge_backward(grad.contiguous(), zhat, slopes, invstd, nbr, weight,
-                                                        ctx.share)
-        return d_a, d_b, d_c, None, d_weight, d_bias, None, None, None
+        zhat, slopes, invstd, centre, nbr, weight = ctx.saved_tensors
+        d_a, d_b, d_c, d_weight, d_bias = edge_backward(grad.contiguous(), zhat, slopes, invstd, centre, nbr,
+                                                        weight, ctx.share)
+        return d_a, d_b, d_c, None, None, d_weight, d_bias, None, None, None
 
 
-def gate_sum(y: torch.Tensor) -> torch.Tensor:
-    """CGCNN's gate summed over neighbours: (atoms, neighbours, 2F) normalised messages -> (atoms, F)."""
-    filt, core = y.chunk(2, dim=2)
-    return (torch.sigmoid(filt) * F.softplus(core)).sum(dim=1)
+def neighbour_sum(messages: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """Per node, the sum of its edges' messages: (edges, F) -> (nodes, F)."""
+    return messages.new_zeros((n_nodes, messages.shape[1])).index_add_(0, centre, messages)
 
 
-def reference_edges(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor,
+def gate_sum(y: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> torch.Tensor:
+    """CGCNN's gate summed over neighbours: (edges, 2F) normalised messages -> (nodes, F)."""
+    filt, core = y.chunk(2, dim=1)
+    return neighbour_sum(torch.sigmoid(filt) * F.softplus(core), centre, n_nodes)
+
+
+def reference_edges(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor,
                     bn: nn.BatchNorm1d, counts: torch.Tensor | None = None) -> torch.Tensor:
     """The same block as plain autograd operations: the faster of the two when not compiled."""
-    n_atoms, n_nbr, width = c.shape
-    z = _messages(a, b, c, nbr).view(-1, width)
-    y = batch_norm(z, bn, None if counts is None else _edge_counts(counts, n_nbr))
-    return gate_sum(y.view(n_atoms, n_nbr, width))
+    z = _messages(a, b, c, centre, nbr)
+    y = batch_norm(z, bn, None if counts is None else counts.index_select(0, centre))
+    return gate_sum(y, centre, b.shape[0])
 
 
 class GatedEdges:
@@ -126,8 +127,8 @@ class GatedEdges:
     def __init__(self, compiled: bool = False) -> None:
         self.fwd: Callable | None = Compiled(edge_forward) if compiled else None
 
-    def __call__(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, nbr: torch.Tensor,
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor,
                  bn: nn.BatchNorm1d, counts: torch.Tensor | None = None) -> torch.Tensor:
         if self.fwd is None:
-            return reference_edges(a, b, c, nbr, bn, counts)
-        return _GatedEdges.apply(a, b, c, nbr, bn.weight, bn.bias, bn, self.fwd, counts)
+            return reference_edges(a, b, c, centre, nbr, bn, counts)
+        return _GatedEdges.apply(a, b, c, centre, nbr, bn.weight, bn.bias, bn, self.fwd, counts)

@@ -1,19 +1,27 @@
 """Structure arrays -> crystal graph: each atom's nearest neighbours under periodic boundaries.
 
-The graph is CGCNN's (Xie & Grossman 2018): for every atom the ``max_nbr`` nearest neighbours
-(periodic images included) within ``radius``, sorted by distance. Atoms that find fewer than
-``max_nbr`` are padded the way CGCNN pads them: neighbour index 0 and distance ``radius + 1``,
-whose Gaussian expansion is ~1e-11, so original CGCNN checkpoints see exactly what they were
-trained on.
+Two neighbour rules (`GraphSettings.rule`), both saved in graph files and model files:
+
+``knn-ties`` (the default; ALIGNN's rule): each atom's ``max_nbr`` nearest neighbours within
+``radius``, **plus every further neighbour as close as the ``max_nbr``-th** within ``tie_tolerance``
+(1e-4 Å). The graph is then a function of the crystal alone: a shell of equidistant neighbours cut
+by the ``max_nbr``-th is taken whole, so the graph does not depend on the order in which a file lists
+its atoms, on the choice of unit cell, on a supercell or on a translation. Atoms keep a variable
+number of edges (CSR); an atom with fewer than ``max_nbr`` neighbours within the radius keeps the
+ones it has (no padding).
+
+``cgcnn``: exactly ``max_nbr`` per atom, CGCNN's graph (Xie & Grossman 2018), only for imported
+original checkpoints. As in CGCNN's data path (``Structure.get_all_neighbors`` then a stable sort by
+distance), ties keep the order of pymatgen's neighbour search, and atoms short of ``max_nbr`` are
+padded with neighbour index 0 at distance ``radius + 1``, whose Gaussian expansion is ~1e-11.
 
 Speed: CGCNN calls ``Structure.get_all_neighbors(radius)`` and sorts every list in Python. Here the
 neighbour search runs on raw arrays with pymatgen's compiled ``find_points_in_spheres``, first with
 a small radius that holds ~1.5 ``max_nbr`` atoms at the crystal's density, then at twice that and at
-the full radius only for the atoms that found fewer than ``max_nbr``. Every pass returns every
-neighbour within its radius, so the result is the same as a single full-radius search.
-`build_graphs` takes many structures at once: only the search runs per structure; the checks and
-the per-atom sort by distance run once over all their pairs, so numpy's per-call cost is paid once
-per batch instead of once per structure (it was half the time of a graph).
+the full radius only for the atoms whose ``max_nbr``-th neighbour (plus the tolerance) might lie
+beyond the radius searched. Every pass returns every neighbour within its radius, so the result is
+the same as a single full-radius search. `build_graphs` takes many structures at once: only the
+search runs per structure; the checks and the per-atom sort run once over all their pairs.
 No torch and no pymatgen objects here: this runs in the featurizer's workers.
 """
 
@@ -29,10 +37,14 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 from .cell import cell_volume
 
 IsolatedPolicy = Literal["fail", "pad"]
+GraphRule = Literal["knn-ties", "cgcnn"]
 
 _PBC = np.ones(3, dtype=np.int64)
 # find_points_in_spheres reports an atom as its own neighbour at distance 0 (same image).
 _SELF_TOL = 1e-8
+
+# The name stored with each rule; bump it whenever the graph a rule builds changes.
+ALGORITHMS: dict[str, str] = {"knn-ties": "knn-ties-v2", "cgcnn": "knn-pbc-v1"}
 
 
 class GraphError(ValueError):
@@ -47,22 +59,38 @@ class GraphSettings:
     max_nbr: int = 12
     min_distance: float = 0.5
     on_isolated_atoms: IsolatedPolicy = "fail"
+    rule: GraphRule = "knn-ties"
+    tie_tolerance: float = 1e-4  # Å: neighbours this close to the max_nbr-th count as tied with it
+
+    def __post_init__(self) -> None:
+        if self.rule not in ALGORITHMS:
+            raise ValueError(f"rule must be one of {', '.join(ALGORITHMS)}, got {self.rule!r}")
+        if self.radius <= 0 or self.max_nbr < 1 or self.tie_tolerance < 0:
+            raise ValueError(f"radius and tie_tolerance must be positive and max_nbr at least 1, got {self}")
+
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHMS[self.rule]
 
     def as_attrs(self) -> dict[str, float | int | str]:
         """The settings that change the graph, as stored in files (policies are recorded apart)."""
-        return {"radius": float(self.radius), "max_nbr": int(self.max_nbr), "neighbour_algorithm": ALGORITHM}
-
-
-ALGORITHM = "knn-pbc-v1"  # exact k nearest within radius, CGCNN padding; bump if the graph ever changes
+        attrs: dict[str, float | int | str] = {
+            "radius": float(self.radius), "max_nbr": int(self.max_nbr), "neighbour_algorithm": self.algorithm,
+        }
+        if self.rule == "knn-ties":
+            attrs["tie_tolerance"] = float(self.tie_tolerance)
+        return attrs
 
 
 @dataclass(frozen=True)
 class CrystalGraph:
-    """One structure's graph: atomic numbers, (n, max_nbr) local neighbour indices and distances (Å)."""
+    """One structure's graph in CSR form: per atom its number and edge count, per edge (nearest first
+    within each atom) the neighbour's local index and the distance in Å."""
 
     numbers: np.ndarray  # uint8 (n,)
-    nbr_idx: np.ndarray  # int32 (n, max_nbr)
-    nbr_dist: np.ndarray  # float32 (n, max_nbr)
+    n_edges: np.ndarray  # int32 (n,)
+    nbr_idx: np.ndarray  # int32 (n_edges.sum(),)
+    nbr_dist: np.ndarray  # float32 (n_edges.sum(),)
 
 
 def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSettings) -> float:
@@ -75,12 +103,13 @@ def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSetti
 class BuiltGraphs:
     """The graphs of several structures, atoms concatenated (CSR rows), and why the others have none.
 
-    ``errors[s]`` is None when structure s has a graph; its rows are in ``nbr_idx``/``nbr_dist`` in
-    input order. A structure with an error has no rows.
+    ``errors[s]`` is None when structure s has a graph; its atoms' rows are in ``n_edges`` and its edges
+    in ``nbr_idx``/``nbr_dist``, in input order. A structure with an error has no rows.
     """
 
-    nbr_idx: np.ndarray  # int32 (n_atoms of the good structures, max_nbr), local to each structure
-    nbr_dist: np.ndarray  # float32 (same shape), Å, ascending per row
+    n_edges: np.ndarray  # int32 (n_atoms of the good structures,)
+    nbr_idx: np.ndarray  # int32 (edges,), local to each structure
+    nbr_dist: np.ndarray  # float32 (edges,), Å, ascending within each atom
     errors: list[str | None]
 
 
@@ -94,23 +123,29 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
     or with an atom that has no neighbour within the radius when ``settings.on_isolated_atoms ==
     "fail"``, gets the one-line reason in ``errors`` instead of rows.
     """
-    k, radius = settings.max_nbr, settings.radius
+    cgcnn = settings.rule == "cgcnn"
     n_structures = len(structures)
     sizes = np.zeros(n_structures, dtype=np.int64)
-    first_radii = [0.0] * n_structures
-    searched: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    first_radii = np.zeros(n_structures)
+    searched: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
     cells: list[tuple[np.ndarray, np.ndarray]] = []
     # Per structure only the search itself; everything else runs once over the batch below.
     row0 = 0  # first row of the structure in the batch
     for s, (lattice, frac) in enumerate(structures):
+        frac = np.asarray(frac, dtype=np.float64)
+        if cgcnn:  # CGCNN's tie order hangs on the last bit of each distance: positions as pymatgen computes them
+            given = np.array(lattice, dtype=np.float64).reshape(3, 3)  # keeps the memory order, as pymatgen's Lattice
+            cart = np.array([np.dot(f, given) for f in frac]).reshape(-1, 3)
         lattice = np.ascontiguousarray(lattice, dtype=np.float64)
-        cart = np.asarray(frac, dtype=np.float64) @ lattice
+        if not cgcnn:
+            cart = frac @ lattice
         n = len(cart)
         sizes[s] = n
         cells.append((cart, lattice))
         if n == 0:
             continue
-        r0 = first_radii[s] = _first_radius(lattice.tolist(), n, settings)
+        # CGCNN's tie order is that of one full-radius search, so that rule searches once.
+        r0 = first_radii[s] = settings.radius if cgcnn else _first_radius(lattice.tolist(), n, settings)
         ci, ni, _, d = find_points_in_spheres(cart, cart, r0, _PBC, lattice, tol=_SELF_TOL)
         searched.append((ci, ni, d, row0))
         row0 += n
@@ -119,38 +154,71 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
     np.cumsum(sizes, out=offsets[1:])
     n_total = int(offsets[-1])
     centre, ni, d = _join(searched)
+    if not cgcnn:
+        centre, ni, d = _complete(centre, ni, d, np.repeat(first_radii, sizes), offsets, cells, settings)
     counts = np.bincount(centre, minlength=n_total)
+    errors = _errors(centre, ni, d, counts, offsets, settings)
+    if cgcnn:
+        n_edges, nbr_idx, nbr_dist = _cgcnn_edges(centre, ni, d, counts, settings)
+    else:
+        n_edges, nbr_idx, nbr_dist = _tied_edges(centre, ni, d, counts, int(sizes.max(initial=1)), settings)
+    if any(e is not None for e in errors):
+        keep_atoms = np.repeat(np.array([e is None for e in errors]), sizes)
+        keep_edges = np.repeat(keep_atoms, n_edges)
+        n_edges, nbr_idx, nbr_dist = n_edges[keep_atoms], nbr_idx[keep_edges], nbr_dist[keep_edges]
+    return BuiltGraphs(n_edges, nbr_idx, nbr_dist, errors)
 
-    # Atoms that found fewer than k within the first radius: again, with twice the radius and then,
-    # for any still short, the full radius (rare: ~2% of MP structures have such atoms).
-    short = np.flatnonzero(counts < k)
-    if short.size:
-        owner = np.searchsorted(offsets, short, side="right") - 1
-        retry = [s for s in np.flatnonzero(np.bincount(owner)).tolist() if first_radii[s] < radius]
-        if retry:
-            again = short[np.isin(owner, retry)]
-            redone = np.zeros(n_total, dtype=bool)
-            redone[again] = True
-            keep = ~redone[centre]
-            redo = []
-            for s in retry:
-                rows = again[(again >= offsets[s]) & (again < offsets[s + 1])] - offsets[s]
-                cart, lattice = cells[s]
-                redo.append((*_search_again(cart, lattice, rows, min(radius, 2.0 * first_radii[s]), settings), offsets[s]))
-            centre2, ni2, d2 = _join(redo)
-            centre = np.concatenate((centre[keep], centre2))
+
+def _complete(centre, ni, d, r_atom, offsets, cells, settings: GraphSettings):
+    """Search again, wider, around every atom whose max_nbr-th neighbour plus the tie tolerance may lie
+    beyond the radius it was searched with (rare: ~2% of MP structures have such atoms)."""
+    k, radius, tol = settings.max_nbr, settings.radius, settings.tie_tolerance
+    inside = np.bincount(centre[d < r_atom[centre] - tol], minlength=len(r_atom))
+    short = np.flatnonzero((inside < k) & (r_atom < radius))
+    if not short.size:
+        return centre, ni, d
+    owner = np.searchsorted(offsets, short, side="right") - 1
+    redone = np.zeros(len(r_atom), dtype=bool)
+    redone[short] = True
+    keep = ~redone[centre]
+    redo = []
+    for s in np.unique(owner).tolist():
+        rows = short[owner == s] - offsets[s]
+        cart, lattice = cells[s]
+        r = min(radius, 2.0 * float(r_atom[offsets[s]]))
+        redo.append((*_search_again(cart, lattice, rows, r, settings), int(offsets[s])))
+    centre2, ni2, d2 = _join(redo)
+    return np.concatenate((centre[keep], centre2)), np.concatenate((ni[keep], ni2)), np.concatenate((d[keep], d2))
+
+
+def _search_again(cart: np.ndarray, lattice: np.ndarray, rows: np.ndarray, r: float, settings: GraphSettings):
+    """Every pair within r of the atoms `rows`, then within the full radius for those still short:
+    (centre, neighbour, distance), local indices, self-pairs included."""
+    k, tol = settings.max_nbr, settings.tie_tolerance
+    ci, ni, _, d = find_points_in_spheres(cart, cart[rows], r, _PBC, lattice, tol=_SELF_TOL)
+    ci = rows[ci]
+    if r < settings.radius:
+        real = (d > _SELF_TOL) | (ci != ni)
+        found = np.bincount(ci[real & (d < r - tol)], minlength=len(cart))
+        short = rows[found[rows] < k]
+        if short.size:
+            keep = found[ci] >= k
+            ci2, ni2, _, d2 = find_points_in_spheres(cart, cart[short], settings.radius, _PBC, lattice, tol=_SELF_TOL)
+            ci = np.concatenate((ci[keep], short[ci2]))
             ni = np.concatenate((ni[keep], ni2))
             d = np.concatenate((d[keep], d2))
-            counts = np.bincount(centre, minlength=n_total)
+    return ci, ni, d
 
-    errors = _errors(centre, ni, d, counts, offsets, settings)
 
-    # Per centre, its k nearest, nearest first: one sort of all pairs by (centre, float32 distance,
-    # neighbour), packed into one int64 when it fits (sorting values is ~3x faster than argsort).
+def _tied_edges(centre, ni, d, counts, max_size: int, settings: GraphSettings):
+    """The knn-ties rule: per centre, nearest first, the max_nbr nearest and every neighbour tied with
+    the max_nbr-th. One sort of all pairs by (centre, float32 distance, neighbour), packed into one
+    int64 when it fits (sorting values is ~3x faster than argsort)."""
+    k, tol = settings.max_nbr, settings.tie_tolerance
     d32 = d.astype(np.float32)
     bits = d32.view(np.uint32).astype(np.int64)
-    n_bits = max(1, int(sizes.max(initial=1) - 1).bit_length())
-    if n_total.bit_length() + _D32_BITS + n_bits <= 63:
+    n_bits = max(1, max_size - 1).bit_length()
+    if len(counts).bit_length() + _D32_BITS + n_bits <= 63:
         key = np.sort((centre << (_D32_BITS + n_bits)) | (bits << n_bits) | ni)
         centre = key >> (_D32_BITS + n_bits)
         d32 = ((key >> n_bits) & ((1 << _D32_BITS) - 1)).astype(np.uint32).view(np.float32)
@@ -159,36 +227,27 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
         order = np.lexsort((ni, bits, centre))
         centre, ni, d32 = centre[order], ni[order], d32[order]
     starts = np.cumsum(counts) - counts
-    rank = np.arange(centre.size) - starts[centre]
+    kth = np.full(len(counts), np.inf, dtype=np.float32)
+    full = counts >= k
+    kth[full] = d32[starts[full] + k - 1]
+    keep = d32 <= kth[centre] + np.float32(tol)
+    n_edges = np.bincount(centre[keep], minlength=len(counts)).astype(np.int32)
+    return n_edges, ni[keep].astype(np.int32), d32[keep]
+
+
+def _cgcnn_edges(centre, ni, d, counts, settings: GraphSettings):
+    """CGCNN's rule: per centre the first max_nbr of its neighbours stably sorted by float64 distance
+    (ties in pymatgen's search order), padded to max_nbr with index 0 at radius + 1."""
+    k = settings.max_nbr
+    order = np.lexsort((d, centre))
+    centre, ni, d = centre[order], ni[order], d[order]
+    rank = np.arange(centre.size) - (np.cumsum(counts) - counts)[centre]
     sel = rank < k
-    rows, cols = centre[sel], rank[sel]
-    nbr_idx = np.zeros((n_total, k), dtype=np.int32)
-    nbr_dist = np.full((n_total, k), radius + 1.0, dtype=np.float32)
-    nbr_idx[rows, cols] = ni[sel]
-    nbr_dist[rows, cols] = d32[sel]
-    if any(e is not None for e in errors):
-        keep_rows = np.repeat(np.array([e is None for e in errors]), sizes)
-        nbr_idx, nbr_dist = nbr_idx[keep_rows], nbr_dist[keep_rows]
-    return BuiltGraphs(nbr_idx, nbr_dist, errors)
-
-
-def _search_again(cart: np.ndarray, lattice: np.ndarray, rows: np.ndarray, r: float, settings: GraphSettings):
-    """Every pair within r of the atoms `rows`, then within the full radius for those still short of
-    max_nbr: (centre, neighbour, distance), local indices, self-pairs included."""
-    ci, ni, _, d = find_points_in_spheres(cart, cart[rows], r, _PBC, lattice, tol=_SELF_TOL)
-    ci = rows[ci]
-    if r < settings.radius:
-        real = (d > _SELF_TOL) | (ci != ni)
-        found = np.zeros(len(cart), dtype=np.int64)
-        np.add.at(found, ci[real], 1)
-        short = rows[found[rows] < settings.max_nbr]
-        if short.size:
-            keep = found[ci] >= settings.max_nbr
-            ci2, ni2, _, d2 = find_points_in_spheres(cart, cart[short], settings.radius, _PBC, lattice, tol=_SELF_TOL)
-            ci = np.concatenate((ci[keep], short[ci2]))
-            ni = np.concatenate((ni[keep], ni2))
-            d = np.concatenate((d[keep], d2))
-    return ci, ni, d
+    nbr_idx = np.zeros((len(counts), k), dtype=np.int32)
+    nbr_dist = np.full((len(counts), k), settings.radius + 1.0, dtype=np.float32)
+    nbr_idx[centre[sel], rank[sel]] = ni[sel]
+    nbr_dist[centre[sel], rank[sel]] = d[sel]
+    return np.full(len(counts), k, dtype=np.int32), nbr_idx.reshape(-1), nbr_dist.reshape(-1)
 
 
 def _join(searched: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]):
@@ -203,8 +262,6 @@ def _join(searched: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]):
     keep = (d > _SELF_TOL) | (ci != ni)
     centre = ci + np.repeat([x[3] for x in searched], [x[0].size for x in searched])
     return centre[keep], ni[keep].astype(np.int64, copy=False), d[keep]
-
-
 def _errors(centre, ni, d, counts, offsets, settings: GraphSettings) -> list[str | None]:
     """Per structure, why it has no graph (overlapping or, under the fail policy, isolated atoms)."""
     errors: list[str | None] = [None] * (len(offsets) - 1)
@@ -238,4 +295,4 @@ def build_graph(
     batch = build_graphs([(lattice, frac_coords)], settings)
     if batch.errors[0] is not None:
         raise GraphError(batch.errors[0])
-    return CrystalGraph(np.asarray(numbers, dtype=np.uint8), batch.nbr_idx, batch.nbr_dist)
+    return CrystalGraph(np.asarray(numbers, dtype=np.uint8), batch.n_edges, batch.nbr_idx, batch.nbr_dist)

@@ -91,28 +91,27 @@ class CrystalGraphNet(nn.Module):
         # Embedding the ~100-row table then indexing equals embedding each atom's features, and is cheaper.
         v = self.embedding(self.feature_table).index_select(0, batch.numbers)
         gaussians = self._gaussians(batch.nbr_dist)
-        n_atoms, n_nbr = batch.nbr_idx.shape
-        flat_nbr = batch.nbr_idx.reshape(-1)
+        n_nodes = v.shape[0]
+        centre, nbr = batch.centre, batch.nbr_idx
         # Nodes that are classes of equivalent atoms count once per atom in training's batch statistics.
         counts = (None if batch.atom_node is None or not self.training else
-                  torch.bincount(batch.atom_node, minlength=n_atoms).to(v.dtype))
+                  torch.bincount(batch.atom_node, minlength=n_nodes).to(v.dtype))
 
         # [v_i, v_j, u_ij] W splits into v_i W_self + v_j W_nbr + u_ij W_edge: the first two are computed per
-        # atom and gathered, never building the (N, M, 2F + G) concatenation; the edge term (with the bias)
+        # atom and gathered, never building the (E, 2F + G) concatenation; the edge term (with the bias)
         # depends only on distances, so it is computed once per weight set, i.e. once per forward when shared.
-        edge_terms = [F.linear(gaussians, fc.weight[:, 2 * fea :], fc.bias).view(n_atoms, n_nbr, 2 * fea)
-                      for fc in self.fc_full]
+        edge_terms = [F.linear(gaussians, fc.weight[:, 2 * fea :], fc.bias) for fc in self.fc_full]
         for t in range(self.steps):
             k = 0 if self.shared else t
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
             if self.bn1[t].training:  # batch statistics: the fused block with its own backward
-                summed = self.gated_edges(nbr_term, self_term, edge_terms[k], flat_nbr, self.bn1[t], counts)
+                summed = self.gated_edges(nbr_term, self_term, edge_terms[k], centre, nbr, self.bn1[t], counts)
             else:  # BN1 is affine here: folded into the per-atom terms and one multiply-add, saving two edge passes
                 scale, shift = _affine(self.bn1[t])
-                z = torch.addcmul(torch.addcmul(shift, self_term, scale).unsqueeze(1), edge_terms[k], scale)
-                z += (nbr_term * scale).index_select(0, flat_nbr).view(n_atoms, n_nbr, 2 * fea)
-                summed = gate_sum(z)
+                z = torch.addcmul(torch.addcmul(shift, self_term, scale).index_select(0, centre), edge_terms[k], scale)
+                z += (nbr_term * scale).index_select(0, nbr)
+                summed = gate_sum(z, centre, n_nodes)
             v = F.softplus(v + batch_norm(summed, self.bn2[t], counts))
         if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
             v = v.index_select(0, batch.atom_node)

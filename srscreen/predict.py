@@ -26,7 +26,7 @@ from .batch import collate, pack_by_atoms, with_atoms
 from .checkpoint import ModelFile
 from .compiled import Compiled
 from .equivalent_atoms import Quotient, quotient, unmerged
-from .shards import GraphFile, ShardFileError, settings_differ
+from .shards import DamagedShardError, GraphFile, Shard, check_fits_model
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
@@ -104,19 +104,10 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
-    """Refuse graphs built with other settings or another element table than a model was trained on."""
+    """Refuse graphs that a model was not trained on, and two models of one target."""
     for m in models:
-        want = m.graph_settings
-        if settings_differ(want, graphs.graph_settings):
-            raise ShardFileError(
-                f"{graphs.path} has graphs built with {graphs.graph_settings}, but model {m.source} expects {want}; "
-                f"featurize again with --radius {want['radius']} --max-nbr {want['max_nbr']}"
-            )
-        if m.feature_table_id != graphs.attrs["feature_table_id"]:
-            raise ShardFileError(
-                f"{graphs.path} uses element table {graphs.attrs['feature_table_id']} ({graphs.attrs['feature_table_name']}), "
-                f"but model {m.source} expects {m.feature_table_id}; featurize with the model's table (--atom-features)"
-            )
+        check_fits_model(graphs.path, graphs.graph_settings, str(graphs.attrs["feature_table_id"]), str(m.source),
+                         m.graph_settings, m.feature_table_id)
     targets = [m.target for m in models]
     if len(set(targets)) != len(targets):
         raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
@@ -164,10 +155,12 @@ def predict_shard(q: Quotient, nets: list[torch.nn.Module], models: list[ModelFi
     outputs: dict[str, list[torch.Tensor]] = {m.target: [] for m in models}
     node_starts = np.concatenate([[0], np.cumsum(q.n_nodes)])
     atom_starts = np.concatenate([[0], np.cumsum(q.n_atoms)])
+    edge_starts = np.concatenate([[0], np.cumsum(q.n_edges)])
     cuda = device.type == "cuda"
     for run in pack_by_atoms(q.n_nodes, batch_atoms):
         a, b = node_starts[run.start], node_starts[run.stop]
-        batch = collate(q.n_nodes[run], q.atomic_numbers[a:b], q.nbr_idx[a:b], q.nbr_dist[a:b])
+        batch = collate(q.n_nodes[run], q.atomic_numbers[a:b], q.n_edges[a:b],
+                        q.nbr_idx[edge_starts[a] : edge_starts[b]], q.nbr_dist[edge_starts[a] : edge_starts[b]])
         if q.node_of_atom is not None:
             atoms = q.node_of_atom[atom_starts[run.start] : atom_starts[run.stop]]
             batch = with_atoms(batch, q.n_nodes[run], q.n_atoms[run], atoms)
@@ -190,11 +183,14 @@ def predict(
     shards: tuple[int, int | None] = (0, None),
     compile: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
+    on_damaged: Callable[[DamagedShard], None] | None = None,
 ) -> Ranking:
     """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
 
     `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
-    `on_shard(n_structures)` is called after each shard. `compile` runs the models through
+    `on_shard(n_structures)` is called after each shard. A damaged shard raises `DamagedShardError`,
+    unless `on_damaged` is given: then it is skipped and handed to `on_damaged` with the ids it held
+    (when those are intact), so nothing is lost silently. `compile` runs the models through
     torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
     """
     if not models:
@@ -223,7 +219,10 @@ def predict(
         with torch.inference_mode():
             steps = max(m.architecture["steps"] for m in models)
             merge = (lambda s: quotient(s, steps)) if dev.type == "cpu" else unmerged
-            for shard, q in _prefetch((s, merge(s)) for s in graphs.iter_shards(start, stop)):
+            for index, shard, q in _prefetch(_read_shards(graphs, start, stop, merge, on_damaged is not None)):
+                if isinstance(shard, DamagedShardError):
+                    on_damaged(DamagedShard(shard.shard, shard.reason, graphs.shard_ids(index)))
+                    continue
                 values = predict_shard(q, nets, models, dev, batch_atoms or _default_batch_atoms(dev))
                 rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values)
                 columns = {**values, "n_atoms": rows.n_atoms}
@@ -239,6 +238,28 @@ def predict(
     kept = Ranking.concat(parts, targets)
     order = _order(kept.values[sort_by], descending)
     return kept.take(order[:top] if top is not None else order)
+
+
+@dataclass(frozen=True)
+class DamagedShard:
+    """A shard that predict skipped: its name, what is wrong, and its ids (None when they are damaged too)."""
+
+    shard: str
+    reason: str
+    ids: list[str] | None
+
+
+def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Shard], Quotient], skip: bool):
+    """(index, shard, quotient) per shard; with `skip`, a damaged shard comes as (index, error, None)."""
+    for index in range(start, len(graphs.shard_names) if stop is None else stop):
+        try:
+            shard = graphs.read_shard(index)
+        except DamagedShardError as e:
+            if not skip:
+                raise
+            yield index, e, None
+            continue
+        yield index, shard, merge(shard)
 
 
 def _key(values: np.ndarray, descending: bool) -> np.ndarray:

@@ -1,21 +1,28 @@
 """The HDF5 graph-shard format: writing (crash-safe, resumable), consolidating, reading, validating.
 
-Layout of a finished file (schema version 1; README documents it):
+Layout of a finished file (schema version 2; README documents it):
 
     /                     attrs: format, schema_version, srscreen_version, radius, max_nbr,
-                          neighbour_algorithm, feature_table_id, feature_table_name, policies (JSON),
-                          source, created, n_structures, n_failed, n_skipped
+                          neighbour_algorithm, tie_tolerance, feature_table_id, feature_table_name,
+                          policies (JSON), source, created, n_structures, n_failed, n_skipped, crc32
     /shards/000000/       ids, sources, formula (utf-8 strings, one per structure)
-                          n_atoms int32 (one per structure; offsets are its cumulative sum)
+                          n_atoms int32 (one per structure; atom offsets are its cumulative sum)
                           atomic_numbers uint8 (one per atom, structures concatenated)
-                          nbr_idx int32 (n_atoms_total, max_nbr), local to each structure
-                          nbr_dist float32 (n_atoms_total, max_nbr), Å, ascending per row
+                          n_edges int32 (one per atom; edge offsets are its cumulative sum)
+                          nbr_idx int32 (one per edge), local to each structure
+                          nbr_dist float32 (one per edge), Å, ascending within each atom
     /failures/            id, source, reason (utf-8 strings): every input that has no graph
     /skipped/             source, reason: files that are not structures
 
+Every dataset carries the CRC-32 of its contents and the root attributes theirs (`integrity`); a
+shard read is checked against them and for structure (`check_graphs`), so a damaged file stops with
+one line naming the shard instead of ranking garbage. Version 1 (a fixed 12 neighbours per atom, no
+checksums) is refused with a message saying to featurize again.
+
 While a run is in progress nothing is written to OUT itself: each full shard becomes its own file
 in OUT.partial/ (written to a temporary name, then renamed), so a kill loses at most the shard being
-filled. At the end the parts are copied into OUT.tmp, which is renamed to OUT: OUT exists only whole.
+filled. A resumed run checks every part the same way and redoes the damaged ones. At the end the
+parts are copied into OUT.tmp, which is renamed to OUT: OUT exists only whole.
 """
 
 from __future__ import annotations
@@ -33,16 +40,27 @@ import numpy as np
 
 from . import __version__
 from .atomic import replace_when_done
+from .graph import ALGORITHMS
+from .integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
 from .seen_ids import PartKeys, SeenIds
 
 FORMAT_NAME = "srscreen-graphs"
-SCHEMA_VERSION = 1
-_STR = h5py.string_dtype("utf-8")
+SCHEMA_VERSION = 2
 _MANIFEST = "manifest.json"
+_GRAPH_ARRAYS = ("n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
+MAX_Z = 118
 
 
 class ShardFileError(ValueError):
     """A graph file that cannot be used (missing, corrupt, wrong format or schema)."""
+
+
+class DamagedShardError(ShardFileError):
+    """One shard of a graph file fails its checksums or its structural checks."""
+
+    def __init__(self, path: Path, shard: str, reason: str) -> None:
+        super().__init__(f"{path}: shard {shard} is damaged: {reason}")
+        self.shard, self.reason = shard, reason
 
 
 @dataclass(frozen=True)
@@ -54,26 +72,28 @@ class GraphRecords:
     formula: list[str]
     n_atoms: np.ndarray  # int32 (n_structures,)
     atomic_numbers: np.ndarray  # uint8 (n_atoms_total,)
-    nbr_idx: np.ndarray  # int32 (n_atoms_total, max_nbr)
-    nbr_dist: np.ndarray  # float32 (n_atoms_total, max_nbr)
+    n_edges: np.ndarray  # int32 (n_atoms_total,)
+    nbr_idx: np.ndarray  # int32 (n_edges_total,)
+    nbr_dist: np.ndarray  # float32 (n_edges_total,)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def select(self, keep: np.ndarray) -> "GraphRecords":
-        """The structures where `keep` is True (atom rows follow their structure)."""
+        """The structures where `keep` is True (atoms and edges follow their structure)."""
         atoms = np.repeat(keep, self.n_atoms)
+        edges = np.repeat(atoms, self.n_edges)
         pick = np.flatnonzero(keep)
         return GraphRecords(
             [self.ids[i] for i in pick], [self.sources[i] for i in pick], [self.formula[i] for i in pick],
-            self.n_atoms[keep], self.atomic_numbers[atoms], self.nbr_idx[atoms], self.nbr_dist[atoms],
+            self.n_atoms[keep], self.atomic_numbers[atoms], self.n_edges[atoms], self.nbr_idx[edges], self.nbr_dist[edges],
         )
 
     @staticmethod
     def concat(runs: list["GraphRecords"]) -> "GraphRecords":
         return GraphRecords(
             [x for r in runs for x in r.ids], [x for r in runs for x in r.sources], [x for r in runs for x in r.formula],
-            *(np.concatenate([getattr(r, name) for r in runs]) for name in ("n_atoms", "atomic_numbers", "nbr_idx", "nbr_dist")),
+            *(np.concatenate([getattr(r, name) for r in runs]) for name in _GRAPH_ARRAYS),
         )
 
 
@@ -110,16 +130,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
-    group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR)
-
-
 def _write_graphs(group: h5py.Group, records: GraphRecords) -> None:
-    _write_strings(group, "ids", records.ids)
-    _write_strings(group, "sources", records.sources)
-    _write_strings(group, "formula", records.formula)
-    for name in ("n_atoms", "atomic_numbers", "nbr_idx", "nbr_dist"):
-        group.create_dataset(name, data=getattr(records, name))
+    for name in ("ids", "sources", "formula", *_GRAPH_ARRAYS):
+        write_checked(group, name, getattr(records, name))
 
 
 def write_part(parts: Path, index: int, records: GraphRecords, failures: list[Failure], done_keys: list[str]) -> None:
@@ -128,16 +141,16 @@ def write_part(parts: Path, index: int, records: GraphRecords, failures: list[Fa
         if len(records):
             _write_graphs(f.create_group("graphs"), records)
         _write_failures(f.create_group("failures"), failures)
-        _write_strings(f, "done_keys", done_keys)
+        write_checked(f, "done_keys", done_keys)
 
 
 def _write_failures(group: h5py.Group, failures: list[Failure]) -> None:
     for name in ("id", "source", "reason"):
-        _write_strings(group, name, [getattr(x, name) for x in failures])
+        write_checked(group, name, [getattr(x, name) for x in failures])
 
 
-def _strings(ds: h5py.Dataset) -> list[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else s for s in ds[()]]
+def _read_failures(group: h5py.Group) -> list[Failure]:
+    return [Failure(*row) for row in zip(*(read_checked(group, name) for name in ("id", "source", "reason")))]
 
 
 def part_path(parts: Path, index: int) -> Path:
@@ -149,13 +162,13 @@ def read_part_ids(parts: Path, index: int) -> tuple[list[str], list[str]]:
     with h5py.File(part_path(parts, index), "r") as f:
         if "graphs" not in f:
             return [], []
-        return _strings(f["graphs/ids"]), _strings(f["graphs/sources"])
+        return read_checked(f["graphs"], "ids"), read_checked(f["graphs"], "sources")
 
 
 def read_part_done_keys(parts: Path, index: int) -> tuple[list[str], list[str]]:
     """The input keys one part file finished, twice: PartKeys' (strings, values) with each key its own value."""
     with h5py.File(part_path(parts, index), "r") as f:
-        keys = _strings(f["done_keys"])
+        keys = read_checked(f, "done_keys")
     return keys, keys
 
 
@@ -168,24 +181,78 @@ class PartsState:
     seen_ids: SeenIds  # every id in the parts, to catch a later input with one of them
     n_structures: int
     n_failed: int
+    redone: list[str]  # "part file: reason" for each damaged part removed, whose inputs run again
 
 
-def read_parts_state(parts: Path) -> PartsState:
+def read_parts_state(parts: Path, settings: dict) -> PartsState:
+    """What the parts hold, after checking each as a reader would: a damaged part is removed, never
+    trusted, so its inputs are featurized again."""
     done_keys = PartKeys(lambda index: read_part_done_keys(parts, index))
-    state = PartsState(0, done_keys, SeenIds(lambda index: read_part_ids(parts, index)), 0, 0)
+    state = PartsState(0, done_keys, SeenIds(lambda index: read_part_ids(parts, index)), 0, 0, [])
     for tmp in parts.glob("*.tmp"):
         tmp.unlink()  # a shard that was being written when the run was killed
     for path in sorted(parts.glob("part-*.h5")):
         index = int(path.stem.split("-")[1])
-        with h5py.File(path, "r") as f:
-            state.done_keys.load_part(index, _strings(f["done_keys"]))
-            if "graphs" in f:
-                ids = _strings(f["graphs/ids"])
-                state.seen_ids.load_part(index, ids)
-                state.n_structures += len(ids)
-            state.n_failed += len(f["failures/id"])
         state.next_index = max(state.next_index, index + 1)
+        try:
+            keys, ids, n_failed = _checked_part(path, settings)
+        except (DamagedDataError, OSError) as e:
+            state.redone.append(f"{path.name}: {' '.join(str(e).split())[:160]}")
+            path.unlink()
+            continue
+        state.done_keys.load_part(index, keys)
+        state.seen_ids.load_part(index, ids)
+        state.n_structures += len(ids)
+        state.n_failed += n_failed
     return state
+
+
+def _checked_part(path: Path, settings: dict) -> tuple[list[str], list[str], int]:
+    """(done keys, ids, failures) of a part file whose every dataset passed its checks."""
+    with h5py.File(path, "r") as f:
+        keys = read_checked(f, "done_keys")
+        n_failed = len(_read_failures(f["failures"]))
+        if "graphs" not in f:
+            return keys, [], n_failed
+        g = f["graphs"]
+        ids = read_checked(g, "ids")
+        strings = [ids, read_checked(g, "sources"), read_checked(g, "formula")]
+        reason = check_graphs(*(read_checked(g, name) for name in _GRAPH_ARRAYS), settings)
+        if reason is None and (len({len(x) for x in strings}) != 1 or len(ids) != len(g["n_atoms"])):
+            reason = "ids, sources, formula and n_atoms differ in length"
+        if reason is not None:
+            raise DamagedDataError(reason)
+    return keys, ids, n_failed
+
+
+def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.ndarray, nbr_idx: np.ndarray,
+                 nbr_dist: np.ndarray, settings: dict) -> str | None:
+    """Why these CSR graphs cannot be what featurize wrote (None when they can): counts consistent,
+    every neighbour inside its own structure, distances finite, positive and within the radius (or
+    CGCNN's padding), atomic numbers real. Vectorised, O(edges)."""
+    if n_atoms.ndim != 1 or atomic_numbers.ndim != 1 or n_edges.ndim != 1 or nbr_idx.ndim != 1 or nbr_dist.ndim != 1:
+        return "arrays of the wrong shape"
+    if len(n_atoms) and int(n_atoms.min()) < 1:
+        return "a structure with no atoms"
+    if int(n_atoms.sum(dtype=np.int64)) != len(atomic_numbers) or len(n_edges) != len(atomic_numbers):
+        return f"n_atoms sums to {int(n_atoms.sum(dtype=np.int64))} but there are {len(atomic_numbers)} atomic numbers and {len(n_edges)} edge counts"
+    if len(n_edges) and int(n_edges.min()) < 0:
+        return "a negative edge count"
+    if int(n_edges.sum(dtype=np.int64)) != len(nbr_idx) or len(nbr_dist) != len(nbr_idx):
+        return f"n_edges sums to {int(n_edges.sum(dtype=np.int64))} but there are {len(nbr_idx)} neighbour indices and {len(nbr_dist)} distances"
+    if len(atomic_numbers) and not (1 <= int(atomic_numbers.min()) and int(atomic_numbers.max()) <= MAX_Z):
+        return "atomic numbers outside 1-118"
+    size_of_edge = np.repeat(np.repeat(n_atoms, n_atoms), n_edges)
+    if len(nbr_idx) and ((nbr_idx < 0) | (nbr_idx >= size_of_edge)).any():
+        return "a neighbour index outside its structure"
+    radius = float(settings["radius"])
+    limit = radius + float(settings.get("tie_tolerance", 0.0)) + 1e-3
+    bad = ~np.isfinite(nbr_dist) | (nbr_dist <= 0) | (nbr_dist > limit)
+    if settings.get("neighbour_algorithm") == "knn-pbc-v1":  # CGCNN pads short atoms at radius + 1
+        bad &= nbr_dist != np.float32(radius + 1.0)
+    if bad.any():
+        return f"a neighbour distance that is not finite, positive and within the {radius} Å radius"
+    return None
 
 
 def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, str]]) -> None:
@@ -201,11 +268,11 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
                     part.copy(part["graphs"], shards, name=name)
                     n_structures += len(shards[name]["ids"])
                 for key in failures:
-                    failures[key].extend(_strings(part["failures"][key]))
+                    failures[key].extend(read_checked(part["failures"], key))
         _write_failures(f.create_group("failures"), [Failure(*row) for row in zip(*failures.values())])
         group = f.create_group("skipped")
-        _write_strings(group, "source", [s for s, _ in skipped])
-        _write_strings(group, "reason", [r for _, r in skipped])
+        write_checked(group, "source", [s for s, _ in skipped])
+        write_checked(group, "reason", [r for _, r in skipped])
         f.attrs.update(
             {
                 **attrs,
@@ -218,29 +285,54 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
                 "n_skipped": len(skipped),
             }
         )
+        f.attrs[CRC_ATTR] = np.uint32(attrs_checksum(dict(f.attrs)))
     shutil.rmtree(parts)
 
 
-def settings_differ(expected: dict, actual: dict) -> bool:
-    """Whether graphs with `actual` settings differ from what a model `expected`, on the keys the model
-    records (model files from before a key existed, or converted CGCNN ones, do not constrain it)."""
-    return any(actual.get(k) != v for k, v in expected.items())
+def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, model: str, model_settings: dict,
+                     model_table_id: str) -> None:
+    """Refuse graphs built with other settings or another element table than a model was trained on.
+
+    Only the keys the model records count; a model file without a neighbour algorithm predates the
+    knn-ties rule, so its graphs were CGCNN's."""
+    expected = {"neighbour_algorithm": "knn-pbc-v1", **model_settings}
+    changed = [f"{k} {graph_settings.get(k)!r} (model: {v!r})" for k, v in expected.items() if graph_settings.get(k) != v]
+    if changed:
+        raise ShardFileError(f"{graph_path} has graphs built with {', '.join(changed)} for model {model}; "
+                             f"featurize again with {_featurize_flags(expected)}")
+    if table_id != model_table_id:
+        raise ShardFileError(f"{graph_path} uses element table {table_id}, but model {model} expects {model_table_id}; "
+                             f"featurize with the model's table (--atom-features)")
+
+
+def _featurize_flags(settings: dict) -> str:
+    rule = next((r for r, name in ALGORITHMS.items() if name == settings["neighbour_algorithm"]), None)
+    flags = f"--radius {settings['radius']} --max-nbr {settings['max_nbr']}"
+    if rule is not None:
+        flags += f" --graph-rule {rule}"
+    if "tie_tolerance" in settings:
+        flags += f" --tie-tolerance {settings['tie_tolerance']}"
+    return flags
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard's arrays in memory (CSR: per-structure n_atoms, per-atom rows)."""
+    """One shard's arrays in memory (CSR: per structure n_atoms, per atom n_edges, per edge neighbours)."""
 
     ids: list[str]
     formula: list[str]
     n_atoms: np.ndarray
     atomic_numbers: np.ndarray
+    n_edges: np.ndarray
     nbr_idx: np.ndarray
     nbr_dist: np.ndarray
 
 
 class GraphFile:
-    """Read access to a finished graph file: settings, counts, failures, and shards one at a time."""
+    """Read access to a finished graph file: settings, counts, failures, and shards one at a time.
+
+    Every read is checked (`integrity`, `check_graphs`): a damaged shard raises `DamagedShardError`.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -252,14 +344,33 @@ class GraphFile:
             self._file = h5py.File(self.path, "r")
         except OSError as e:
             raise ShardFileError(f"{self.path}: not a readable HDF5 file ({' '.join(str(e).split())})") from None
-        attrs = self._file.attrs
+        try:
+            self._open()
+        except ShardFileError:
+            self._file.close()
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            self._file.close()
+            raise ShardFileError(f"{self.path}: damaged graph file ({' '.join(str(e).split())[:160]})") from None
+
+    def _open(self) -> None:
+        attrs = dict(self._file.attrs)
         if attrs.get("format") != FORMAT_NAME:
             raise ShardFileError(f"{self.path}: not an srscreen graph file")
-        if int(attrs["schema_version"]) > SCHEMA_VERSION:
+        version = int(attrs.get("schema_version", 0))
+        if version < SCHEMA_VERSION:
             raise ShardFileError(
-                f"{self.path}: schema version {attrs['schema_version']} is newer than this srscreen reads "
+                f"{self.path}: graph file schema version {version} (a fixed {attrs.get('max_nbr')} neighbours per atom, "
+                f"no checksums); this srscreen reads version {SCHEMA_VERSION}: run featurize again "
+                f"(with --graph-rule cgcnn for models imported from CGCNN)"
+            )
+        if version > SCHEMA_VERSION:
+            raise ShardFileError(
+                f"{self.path}: schema version {version} is newer than this srscreen reads "
                 f"({SCHEMA_VERSION}); upgrade srscreen"
             )
+        if int(attrs.get(CRC_ATTR, -1)) != attrs_checksum(attrs):
+            raise ShardFileError(f"{self.path}: damaged graph file (root attributes do not match their checksum)")
         self.attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in attrs.items()}
         self.shard_names = sorted(self._file["shards"].keys())
 
@@ -275,38 +386,87 @@ class GraphFile:
     @property
     def graph_settings(self) -> dict:
         """What decides the graphs, as model files record it."""
-        return {"radius": float(self.attrs["radius"]), "max_nbr": int(self.attrs["max_nbr"]),
-                "neighbour_algorithm": str(self.attrs["neighbour_algorithm"])}
+        settings = {"radius": float(self.attrs["radius"]), "max_nbr": int(self.attrs["max_nbr"]),
+                    "neighbour_algorithm": str(self.attrs["neighbour_algorithm"])}
+        if "tie_tolerance" in self.attrs:
+            settings["tie_tolerance"] = float(self.attrs["tie_tolerance"])
+        return settings
 
     def __len__(self) -> int:
         return int(self.attrs["n_structures"])
 
     def shard_sizes(self) -> list[int]:
-        return [len(self._file["shards"][name]["n_atoms"]) for name in self.shard_names]
+        return [self._shard_len(name) for name in self.shard_names]
 
-    def read_shard(self, index: int) -> Shard:
-        g = self._file["shards"][self.shard_names[index]]
-        return Shard(
-            ids=_strings(g["ids"]),
-            formula=_strings(g["formula"]),
-            n_atoms=g["n_atoms"][()],
-            atomic_numbers=g["atomic_numbers"][()],
-            nbr_idx=g["nbr_idx"][()],
-            nbr_dist=g["nbr_dist"][()],
-        )
+    def _shard_len(self, name: str) -> int:
+        try:
+            return len(self._file["shards"][name]["ids"])
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise DamagedShardError(self.path, name, f"unreadable ({' '.join(str(e).split())[:120]})") from None
+
+    def read_shard(self, index: int, *, sources: bool = False) -> Shard:
+        """Shard `index`, checked; with `sources`, also check the source paths (which predict never reads)."""
+        name = self.shard_names[index]
+        try:
+            g = self._file["shards"][name]
+            ids, formula = read_checked(g, "ids"), read_checked(g, "formula")
+            arrays = [read_checked(g, key) for key in _GRAPH_ARRAYS]
+            if sources and len(read_checked(g, "sources")) != len(ids):
+                raise DamagedDataError("sources and ids differ in length")
+        except DamagedDataError as e:
+            raise DamagedShardError(self.path, name, str(e)) from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise DamagedShardError(self.path, name, f"unreadable ({' '.join(str(e).split())[:120]})") from None
+        reason = check_graphs(*arrays, self.graph_settings)
+        if reason is None and not (len(ids) == len(formula) == len(arrays[0])):
+            reason = "ids, formula and n_atoms differ in length"
+        if reason is not None:
+            raise DamagedShardError(self.path, name, reason)
+        return Shard(ids, formula, *arrays)
+
+    def shard_ids(self, index: int) -> list[str] | None:
+        """The ids of shard `index` when they are intact (None otherwise): what a skipped shard held."""
+        try:
+            return read_checked(self._file["shards"][self.shard_names[index]], "ids")
+        except (DamagedDataError, OSError, KeyError, ValueError) :
+            return None
 
     def iter_shards(self, start: int = 0, stop: int | None = None) -> Iterator[Shard]:
         for i in range(start, len(self.shard_names) if stop is None else stop):
             yield self.read_shard(i)
 
     def ids(self) -> Iterator[str]:
-        for name in self.shard_names:
-            yield from _strings(self._file["shards"][name]["ids"])
+        for index, name in enumerate(self.shard_names):
+            ids = self.shard_ids(index)
+            if ids is None:
+                raise DamagedShardError(self.path, name, "ids do not match their checksum")
+            yield from ids
 
     def failures(self) -> list[Failure]:
-        g = self._file["failures"]
-        return [Failure(*row) for row in zip(_strings(g["id"]), _strings(g["source"]), _strings(g["reason"]))]
+        try:
+            return _read_failures(self._file["failures"])
+        except (DamagedDataError, KeyError, OSError) as e:
+            raise ShardFileError(f"{self.path}: damaged failure table ({e})") from None
 
     def skipped(self) -> list[tuple[str, str]]:
-        g = self._file["skipped"]
-        return list(zip(_strings(g["source"]), _strings(g["reason"])))
+        try:
+            g = self._file["skipped"]
+            return list(zip(read_checked(g, "source"), read_checked(g, "reason")))
+        except (DamagedDataError, KeyError, OSError) as e:
+            raise ShardFileError(f"{self.path}: damaged skipped-file table ({e})") from None
+
+    def verify(self) -> list[tuple[str, int, str | None]]:
+        """Every shard checked in full: (shard, structures, reason it is damaged or None); then the
+        failure and skipped tables as one row each."""
+        report: list[tuple[str, int, str | None]] = []
+        for index, name in enumerate(self.shard_names):
+            try:
+                report.append((name, len(self.read_shard(index, sources=True).ids), None))
+            except DamagedShardError as e:
+                report.append((name, len(self.shard_ids(index) or []), e.reason))
+        for table, read in (("failures", self.failures), ("skipped", self.skipped)):
+            try:
+                report.append((table, len(read()), None))
+            except ShardFileError as e:
+                report.append((table, 0, str(e).split(": ", 1)[-1]))
+        return report

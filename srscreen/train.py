@@ -28,7 +28,7 @@ from .dataset import GraphSet, batches
 from .elements import cgcnn_feature_table, table_id
 from .labels import Matched, match, read_labels
 from .model import CrystalGraphNet
-from .shards import settings_differ
+from .shards import check_fits_model
 
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]
@@ -241,11 +241,8 @@ def train(
     y_all[matched.positions] = matched.values
 
     if init is not None:
-        if settings_differ(init.graph_settings, graphs.graph_settings) or init.feature_table_id != graphs.feature_table_id:
-            raise ValueError(
-                f"{graph_path} was featurized with {graphs.graph_settings}, table {graphs.feature_table_id}; "
-                f"the model expects {init.graph_settings}, table {init.feature_table_id}"
-            )
+        check_fits_model(Path(graph_path), graphs.graph_settings, graphs.feature_table_id, str(init.source),
+                         init.graph_settings, init.feature_table_id)
         model = init.build_model()
         if init.target == config.target:
             normalizer = dict(init.normalizer)  # the head's output already has this target's scale
