@@ -2,7 +2,8 @@
 
     python benchmarks/predict.py [--graphs mp.h5] [--threads 2] [--device auto]
 
-Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then in one run:
+Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs; either way with the graph rule the models
+were trained on), then in one run:
 - read-only: stream every shard and build every batch, no model (the I/O limit); then the time to
   merge equivalent atoms alone, and how many atoms per class that leaves;
 - predict: the pretrained sr-cgcnn-ef and sr-cgcnn-eg (or, if not installed, untrained models of the
@@ -33,6 +34,7 @@ from srscreen.checkpoint import ModelFile
 from srscreen.elements import cgcnn_feature_table
 from srscreen.equivalent_atoms import quotient, unmerged
 from srscreen.featurize import FeaturizeOptions, featurize
+from srscreen.graph import ALGORITHMS, GraphSettings
 from srscreen.model import CrystalGraphNet
 from srscreen.predict import predict
 from srscreen.registry import DEFAULT_MODELS, pretrained_names, resolve_model
@@ -49,20 +51,35 @@ def models(tmp: Path) -> tuple[list[str], str]:
     for target, unit in (("formation_energy_per_atom", "eV/atom"), ("band_gap", "eV")):
         net = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()))
         path = tmp / f"{target}.pt"
-        ModelFile.from_model(net.eval(), graph_settings={"radius": 8.0, "max_nbr": 12}, target=target, unit=unit,
+        ModelFile.from_model(net.eval(), graph_settings=GraphSettings().as_attrs(), target=target, unit=unit,
                              normalizer={"mean": 0.0, "std": 1.0}).save(path)
         files.append(str(path))
     return files, "untrained, same architecture"
+
+
+def graphs_for(loaded: list[ModelFile]) -> GraphSettings:
+    """The graphs the models take: the rule of the neighbour algorithm they record (none: CGCNN's)."""
+    algorithms = {m.graph_settings.get("neighbour_algorithm", ALGORITHMS["cgcnn"]) for m in loaded}
+    if len(algorithms) != 1:
+        raise SystemExit(f"the models take graphs of different neighbour algorithms: {sorted(algorithms)}")
+    (algorithm,) = algorithms
+    rule = next(r for r, name in ALGORITHMS.items() if name == algorithm)
+    settings = loaded[0].graph_settings
+    return GraphSettings(radius=settings["radius"], max_nbr=settings["max_nbr"], rule=rule,
+                         tie_tolerance=settings.get("tie_tolerance", GraphSettings.tie_tolerance))
 
 
 def read_only(path: Path, batch_atoms: int) -> float:
     start = time.perf_counter()
     with GraphFile(path) as graphs:
         for shard in graphs.iter_shards():
-            starts = np.concatenate([[0], np.cumsum(shard.n_atoms)])
+            atom_ends = np.concatenate([[0], np.cumsum(shard.n_atoms)])
+            edge_ends = np.concatenate([[0], np.cumsum(shard.n_edges)])
             for run in pack_by_atoms(shard.n_atoms, batch_atoms):
-                a, b = starts[run.start], starts[run.stop]
-                collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
+                a, b = atom_ends[run.start], atom_ends[run.stop]
+                edges = slice(edge_ends[a], edge_ends[b])
+                collate(shard.n_atoms[run], shard.atomic_numbers[a:b], shard.n_edges[a:b], shard.nbr_idx[edges],
+                        shard.nbr_dist[edges])
     return time.perf_counter() - start
 
 
@@ -115,12 +132,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        names, kind = models(tmp)
+        loaded = [resolve_model(n) for n in names]
+        options = FeaturizeOptions(graph=graphs_for(loaded))  # the graphs these models were trained on
         full = args.graphs
         if full is None:
             if not SHARED.exists():
                 raise SystemExit(f"no data: {SHARED} is absent; pass --graphs FILE")
             full = tmp / "mp.h5"
-            featurize(SHARED, full, jobs=-1)
+            featurize(SHARED, full, options=options, jobs=-1)
         small_src = tmp / "small"
         small_src.mkdir()
         with GraphFile(full) as g:
@@ -129,10 +149,8 @@ def main() -> None:
         for cif in sorted(source.glob("*.cif"))[:4096]:
             (small_src / cif.name).symlink_to(cif)
         small = tmp / "small.h5"
-        featurize(small_src, small, options=FeaturizeOptions(), jobs=-1)
+        featurize(small_src, small, options=options, jobs=-1)
 
-        names, kind = models(tmp)
-        loaded = [resolve_model(n) for n in names]
         t_read = read_only(full, args.batch_atoms)
         t_merge, atoms_per_class = merge_only(full, max(m.architecture["steps"] for m in loaded))
         deviation = merged_vs_every_atom(full, loaded)

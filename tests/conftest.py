@@ -187,6 +187,37 @@ def database(tmp_path_factory, prototypes) -> Database:
     return write_database(tmp_path_factory.mktemp("db") / "structures", prototypes)
 
 
+def graphs_in(path) -> dict:
+    """id -> `CrystalGraph` of every structure in a graph file: the CSR counts of each shard agree with
+    its arrays, each id is unique, and every structure of the file is there."""
+    from srscreen.csr import starts_of
+    from srscreen.graph import CrystalGraph
+    from srscreen.shards import GraphFile
+
+    graphs = {}
+    with GraphFile(path) as f:
+        for shard in f.iter_shards():
+            assert len(shard.ids) == len(shard.n_atoms) == len(shard.formula)
+            assert int(shard.n_atoms.sum()) == len(shard.atomic_numbers) == len(shard.n_edges)
+            assert int(shard.n_edges.sum()) == len(shard.nbr_idx) == len(shard.nbr_dist)
+            atom_start = starts_of(shard.n_atoms)
+            edge_start = np.concatenate([starts_of(shard.n_edges), [len(shard.nbr_idx)]])
+            for i, id_ in enumerate(shard.ids):
+                assert id_ not in graphs, f"{id_} appears twice in {path}"
+                a, b = atom_start[i], atom_start[i] + shard.n_atoms[i]
+                edges = slice(edge_start[a], edge_start[b])
+                graphs[id_] = CrystalGraph(shard.atomic_numbers[a:b], shard.n_edges[a:b], shard.nbr_idx[edges],
+                                           shard.nbr_dist[edges])
+        assert len(graphs) == len(f)
+    return graphs
+
+
+def assert_same_graph(got, want, msg: str = "") -> None:
+    """Two `CrystalGraph`s hold the same atoms, edge counts, neighbours and distances, to the bit."""
+    for name in ("numbers", "n_edges", "nbr_idx", "nbr_dist"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{msg}: {name}")
+
+
 def gram(lattice: np.ndarray) -> np.ndarray:
     """Lattice metric: independent of how the cell is oriented in space."""
     lattice = np.asarray(lattice, dtype=float)

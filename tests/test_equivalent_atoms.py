@@ -9,6 +9,7 @@ from conftest import cu_slab
 
 import srscreen.equivalent_atoms as eq
 from srscreen.batch import collate, with_atoms
+from srscreen.csr import rows_of, starts_of
 from srscreen.elements import cgcnn_feature_table
 from srscreen.graph import GraphSettings, build_graph
 from srscreen.model import CrystalGraphNet
@@ -24,6 +25,7 @@ def shard_of(structures: list) -> Shard:
         formula=[s.composition.reduced_formula for s in structures],
         n_atoms=np.array([len(s) for s in structures], dtype=np.int32),
         atomic_numbers=np.concatenate([g.numbers for g in graphs]),
+        n_edges=np.concatenate([g.n_edges for g in graphs]),
         nbr_idx=np.concatenate([g.nbr_idx for g in graphs]),
         nbr_dist=np.concatenate([g.nbr_dist for g in graphs]),
     )
@@ -47,8 +49,8 @@ def test_symmetry_gives_the_classes_a_chemist_expects(crystals):
 
 def test_deeper_networks_tell_more_atoms_apart(crystals):
     # One step sees only the nearest neighbours: a slab's surface atoms, and the rest. Deeper steps see
-    # the surface from inside, and CGCNN's 12-neighbour cut picks among tied shells per atom, which
-    # the classes must follow too: they are the graph's, not the ideal crystal's.
+    # the surface from inside: the classes are the graph's (each atom's 12 nearest and the shell tied
+    # with the 12th), not the ideal crystal's.
     slab = shard_of([crystals[4]])
     counts = [int(eq.quotient(slab, steps).n_nodes[0]) for steps in (1, 2, 4)]
     assert counts[0] == 2 and counts == sorted(counts) and counts[-1] > 2
@@ -61,14 +63,24 @@ def test_quotient_points_every_atom_at_a_class_of_its_own_element_and_crystal(cr
     nodes = q.node_of_atom + node_start
     assert np.array_equal(q.atomic_numbers[nodes], shard.atomic_numbers)
     assert (q.node_of_atom >= 0).all() and (q.node_of_atom < np.repeat(q.n_nodes, q.n_atoms)).all()
-    assert (q.nbr_idx >= 0).all() and (q.nbr_idx < np.repeat(q.n_nodes, q.n_nodes)[:, None]).all()
+    assert len(q.n_edges) == len(q.atomic_numbers) and q.n_edges.sum() == len(q.nbr_idx) == len(q.nbr_dist)
+    assert (q.nbr_idx >= 0).all() and (q.nbr_idx < np.repeat(np.repeat(q.n_nodes, q.n_nodes), q.n_edges)).all()
+    # A class keeps the edges of the atom it stands for: same count, same distances.
+    first_atom = np.unique(nodes, return_index=True)[1]
+    assert np.array_equal(q.n_edges, shard.n_edges[first_atom])
+    assert np.array_equal(q.nbr_dist, shard.nbr_dist[rows_of(starts_of(shard.n_edges)[first_atom], q.n_edges)])
 
 
 def test_a_hash_collision_falls_back_to_exact_classes(crystals, monkeypatch):
     shard = shard_of(crystals)
     want = eq.quotient(shard, steps=4)
-    monkeypatch.setattr(eq, "_row_hash", lambda rows: np.zeros(len(rows), dtype=np.int64))  # every row collides
+    # The neighbours' part of every row hashes to 0: rows of one class collide whatever their neighbours.
+    monkeypatch.setattr(eq, "_segment_sums", lambda values, start, counts: np.zeros(len(start), dtype=np.int64))
+    exact = eq._exact_relabel
+    calls = []
+    monkeypatch.setattr(eq, "_exact_relabel", lambda *args: calls.append(1) or exact(*args))
     got = eq.quotient(shard, steps=4)
+    assert calls, "the collisions were noticed"
     assert np.array_equal(got.n_nodes, want.n_nodes)
     assert np.array_equal(got.node_of_atom, want.node_of_atom)
 
@@ -76,13 +88,14 @@ def test_a_hash_collision_falls_back_to_exact_classes(crystals, monkeypatch):
 def test_unmerged_is_every_atom_its_own_class(crystals):
     shard = shard_of(crystals)
     q = eq.unmerged(shard)
-    assert np.array_equal(q.n_nodes, q.n_atoms) and np.array_equal(q.nbr_idx, shard.nbr_idx)
+    assert np.array_equal(q.n_nodes, q.n_atoms) and np.array_equal(q.n_edges, shard.n_edges)
+    assert np.array_equal(q.nbr_idx, shard.nbr_idx) and np.array_equal(q.nbr_dist, shard.nbr_dist)
     assert q.node_of_atom is None
 
 
 def test_an_empty_shard_has_an_empty_quotient():
-    empty = Shard([], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros((0, 12), np.int32),
-                  np.zeros((0, 12), np.float32))
+    empty = Shard([], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int32),
+                  np.zeros(0, np.float32))
     assert eq.quotient(empty, steps=3).n_nodes.size == 0
 
 
@@ -104,8 +117,8 @@ def test_predictions_on_the_quotient_equal_predictions_on_every_atom(crystals, s
     shard = shard_of(crystals)
     q = eq.quotient(shard, steps=steps)
     with torch.inference_mode():
-        want = net(_float64(collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist)))
-        merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
+        want = net(_float64(collate(shard.n_atoms, shard.atomic_numbers, shard.n_edges, shard.nbr_idx, shard.nbr_dist)))
+        merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.n_edges, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
         got = net(_float64(merged))
     assert merged.numbers.shape[0] <= shard.atomic_numbers.shape[0] // 2  # it really merged
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -133,8 +146,8 @@ def test_training_on_the_quotient_equals_training_on_every_atom(crystals, fused)
         net.gated_edges.fwd = edge_forward
     shard = shard_of(crystals)
     q = eq.quotient(shard, steps=3)
-    every = collate(shard.n_atoms, shard.atomic_numbers, shard.nbr_idx, shard.nbr_dist)
-    merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
+    every = collate(shard.n_atoms, shard.atomic_numbers, shard.n_edges, shard.nbr_idx, shard.nbr_dist)
+    merged = with_atoms(collate(q.n_nodes, q.atomic_numbers, q.n_edges, q.nbr_idx, q.nbr_dist), q.n_nodes, q.n_atoms, q.node_of_atom)
     want = _training_step(net, _float64(every))
     for bn in [*net.bn1, *net.bn2]:
         bn.reset_running_stats()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from screening_data import cli
+from screening_data import PRETRAINED_FEATURIZE_FLAGS, cli
 from srscreen.registry import DEFAULT_MODELS, pretrained_names
 from srscreen.shards import GraphFile
 
@@ -17,8 +17,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory) -> Path:
+    """The examples featurized for the pretrained models, which the walk-through predicts with."""
     out = tmp_path_factory.mktemp("examples") / "examples.h5"
-    result = cli("featurize", EXAMPLES / "structures", out, "--quiet")
+    result = cli("featurize", EXAMPLES / "structures", out, *PRETRAINED_FEATURIZE_FLAGS, "--quiet")
     assert result.exit_code == 0, result.stderr
     return out
 

@@ -22,30 +22,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, cif_text, extxyz_text, poscar_text
+from conftest import REPO_ROOT, assert_same_graph, cif_text, extxyz_text, graphs_in, poscar_text
 
+from srscreen.csr import rows_of, starts_of
 from srscreen.featurize import FeaturizeOptions, featurize
 from srscreen.graph import GraphSettings, build_graph
+from srscreen.integrity import CRC_ATTR
 from srscreen.readers import Parsed, parse_bytes
 from srscreen.shards import GraphFile, ShardFileError, partial_dir
 
 SMALL_SHARDS = FeaturizeOptions(shard_size=3)
-
-
-def read_graphs(path) -> dict:
-    """id -> (numbers, nbr_idx, nbr_dist) for every structure in a graph file, checking each id is unique."""
-    graphs = {}
-    with GraphFile(path) as f:
-        for shard in f.iter_shards():
-            offsets = np.concatenate(([0], np.cumsum(shard.n_atoms)))
-            assert len(shard.ids) == len(shard.n_atoms) == len(shard.formula)
-            assert offsets[-1] == len(shard.atomic_numbers) == len(shard.nbr_idx) == len(shard.nbr_dist)
-            for i, id_ in enumerate(shard.ids):
-                assert id_ not in graphs, f"{id_} appears twice in {path}"
-                a, b = offsets[i], offsets[i + 1]
-                graphs[id_] = (shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
-        assert len(graphs) == len(f)
-    return graphs
 
 
 def parsed_by_id(path: Path) -> dict:
@@ -56,20 +42,20 @@ def parsed_by_id(path: Path) -> dict:
 
 def assert_graphs_are_build_graph(graphs: dict, database, settings: GraphSettings = GraphSettings()) -> None:
     """Each stored graph equals build_graph on the structure the file holds (read back by srscreen),
-    and its distances equal those of the pymatgen structure that was written (atoms paired by place)."""
-    for id_, (numbers, idx, dist) in graphs.items():
+    and its edge counts and distances equal those of the pymatgen structure that was written (atoms paired by place)."""
+    for id_, graph in graphs.items():
         source = database.sources[id_]
         parsed = parsed_by_id(source)[id_]
-        want = build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, settings)
-        np.testing.assert_array_equal(numbers, want.numbers, err_msg=id_)
-        np.testing.assert_array_equal(idx, want.nbr_idx, err_msg=id_)
-        np.testing.assert_array_equal(dist, want.nbr_dist, err_msg=id_)
-        assert idx.dtype == np.int32 and dist.dtype == np.float32 and numbers.dtype == np.uint8
+        assert_same_graph(graph, build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, settings), id_)
+        assert graph.nbr_idx.dtype == graph.n_edges.dtype == np.int32 and graph.nbr_dist.dtype == np.float32
+        assert graph.numbers.dtype == np.uint8
         # Against the structure as written, independent of the reader's atom order.
         structure = database.expected[id_]
         written = build_graph(structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers), settings)
         perm = pair_atoms(parsed, structure)
-        np.testing.assert_allclose(dist, written.nbr_dist[perm], atol=1e-4, err_msg=id_)
+        np.testing.assert_array_equal(graph.n_edges, written.n_edges[perm], err_msg=id_)
+        edges = rows_of(starts_of(written.n_edges)[perm], written.n_edges[perm])
+        np.testing.assert_allclose(graph.nbr_dist, written.nbr_dist[edges], atol=1e-4, err_msg=id_)
 
 
 def pair_atoms(parsed: Parsed, structure) -> np.ndarray:
@@ -105,12 +91,12 @@ def test_featurize_folder_every_structure_once(database, tmp_path, jobs):
     summary = featurize(database.root, out, options=SMALL_SHARDS, jobs=jobs)
     assert (summary.structures, summary.failed, summary.skipped) == (len(database.expected), 0, 1)
     assert_reconciles(summary, out)
-    graphs = read_graphs(out)
+    graphs = graphs_in(out)
     assert sorted(graphs) == sorted(database.expected)
     assert_graphs_are_build_graph(graphs, database)
     with GraphFile(out) as f:
         assert f.skipped() == [(str(database.skipped[0]), "not a structure file (unknown extension)")]
-        assert f.graph_settings == {"radius": 8.0, "max_nbr": 12, "neighbour_algorithm": "knn-pbc-v1"}
+        assert f.graph_settings == {"radius": 8.0, "max_nbr": 12, "neighbour_algorithm": "knn-ties-v2", "tie_tolerance": 1e-4}
         assert len(f.shard_names) > 1, "shard_size=3 must give several shards"
         assert max(f.shard_sizes()) <= 3 + 4, "a shard holds about shard_size structures (one multi-frame file over)"
         formulas = {id_: formula for shard in f.iter_shards() for id_, formula in zip(shard.ids, shard.formula)}
@@ -123,11 +109,10 @@ def test_jobs_do_not_change_the_file(database, tmp_path):
     one = featurize(database.root, tmp_path / "one.h5", options=SMALL_SHARDS, jobs=1)
     two = featurize(database.root, tmp_path / "two.h5", options=SMALL_SHARDS, jobs=2)
     assert one.structures == two.structures
-    a, b = read_graphs(tmp_path / "one.h5"), read_graphs(tmp_path / "two.h5")
+    a, b = graphs_in(tmp_path / "one.h5"), graphs_in(tmp_path / "two.h5")
     assert a.keys() == b.keys()
     for id_ in a:
-        for x, y in zip(a[id_], b[id_]):
-            np.testing.assert_array_equal(x, y)
+        assert_same_graph(a[id_], b[id_], id_)
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +125,16 @@ def folder_file(database, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("archive", ["tar_gz", "zip"])
 def test_archive_gives_the_same_graphs_as_the_folder(database, folder_file, tmp_path, archive):
-    folder = read_graphs(folder_file)
+    folder = graphs_in(folder_file)
     out = tmp_path / f"{archive}.h5"
     summary = featurize(getattr(database, archive), out, jobs=1)
-    graphs = read_graphs(out)
+    graphs = graphs_in(out)
     want = set(database.expected) if archive == "tar_gz" else set(database.zip_ids)
     assert set(graphs) == want
     assert summary.failed == 0 and summary.skipped == (1 if archive == "tar_gz" else 0)
     assert_reconciles(summary, out)
-    for id_, arrays in graphs.items():
-        for x, y in zip(arrays, folder[id_]):
-            np.testing.assert_array_equal(x, y, err_msg=id_)
+    for id_, graph in graphs.items():
+        assert_same_graph(graph, folder[id_], id_)
     with h5py.File(out, "r") as f:
         sources = [s for g in f["shards"].values() for s in g["sources"].asstr()[()]]
     archive_path = str(getattr(database, archive))
@@ -211,7 +195,7 @@ def test_failures_table_records_every_bad_input(database, prototypes, tmp_path):
     out = tmp_path / "graphs.h5"
     summary = featurize(db.root, out, options=SMALL_SHARDS, jobs=1)
     assert_reconciles(summary, out)
-    graphs = read_graphs(out)
+    graphs = graphs_in(out)
     assert set(graphs) == set(db.expected) | {"mixed:1"}, "good frames of a file with a bad frame are kept"
     assert summary.skipped == 2
     with GraphFile(out) as f:
@@ -238,21 +222,28 @@ def test_disorder_majority_policy_featurizes_the_disordered_crystal(database, pr
     with GraphFile(out) as f:
         failed = {x.id for x in f.failures()}
         assert json.loads(f.attrs["policies"])["on_disorder"] == "majority"
-    assert "disordered" not in failed and "disordered" in read_graphs(out)
+    assert "disordered" not in failed and "disordered" in graphs_in(out)
     assert_reconciles(summary, out)
 
 
-def test_isolated_atom_pad_policy_keeps_the_structure(prototypes, tmp_path):
+@pytest.mark.parametrize("rule", ["knn-ties", "cgcnn"])
+def test_isolated_atom_pad_policy_keeps_the_structure(prototypes, tmp_path, rule):
+    """Kept with no edges; under CGCNN's rule, with its 12 padding neighbours (index 0 at radius + 1)."""
     from pymatgen.core import Lattice, Structure
 
     (tmp_path / "in").mkdir()
     lone = Structure(Lattice.cubic(30.0), ["Ar", "Ar"], [[0, 0, 0], [0.5, 0, 0]])
     (tmp_path / "in" / "lone.cif").write_text(cif_text(lone))
-    settings = GraphSettings(on_isolated_atoms="pad")
+    settings = GraphSettings(on_isolated_atoms="pad", rule=rule)
     summary = featurize(tmp_path / "in", tmp_path / "g.h5", options=FeaturizeOptions(graph=settings), jobs=1)
     assert (summary.structures, summary.failed) == (1, 0)
-    numbers, idx, dist = read_graphs(tmp_path / "g.h5")["lone"]
-    assert (idx == 0).all() and (dist == np.float32(9.0)).all()
+    graph = graphs_in(tmp_path / "g.h5")["lone"]
+    assert graph.numbers.tolist() == [18, 18]
+    if rule == "cgcnn":
+        assert graph.n_edges.tolist() == [12, 12]
+        assert (graph.nbr_idx == 0).all() and (graph.nbr_dist == np.float32(9.0)).all()
+    else:
+        assert graph.n_edges.tolist() == [0, 0] and graph.nbr_idx.size == graph.nbr_dist.size == 0
 
 
 def test_max_atoms_policy(database, tmp_path):
@@ -263,7 +254,7 @@ def test_max_atoms_policy(database, tmp_path):
         (failure,) = f.failures()
         assert json.loads(f.attrs["policies"])["max_atoms"] == 100
     assert failure.id == "supercell" and "128 atoms" in failure.reason and "100" in failure.reason
-    assert set(read_graphs(out)) == set(database.expected) - {"supercell"}
+    assert set(graphs_in(out)) == set(database.expected) - {"supercell"}
     assert_reconciles(summary, out)
 
 
@@ -278,7 +269,7 @@ def test_duplicate_ids_second_is_a_failure_never_an_overwrite(prototypes, tmp_pa
     out = tmp_path / "graphs.h5"
     summary = featurize(root, out, jobs=1)
     assert (summary.structures, summary.failed) == (1, 2)
-    numbers, _, _ = read_graphs(out)["mp-1"]
+    numbers = graphs_in(out)["mp-1"].numbers
     assert sorted(set(numbers.tolist())) == [11, 17], "the first mp-1 (NaCl in a/) is the one kept"
     with GraphFile(out) as f:
         failures = f.failures()
@@ -302,8 +293,7 @@ def test_duplicate_ids_resolve_in_listing_order_with_parallel_workers(prototypes
     out = tmp_path / "graphs.h5"
     summary = featurize(root, out, options=FeaturizeOptions(max_atoms=1000), jobs=2)
     assert (summary.structures, summary.failed) == (1, 1)
-    numbers, _, _ = read_graphs(out)["dup"]
-    assert len(numbers) == 512
+    assert len(graphs_in(out)["dup"].numbers) == 512
     with GraphFile(out) as f:
         (failure,) = f.failures()
     assert failure.source == str(root / "b" / "dup.cif")
@@ -333,7 +323,7 @@ def test_interrupted_run_resumes_in_process(database, tmp_path):
     interrupt_after_first_part(database.root, out, SMALL_SHARDS)
     summary = featurize(database.root, out, options=SMALL_SHARDS, jobs=1)
     assert summary.resumed > 0
-    assert sorted(read_graphs(out)) == sorted(database.expected)
+    assert sorted(graphs_in(out)) == sorted(database.expected)
     assert_reconciles(summary, out)
 
 
@@ -371,7 +361,7 @@ def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
     assert rebuilt.resumed == 0 and rebuilt.structures == first.structures
     with GraphFile(out) as f:
         assert f.graph_settings["max_nbr"] == 8
-        assert next(f.iter_shards()).nbr_idx.shape[1] == 8
+    assert_graphs_are_build_graph(graphs_in(out), database, GraphSettings(max_nbr=8))
 
 
 # --------------------------------------------------------------------------- killed for real
@@ -447,21 +437,26 @@ def test_killed_run_resumes_with_every_id_once(prototypes, tmp_path):
     with GraphFile(out) as f:
         all_ids = list(f.ids())
     assert Counter(all_ids) == Counter(ids), "every id exactly once"
-    graphs = read_graphs(out)
+    graphs = graphs_in(out)
     for id_ in (ids[0], ids[199], ids[-1]):
         (p,) = parse_bytes(f"{id_}.cif", (source / f"{id_}.cif").read_bytes())
-        np.testing.assert_array_equal(graphs[id_][2], build_graph(p.lattice, p.frac_coords, p.numbers, GraphSettings()).nbr_dist)
+        assert_same_graph(graphs[id_], build_graph(p.lattice, p.frac_coords, p.numbers, GraphSettings()), id_)
     assert not parts.exists()
 
 
 def test_graph_file_is_hdf5_with_the_documented_layout(folder_file):
     with h5py.File(folder_file, "r") as f:
         assert f.attrs["format"] == "srscreen-graphs"
-        assert int(f.attrs["schema_version"]) == 1
-        for name in ("ids", "sources", "formula", "n_atoms", "atomic_numbers", "nbr_idx", "nbr_dist"):
-            assert name in f["shards"]["000000"], name
+        assert int(f.attrs["schema_version"]) == 2
+        assert CRC_ATTR in f.attrs
+        shard = f["shards"]["000000"]
+        for name in ("ids", "sources", "formula", "n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist"):
+            assert name in shard and CRC_ATTR in shard[name].attrs, name
+        assert shard["n_edges"].dtype == shard["nbr_idx"].dtype == np.int32 and shard["nbr_dist"].dtype == np.float32
+        assert shard["nbr_idx"].ndim == shard["nbr_dist"].ndim == 1, "one row per edge"
+        assert shard["n_edges"][()].sum() == len(shard["nbr_idx"]) == len(shard["nbr_dist"])
         for name in ("id", "source", "reason"):
-            assert name in f["failures"]
+            assert name in f["failures"] and CRC_ATTR in f["failures"][name].attrs
 
 
 # --------------------------------------------------------------------------- more sources
@@ -487,11 +482,11 @@ def test_long_multi_structure_files_keep_global_frame_numbers(prototypes, tmp_pa
     (root / "traj.extxyz").write_text(extxyz_text(frames))
     out = tmp_path / "graphs.h5"
     summary = featurize(root, out, options=FeaturizeOptions(shard_size=5), jobs=1)
-    graphs = read_graphs(out)
+    graphs = graphs_in(out)
     assert sorted(graphs) == sorted([f"db:{i}" for i in range(10)] + [f"traj:{i}" for i in range(10)])
     for stem in ("db", "traj"):
         for i, s in enumerate(frames):
-            assert len(graphs[f"{stem}:{i}"][0]) == len(s)
+            assert len(graphs[f"{stem}:{i}"].numbers) == len(s)
     assert_reconciles(summary, out)
 
 
@@ -606,12 +601,12 @@ def test_resume_skips_exactly_the_finished_inputs(database, tmp_path, monkeypatc
     keys = [x.key for x in iter_inputs(database.root) if isinstance(x, Item)]
     assert 0 < len(finished) < len(keys) and finished <= set(keys)
 
-    state = read_parts_state(parts)
+    state = read_parts_state(parts, SMALL_SHARDS.graph.as_attrs())
     assert [k in state.done_keys for k in keys] == [k in finished for k in keys]
     assert state.done_keys.contains_all(keys[::-1]) == [k in finished for k in keys[::-1]], "any order"
     summary = featurize(database.root, out, options=SMALL_SHARDS, jobs=1)
     assert summary.resumed > 0
-    assert sorted(read_graphs(out)) == sorted(database.expected)
+    assert sorted(graphs_in(out)) == sorted(database.expected)
     assert_reconciles(summary, out)
 
 
@@ -624,7 +619,8 @@ def test_done_keys_memory_per_key_is_small(tmp_path):
 
     parts, per_part = tmp_path / "out.h5.partial", 100_000
     parts.mkdir()
-    nothing = GraphRecords([], [], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros((0, 12), np.int32), np.zeros((0, 12), np.float32))
+    nothing = GraphRecords([], [], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32),
+                           np.zeros(0, np.int32), np.zeros(0, np.float32))
 
     def keys(part: int) -> list[str]:
         return [f"/data/materials-project/cifs/{part:03d}/mp-{part * per_part + i}.cif" for i in range(per_part)]
@@ -633,7 +629,7 @@ def test_done_keys_memory_per_key_is_small(tmp_path):
         write_part(parts, part, nothing, [], keys(part))
     tracemalloc.start()
     try:
-        state = read_parts_state(parts)
+        state = read_parts_state(parts, GraphSettings().as_attrs())
         retained = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()

@@ -24,19 +24,35 @@ def random_table(seed: int = 0) -> np.ndarray:
     return table
 
 
-def random_graphs(sizes: list[int], seed: int = 0, padded: bool = True) -> dict[str, np.ndarray]:
-    """Valid CSR crystal graphs: local neighbour indices, ascending distances, CGCNN padding when `padded`."""
+def random_graphs(sizes: list[int], seed: int = 0, rule: str = "knn-ties") -> dict[str, np.ndarray]:
+    """Valid CSR crystal graphs: local neighbour indices, distances ascending within each atom.
+
+    "knn-ties": 10-16 edges per atom (ties with the 12th), and a third of the atoms short of neighbours
+    within the radius, with 0-9 edges. "cgcnn": 12 edges per atom, a third of the atoms padded CGCNN's
+    way after 1-11 real neighbours (index 0 at radius + 1).
+    """
     rng = np.random.default_rng(seed)
     n = sum(sizes)
-    nbr_idx = np.concatenate([rng.integers(0, s, (s, MAX_NBR)) for s in sizes]).astype(np.int32)
-    nbr_dist = np.sort(rng.uniform(1.6, RADIUS, (n, MAX_NBR)), axis=1).astype(np.float32)
-    if padded:  # some atoms find only a few neighbours within the radius
-        for row, found in zip(rng.choice(n, size=n // 3, replace=False), rng.integers(1, MAX_NBR, n // 3)):
-            nbr_idx[row, found:] = 0
-            nbr_dist[row, found:] = RADIUS + 1.0
+    short = rng.choice(n, size=n // 3, replace=False)
+    if rule == "cgcnn":
+        n_edges = np.full(n, MAX_NBR, dtype=np.int32)
+    else:
+        n_edges = rng.integers(10, 17, n).astype(np.int32)
+        n_edges[short] = rng.integers(0, 10, len(short))
+    size_of_edge = np.repeat(np.repeat(sizes, sizes), n_edges)
+    nbr_idx = np.floor(rng.random(len(size_of_edge)) * size_of_edge).astype(np.int32)
+    centre = np.repeat(np.arange(n), n_edges)
+    nbr_dist = rng.uniform(1.6, RADIUS, len(centre))
+    nbr_dist = nbr_dist[np.lexsort((nbr_dist, centre))].astype(np.float32)
+    if rule == "cgcnn":
+        for row, found in zip(short, rng.integers(1, MAX_NBR, len(short))):
+            padding = slice(row * MAX_NBR + found, (row + 1) * MAX_NBR)
+            nbr_idx[padding] = 0
+            nbr_dist[padding] = RADIUS + 1.0
     return {
         "n_atoms": np.asarray(sizes, dtype=np.int32),
         "atomic_numbers": rng.choice([3, 8, 14, 22, 26, 56, 83], n).astype(np.uint8),
+        "n_edges": n_edges,
         "nbr_idx": nbr_idx,
         "nbr_dist": nbr_dist,
     }
@@ -44,10 +60,15 @@ def random_graphs(sizes: list[int], seed: int = 0, padded: bool = True) -> dict[
 
 def crystal(graphs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
     """Structure i alone, as CSR arrays."""
-    ends = np.concatenate([[0], np.cumsum(graphs["n_atoms"])])
-    atoms = slice(ends[i], ends[i + 1])
-    per_atom = {k: graphs[k][atoms] for k in ("atomic_numbers", "nbr_idx", "nbr_dist")}
-    return {"n_atoms": graphs["n_atoms"][i : i + 1], **per_atom}
+    atom_ends = np.concatenate([[0], np.cumsum(graphs["n_atoms"])])
+    edge_ends = np.concatenate([[0], np.cumsum(graphs["n_edges"])])
+    a, b = atom_ends[i], atom_ends[i + 1]
+    atoms, edges = slice(a, b), slice(edge_ends[a], edge_ends[b])
+    return {
+        "n_atoms": graphs["n_atoms"][i : i + 1],
+        **{k: graphs[k][atoms] for k in ("atomic_numbers", "n_edges")},
+        **{k: graphs[k][edges] for k in ("nbr_idx", "nbr_dist")},
+    }
 
 
 def concat(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -64,18 +85,20 @@ def trained_looking(model: CrystalGraphNet, seed: int = 1) -> CrystalGraphNet:
 
 
 def plain_forward(model: CrystalGraphNet, batch: GraphBatch) -> torch.Tensor:
-    """The model's maths written the CGCNN way: concatenate [v_i, v_j, u_ij], then fc_full."""
-    fea = model.atom_fea_len
+    """The model's maths written the CGCNN way: concatenate [v_i, v_j, u_ij] per edge, then fc_full, and
+    sum each atom's gated messages over its own run of edges, one atom at a time."""
     centres = torch.as_tensor(np.arange(0.0, model.radius + model.gaussian_step, model.gaussian_step))
     u = torch.exp(-((batch.nbr_dist.double().unsqueeze(-1) - centres) ** 2) / model.gaussian_step**2).float()
     v = model.embedding(model.feature_table[batch.numbers])
-    n, m = batch.nbr_idx.shape
+    edges_per_atom = torch.bincount(batch.centre, minlength=len(v)).tolist()
     for t in range(model.steps):
         fc = model.fc_full[0 if model.shared else t]
-        z = fc(torch.cat([v.unsqueeze(1).expand(n, m, fea), v[batch.nbr_idx], u], dim=2))
-        z = model.bn1[t](z.view(-1, 2 * fea)).view(n, m, 2 * fea)
-        nbr_filter, nbr_core = z.chunk(2, dim=2)
-        v = F.softplus(v + model.bn2[t](torch.sum(torch.sigmoid(nbr_filter) * F.softplus(nbr_core), dim=1)))
+        own = v.repeat_interleave(torch.tensor(edges_per_atom), dim=0)
+        z = model.bn1[t](fc(torch.cat([own, v[batch.nbr_idx], u], dim=1)))
+        nbr_filter, nbr_core = z.chunk(2, dim=1)
+        messages = torch.sigmoid(nbr_filter) * F.softplus(nbr_core)
+        summed = torch.stack([m.sum(dim=0) for m in messages.split(edges_per_atom)])
+        v = F.softplus(v + model.bn2[t](summed))
     pooled = torch.stack([v[batch.crystal == c].mean(dim=0) for c in range(batch.n_crystals)])
     h = F.softplus(model.conv_to_fc(F.softplus(pooled)))
     for fc in model.fcs:
@@ -114,10 +137,12 @@ def test_gaussian_expansion_is_cgcnns():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("rule", ["knn-ties", "cgcnn"])
 @pytest.mark.parametrize("shared", [True, False])
-def test_split_weights_equal_plain_concatenation(shared):
-    """The fast path (per-atom blocks of fc_full, edge term once) computes CGCNN's layer, values and gradients."""
-    graphs = random_graphs([5, 2, 8, 3], seed=3)
+def test_split_weights_equal_plain_concatenation(shared, rule):
+    """The fast path (per-atom blocks of fc_full, edge term once) computes CGCNN's layer, values and gradients,
+    on atoms of any degree (none to 16 edges) and on CGCNN's padded graphs."""
+    graphs = random_graphs([5, 2, 8, 3], seed=3, rule=rule)
     batch = collate(**graphs)
     torch.manual_seed(0)
     fast = CrystalGraphNet(feature_table=random_table(), shared=shared, n_h=2)
@@ -137,27 +162,31 @@ def test_split_weights_equal_plain_concatenation(shared):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_prediction_does_not_depend_on_atom_order(shared):
-    graphs = random_graphs([6, 4, 7], seed=5, padded=False)
+    graphs = random_graphs([6, 4, 7], seed=5)  # no CGCNN padding: its index 0 names a different atom once permuted
     rng = np.random.default_rng(9)
     sizes = graphs["n_atoms"]
     first = np.cumsum(sizes) - sizes
     perm = np.concatenate([f + rng.permutation(k) for f, k in zip(first, sizes)])  # new atom -> old atom
     new_of_old = np.argsort(perm)
-    start = np.repeat(first, sizes)[:, None]  # unchanged by a permutation within each crystal
+    edge_start = np.cumsum(graphs["n_edges"]) - graphs["n_edges"]
+    edges = np.concatenate([np.arange(edge_start[a], edge_start[a] + graphs["n_edges"][a]) for a in perm])
+    start = np.repeat(np.repeat(first, sizes), graphs["n_edges"])[edges]  # unchanged by a permutation within each crystal
     permuted = {
         "n_atoms": sizes,
         "atomic_numbers": graphs["atomic_numbers"][perm],
-        "nbr_idx": (new_of_old[graphs["nbr_idx"][perm] + start] - start).astype(np.int32),
-        "nbr_dist": graphs["nbr_dist"][perm],
+        "n_edges": graphs["n_edges"][perm],
+        "nbr_idx": (new_of_old[graphs["nbr_idx"][edges] + start] - start).astype(np.int32),
+        "nbr_dist": graphs["nbr_dist"][edges],
     }
     model = trained_looking(CrystalGraphNet(feature_table=random_table(), shared=shared))
     with torch.no_grad():
         torch.testing.assert_close(model(collate(**permuted)), model(collate(**graphs)), rtol=1e-5, atol=1e-5)
 
 
-def test_batch_predictions_equal_one_by_one_and_ignore_batch_mates():
-    graphs = random_graphs([3, 8, 1, 5, 2], seed=7)
-    others = random_graphs([4, 6], seed=8)
+@pytest.mark.parametrize("rule", ["knn-ties", "cgcnn"])
+def test_batch_predictions_equal_one_by_one_and_ignore_batch_mates(rule):
+    graphs = random_graphs([3, 8, 1, 5, 2], seed=7, rule=rule)
+    others = random_graphs([4, 6], seed=8, rule=rule)
     model = trained_looking(CrystalGraphNet(feature_table=random_table()))
     with torch.no_grad():
         together = model(collate(**graphs))
@@ -173,16 +202,20 @@ def test_collate_offsets_neighbours_into_the_batch():
     batch = collate(**graphs)
     assert batch.n_crystals == 3
     assert batch.crystal.tolist() == [0, 0, 1, 1, 1, 2]
-    assert batch.numbers.dtype == batch.nbr_idx.dtype == batch.crystal.dtype == torch.long
+    assert batch.numbers.dtype == batch.centre.dtype == batch.nbr_idx.dtype == batch.crystal.dtype == torch.long
     assert batch.nbr_dist.dtype == torch.float32
-    offsets = np.array([0, 0, 2, 2, 2, 5])[:, None]
+    assert batch.centre.tolist() == np.repeat(np.arange(6), graphs["n_edges"]).tolist()  # ascending, CSR
+    offsets = np.repeat([0, 0, 2, 2, 2, 5], graphs["n_edges"])
     np.testing.assert_array_equal(batch.nbr_idx.numpy(), graphs["nbr_idx"] + offsets)
-    assert (batch.crystal[batch.nbr_idx] == batch.crystal[:, None]).all()  # never leaves its crystal
+    np.testing.assert_array_equal(batch.nbr_dist.numpy(), graphs["nbr_dist"])
+    assert (batch.crystal[batch.nbr_idx] == batch.crystal[batch.centre]).all()  # never leaves its crystal
     np.testing.assert_array_equal(batch.numbers.numpy(), graphs["atomic_numbers"])
     moved = batch.to("cpu")
-    assert moved.n_crystals == 3 and torch.equal(moved.nbr_idx, batch.nbr_idx)
+    assert moved.n_crystals == 3 and torch.equal(moved.nbr_idx, batch.nbr_idx) and torch.equal(moved.centre, batch.centre)
     with pytest.raises(ValueError, match="n_atoms sums to 6"):
-        collate(graphs["n_atoms"], graphs["atomic_numbers"][:-1], graphs["nbr_idx"], graphs["nbr_dist"])
+        collate(graphs["n_atoms"], graphs["atomic_numbers"][:-1], graphs["n_edges"], graphs["nbr_idx"], graphs["nbr_dist"])
+    with pytest.raises(ValueError, match=f"n_edges to {graphs['n_edges'].sum()}"):
+        collate(graphs["n_atoms"], graphs["atomic_numbers"], graphs["n_edges"], graphs["nbr_idx"][:-1], graphs["nbr_dist"][:-1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory and device transfer need CUDA")
@@ -215,21 +248,26 @@ def test_pack_by_atoms_respects_the_limit_and_keeps_order():
 
 
 def _edge_inputs(seed: int = 0, dtype=torch.float64):
+    """Per-node terms a, b and per-edge terms c of 40 nodes with 0-16 edges each (CSR: centre ascending)."""
     gen = torch.Generator().manual_seed(seed)
     n_atoms, width = 40, 16
     a, b = (torch.randn(n_atoms, width, generator=gen, dtype=dtype, requires_grad=True) for _ in range(2))
-    c = torch.randn(n_atoms, MAX_NBR, width, generator=gen, dtype=dtype, requires_grad=True)
-    nbr = torch.randint(0, n_atoms, (n_atoms * MAX_NBR,), generator=gen)
+    n_edges = torch.randint(10, 17, (n_atoms,), generator=gen)
+    n_edges[:8] = torch.randint(0, 10, (8,), generator=gen)  # short of neighbours, one without any
+    n_edges[3] = 0
+    centre = torch.repeat_interleave(torch.arange(n_atoms), n_edges)
+    c = torch.randn(len(centre), width, generator=gen, dtype=dtype, requires_grad=True)
+    nbr = torch.randint(0, n_atoms, (len(centre),), generator=gen)
     bn = torch.nn.BatchNorm1d(width).to(dtype)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5, generator=gen)
         bn.bias.uniform_(-0.5, 0.5, generator=gen)
-    return a, b, c, nbr, bn
+    return a, b, c, centre, nbr, bn
 
 
 def _run_edges(block, inputs, upstream: torch.Tensor, counts: torch.Tensor | None):
-    a, b, c, nbr, bn = inputs
-    out = block(a, b, c, nbr, bn, counts)
+    a, b, c, centre, nbr, bn = inputs
+    out = block(a, b, c, centre, nbr, bn, counts)
     out.backward(upstream)
     leaves = (a, b, c, bn.weight, bn.bias)
     return out.detach(), [t.grad for t in leaves], (bn.running_mean.clone(), bn.running_var.clone())
@@ -246,7 +284,8 @@ def test_fused_edge_block_equals_autograd_with_batchnorm(merged):
     upstream = torch.randn(40, 8, generator=gen, dtype=torch.float64)
     counts = torch.randint(1, 5, (40,), generator=gen).double() if merged else None
     ref = _run_edges(GatedEdges(), _edge_inputs(), upstream, counts)
-    fused = _run_edges(lambda a, b, c, nbr, bn, n: _GatedEdges.apply(a, b, c, nbr, bn.weight, bn.bias, bn, edge_forward, n),
+    fused = _run_edges(lambda a, b, c, centre, nbr, bn, n: _GatedEdges.apply(a, b, c, centre, nbr, bn.weight, bn.bias, bn,
+                                                                            edge_forward, n),
                        _edge_inputs(), upstream, counts)
     torch.testing.assert_close(fused[0], ref[0], rtol=1e-10, atol=1e-10)
     for got, want in zip(fused[1], ref[1]):

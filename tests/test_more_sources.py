@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import assert_same_structure
+from conftest import assert_same_graph, assert_same_structure, graphs_in
 from screening_data import cli
 
 import srscreen.sources as sources
@@ -34,24 +34,16 @@ NAMES = ("NaCl", "Fe", "ZnO", "Cu", "SrTiO3", "triclinic")
 
 
 def read_file(path) -> tuple[dict, dict]:
-    """(id -> (numbers, nbr_idx, nbr_dist), id -> failure reason) of a graph file."""
-    graphs = {}
+    """(id -> CrystalGraph, id -> failure reason) of a graph file."""
+    graphs = graphs_in(path)
     with GraphFile(path) as f:
-        for shard in f.iter_shards():
-            offsets = np.concatenate(([0], np.cumsum(shard.n_atoms)))
-            for i, id_ in enumerate(shard.ids):
-                assert id_ not in graphs
-                a, b = offsets[i], offsets[i + 1]
-                graphs[id_] = (shard.atomic_numbers[a:b], shard.nbr_idx[a:b], shard.nbr_dist[a:b])
         failures = {x.id: x.reason for x in f.failures()}
         assert int(f.attrs["n_failed"]) == len(failures)
     return graphs, failures
 
 
 def assert_graph_of(graph, lattice, frac, numbers) -> None:
-    want = build_graph(np.asarray(lattice), np.asarray(frac), np.asarray(numbers), SETTINGS)
-    for got, expected in zip(graph, (want.numbers, want.nbr_idx, want.nbr_dist)):
-        np.testing.assert_array_equal(got, expected)
+    assert_same_graph(graph, build_graph(np.asarray(lattice), np.asarray(frac), np.asarray(numbers), SETTINGS))
 
 
 def run(source, out, **kw):
@@ -211,8 +203,7 @@ def test_entry_dump_streams_in_chunks_with_entry_ids(prototypes, tmp_path, monke
     for id_, entry in zip(ids, dicts):
         s = structure_of(entry)
         assert_graph_of(b[id_], s.lattice.matrix, s.frac_coords, s.atomic_numbers)
-        for x, y in zip(a[id_], b[id_]):
-            np.testing.assert_array_equal(x, y)
+        assert_same_graph(a[id_], b[id_], id_)
 
 
 def test_single_structure_json_over_the_threshold_is_one_item(prototypes, tmp_path, monkeypatch):
