@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from .csr import starts_of
+
 
 @dataclass(frozen=True)
 class GraphBatch:
@@ -26,6 +28,11 @@ class GraphBatch:
     crystal: torch.Tensor  # long (A,) crystal index of each atom, 0..n_crystals-1
     n_crystals: int
     atom_node: torch.Tensor | None = None  # long (A,) node of each atom; None: A == N, node i is atom i
+    # With `dense_width` K > 0 (evaluation only), the first N * K edges are each node's first K edges, node
+    # by node (`dense_real` marks the real ones where a node has fewer; None: all are), and the edges after
+    # them are the rest (ties beyond the K-th): see `collate`.
+    dense_width: int = 0
+    dense_real: torch.Tensor | None = None  # bool (N, K)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> GraphBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -36,7 +43,7 @@ class GraphBatch:
 
     def _map(self, fn) -> GraphBatch:
         tensors = {f.name: fn(getattr(self, f.name)) for f in fields(self)
-                   if f.name != "n_crystals" and getattr(self, f.name) is not None}
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **tensors)
 
 
@@ -46,8 +53,16 @@ def collate(
     n_edges: np.ndarray,
     nbr_idx: np.ndarray,
     nbr_dist: np.ndarray,
+    dense_width: int = 0,
 ) -> GraphBatch:
-    """Batch a contiguous run of structures given as CSR arrays (neighbour indices local to each structure)."""
+    """Batch a contiguous run of structures given as CSR arrays (neighbour indices local to each structure).
+
+    `dense_width` K > 0 lays the edges out for evaluation as a dense (nodes, K) block of each node's first
+    K edges, then the rest: nearly every atom has exactly max_nbr edges, so with K = max_nbr the network
+    sums most messages over a block (and adds each node's own term by broadcasting) instead of scattering
+    them, which is ~15% faster per convolution on CPU; the few edges tied beyond the K-th are scattered.
+    Nodes with fewer than K edges get masked filler slots. Training takes the plain layout (K = 0).
+    """
     n_atoms = np.asarray(n_atoms, dtype=np.int64)
     n_edges = np.asarray(n_edges, dtype=np.int64)
     total = int(n_atoms.sum())
@@ -57,18 +72,40 @@ def collate(
             f"{len(atomic_numbers)} atomic numbers, {len(n_edges)} edge counts, {len(nbr_idx)} neighbour "
             f"indices and {len(nbr_dist)} distances"
         )
-    starts = np.cumsum(n_atoms) - n_atoms
     centre = np.repeat(np.arange(total, dtype=np.int64), n_edges)
-    atom_offset = np.repeat(starts, n_atoms)
-    crystal = np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)
+    nbr = np.asarray(nbr_idx, dtype=np.int64) + np.repeat(starts_of(n_atoms), n_atoms)[centre]
+    dist = np.ascontiguousarray(nbr_dist, dtype=np.float32)
+    real = None
+    if dense_width > 0:
+        centre, nbr, dist, real = _dense_first(centre, nbr, dist, n_edges, dense_width)
     return GraphBatch(
         numbers=torch.from_numpy(np.asarray(atomic_numbers, dtype=np.int64)),
         centre=torch.from_numpy(centre),
-        nbr_idx=torch.from_numpy(np.asarray(nbr_idx, dtype=np.int64) + atom_offset[centre]),
-        nbr_dist=torch.from_numpy(np.ascontiguousarray(nbr_dist, dtype=np.float32)),
-        crystal=torch.from_numpy(crystal),
+        nbr_idx=torch.from_numpy(nbr),
+        nbr_dist=torch.from_numpy(dist),
+        crystal=torch.from_numpy(np.repeat(np.arange(len(n_atoms), dtype=np.int64), n_atoms)),
         n_crystals=len(n_atoms),
+        dense_width=dense_width,
+        dense_real=None if real is None else torch.from_numpy(real),
     )
+
+
+def _dense_first(centre: np.ndarray, nbr: np.ndarray, dist: np.ndarray, n_edges: np.ndarray, k: int):
+    """Edges reordered as (nodes, k) slots of each node's first k edges, then the remaining edges; a
+    node short of k fills its slots with itself at distance 0, marked not real."""
+    n_nodes = len(n_edges)
+    rank = np.arange(len(centre)) - np.repeat(starts_of(n_edges), n_edges)
+    first = rank < k
+    extra = ~first
+    slot = np.where(first, centre * k + rank, n_nodes * k + np.cumsum(extra) - 1)
+    size = n_nodes * k + int(extra.sum())
+    own = np.repeat(np.arange(n_nodes, dtype=np.int64), k)
+    out_centre = np.concatenate([own, np.zeros(size - n_nodes * k, np.int64)])
+    out_nbr = out_centre.copy()
+    out_dist = np.zeros(size, np.float32)
+    out_centre[slot], out_nbr[slot], out_dist[slot] = centre, nbr, dist
+    real = None if n_edges.min(initial=k) >= k else np.arange(k) < n_edges[:, None]
+    return out_centre, out_nbr, out_dist, real
 
 
 def with_atoms(batch: GraphBatch, n_nodes: np.ndarray, n_atoms: np.ndarray, node_of_atom: np.ndarray) -> GraphBatch:

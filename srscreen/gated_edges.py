@@ -102,10 +102,15 @@ def neighbour_sum(messages: torch.Tensor, centre: torch.Tensor, n_nodes: int) ->
     return messages.new_zeros((n_nodes, messages.shape[1])).index_add_(0, centre, messages)
 
 
+def gate(y: torch.Tensor) -> torch.Tensor:
+    """CGCNN's gate on normalised messages: (..., 2F) -> (..., F)."""
+    filt, core = y.chunk(2, dim=-1)
+    return torch.sigmoid(filt) * F.softplus(core)
+
+
 def gate_sum(y: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> torch.Tensor:
     """CGCNN's gate summed over neighbours: (edges, 2F) normalised messages -> (nodes, F)."""
-    filt, core = y.chunk(2, dim=1)
-    return neighbour_sum(torch.sigmoid(filt) * F.softplus(core), centre, n_nodes)
+    return neighbour_sum(gate(y), centre, n_nodes)
 
 
 def reference_edges(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor,

@@ -15,7 +15,7 @@ from torch import nn
 
 from .batch import GraphBatch
 from .batch_stats import batch_norm
-from .gated_edges import GatedEdges, gate_sum
+from .gated_edges import GatedEdges, gate, gate_sum
 
 
 class CrystalGraphNet(nn.Module):
@@ -106,12 +106,13 @@ class CrystalGraphNet(nn.Module):
             w = self.fc_full[k].weight
             self_term, nbr_term = F.linear(v, torch.cat([w[:, :fea], w[:, fea : 2 * fea]])).split(2 * fea, dim=1)
             if self.bn1[t].training:  # batch statistics: the fused block with its own backward
+                if batch.dense_width:
+                    raise ValueError("a batch collated with dense_width is for evaluation; train on collate(..., 0)")
                 summed = self.gated_edges(nbr_term, self_term, edge_terms[k], centre, nbr, self.bn1[t], counts)
             else:  # BN1 is affine here: folded into the per-atom terms and one multiply-add, saving two edge passes
                 scale, shift = _affine(self.bn1[t])
-                z = torch.addcmul(torch.addcmul(shift, self_term, scale).index_select(0, centre), edge_terms[k], scale)
-                z += (nbr_term * scale).index_select(0, nbr)
-                summed = gate_sum(z, centre, n_nodes)
+                summed = _evaluated_edges(torch.addcmul(shift, self_term, scale), nbr_term * scale, edge_terms[k],
+                                          scale, batch)
             v = F.softplus(v + batch_norm(summed, self.bn2[t], counts))
         if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
             v = v.index_select(0, batch.atom_node)
@@ -143,6 +144,31 @@ class CrystalGraphNet(nn.Module):
         kind = "SR-CGCNN" if self.shared else "CGCNN"
         settings = ", ".join(f"{k}={v}" for k, v in self.architecture().items())
         return f"CrystalGraphNet[{kind}]({settings}, parameters={sum(p.numel() for p in self.parameters())})"
+
+
+def _evaluated_edges(own: torch.Tensor, nbr_term: torch.Tensor, edge_term: torch.Tensor, scale: torch.Tensor,
+                     batch: GraphBatch) -> torch.Tensor:
+    """Summed gated messages with BN1 folded in: z_ij = own_i + nbr_term_j + edge_term_ij * scale.
+
+    On a batch with a dense block (`collate`'s dense_width), each node's first K messages are summed
+    over the block, its own term broadcast; the rest are gathered and scattered.
+    """
+    n_nodes, k = own.shape[0], batch.dense_width
+    if not k:
+        z = torch.addcmul(own.index_select(0, batch.centre), edge_term, scale) + nbr_term.index_select(0, batch.nbr_idx)
+        return gate_sum(z, batch.centre, n_nodes)
+    dense = n_nodes * k
+    z = torch.addcmul(own.unsqueeze(1), edge_term[:dense].view(n_nodes, k, -1), scale)
+    z += nbr_term.index_select(0, batch.nbr_idx[:dense]).view(n_nodes, k, -1)
+    messages = gate(z)
+    if batch.dense_real is not None:
+        messages = messages * batch.dense_real.unsqueeze(2)
+    summed = messages.sum(dim=1)
+    if edge_term.shape[0] > dense:
+        centre, nbr = batch.centre[dense:], batch.nbr_idx[dense:]
+        z = torch.addcmul(own.index_select(0, centre), edge_term[dense:], scale) + nbr_term.index_select(0, nbr)
+        summed.index_add_(0, centre, gate(z))
+    return summed
 
 
 def _affine(bn: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:

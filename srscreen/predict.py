@@ -107,7 +107,7 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
     """Refuse graphs that a model was not trained on, and two models of one target."""
     for m in models:
         check_fits_model(graphs.path, graphs.graph_settings, str(graphs.attrs["feature_table_id"]), str(m.source),
-                         m.graph_settings, m.feature_table_id)
+                         m.graph_settings, m.feature_table_id, str(graphs.attrs["feature_table_name"]))
     targets = [m.target for m in models]
     if len(set(targets)) != len(targets):
         raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
@@ -153,6 +153,7 @@ def predict_shard(q: Quotient, nets: list[torch.nn.Module], models: list[ModelFi
     """Every model's prediction (in its unit) for every crystal of one shard, given as its `quotient`:
     each class of equivalent atoms is convolved once (2.3x fewer than atoms on Materials Project)."""
     outputs: dict[str, list[torch.Tensor]] = {m.target: [] for m in models}
+    dense_width = int(models[0].graph_settings["max_nbr"])  # most atoms have exactly max_nbr edges (`collate`)
     node_starts = np.concatenate([[0], np.cumsum(q.n_nodes)])
     atom_starts = np.concatenate([[0], np.cumsum(q.n_atoms)])
     edge_starts = np.concatenate([[0], np.cumsum(q.n_edges)])
@@ -160,7 +161,8 @@ def predict_shard(q: Quotient, nets: list[torch.nn.Module], models: list[ModelFi
     for run in pack_by_atoms(q.n_nodes, batch_atoms):
         a, b = node_starts[run.start], node_starts[run.stop]
         batch = collate(q.n_nodes[run], q.atomic_numbers[a:b], q.n_edges[a:b],
-                        q.nbr_idx[edge_starts[a] : edge_starts[b]], q.nbr_dist[edge_starts[a] : edge_starts[b]])
+                        q.nbr_idx[edge_starts[a] : edge_starts[b]], q.nbr_dist[edge_starts[a] : edge_starts[b]],
+                        dense_width=dense_width)
         if q.node_of_atom is not None:
             atoms = q.node_of_atom[atom_starts[run.start] : atom_starts[run.stop]]
             batch = with_atoms(batch, q.n_nodes[run], q.n_atoms[run], atoms)

@@ -290,7 +290,7 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
 
 
 def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, model: str, model_settings: dict,
-                     model_table_id: str) -> None:
+                     model_table_id: str, table_name: str | None = None) -> None:
     """Refuse graphs built with other settings or another element table than a model was trained on.
 
     Only the keys the model records count; a model file without a neighbour algorithm predates the
@@ -301,7 +301,8 @@ def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, mode
         raise ShardFileError(f"{graph_path} has graphs built with {', '.join(changed)} for model {model}; "
                              f"featurize again with {_featurize_flags(expected)}")
     if table_id != model_table_id:
-        raise ShardFileError(f"{graph_path} uses element table {table_id}, but model {model} expects {model_table_id}; "
+        named = f" ({table_name})" if table_name else ""
+        raise ShardFileError(f"{graph_path} uses element table {table_id}{named}, but model {model} expects {model_table_id}; "
                              f"featurize with the model's table (--atom-features)")
 
 
@@ -396,13 +397,15 @@ class GraphFile:
         return int(self.attrs["n_structures"])
 
     def shard_sizes(self) -> list[int]:
+        """Structures per shard, as the ids' lengths say (0 where even that is unreadable: a damaged
+        shard; reading it tells what is wrong)."""
         return [self._shard_len(name) for name in self.shard_names]
 
     def _shard_len(self, name: str) -> int:
         try:
             return len(self._file["shards"][name]["ids"])
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise DamagedShardError(self.path, name, f"unreadable ({' '.join(str(e).split())[:120]})") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError):
+            return 0
 
     def read_shard(self, index: int, *, sources: bool = False) -> Shard:
         """Shard `index`, checked; with `sources`, also check the source paths (which predict never reads)."""
@@ -428,7 +431,7 @@ class GraphFile:
         """The ids of shard `index` when they are intact (None otherwise): what a skipped shard held."""
         try:
             return read_checked(self._file["shards"][self.shard_names[index]], "ids")
-        except (DamagedDataError, OSError, KeyError, ValueError) :
+        except (DamagedDataError, OSError, KeyError, ValueError):
             return None
 
     def iter_shards(self, start: int = 0, stop: int | None = None) -> Iterator[Shard]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -313,3 +314,20 @@ def test_compiled_training_step_equals_eager():
         torch.testing.assert_close(bn_c.running_var, bn_e.running_var, rtol=1e-4, atol=1e-6)
     # Where a C++ compiler exists (CI has one) the step really ran compiled, not the eager fallback.
     assert compiled.gated_edges.fwd.compiled is not None or shutil.which("c++") is None
+
+
+@pytest.mark.parametrize("rule", ["knn-ties", "cgcnn"])
+def test_dense_block_layout_predicts_what_the_plain_layout_predicts(rule):
+    """Evaluation sums each node's first max_nbr messages over a dense block (`collate(dense_width=)`):
+    the same predictions as scattering every edge, with nodes above, at and below max_nbr edges."""
+    graphs = random_graphs([3, 5, 8, 2], seed=4, rule=rule)
+    model = CrystalGraphNet(feature_table=random_table(), steps=3, radius=RADIUS).double().eval()
+    plain, dense = collate(**graphs), collate(**graphs, dense_width=MAX_NBR)
+    assert dense.dense_width == MAX_NBR and dense.nbr_idx.shape[0] >= plain.nbr_idx.shape[0]
+    if rule == "knn-ties":
+        assert dense.dense_real is not None, "the test graphs must hold a node with fewer than max_nbr edges"
+    double = lambda b: replace(b, nbr_dist=b.nbr_dist.double())  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(model(double(dense)), model(double(plain)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="evaluation"):
+        model.train()(double(dense))

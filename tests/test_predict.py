@@ -108,7 +108,7 @@ def test_predictions_are_the_model_on_each_crystal_alone(data, full):
         for id_, s in data["items"]:
             numbers = np.array(s.atomic_numbers)
             g = build_graph(s.lattice.matrix, s.frac_coords, numbers, settings)
-            batch = collate(np.array([len(s)]), g.numbers, g.nbr_idx, g.nbr_dist)
+            batch = collate(np.array([len(s)]), g.numbers, g.n_edges, g.nbr_idx, g.nbr_dist)
             for target, (m, net) in nets.items():
                 want = float(m.denormalise(net(batch))[0])
                 assert got[id_][target] == pytest.approx(want, abs=1e-5), (id_, target)
@@ -321,4 +321,18 @@ def test_graphs_of_another_neighbour_algorithm_are_refused(data, tmp_path):
     model.graph_settings = {**model.graph_settings, "neighbour_algorithm": "some-future-algorithm"}
     model.save(tmp_path / "future.pt")
     result = cli("predict", data["graphs"], "--model", tmp_path / "future.pt", "--quiet")
-    assert_usage_error(result, "some-future-algorithm", "knn-pbc-v1")
+    assert_usage_error(result, "some-future-algorithm", GraphSettings().algorithm)
+
+
+def test_a_model_from_before_the_knn_ties_rule_takes_cgcnn_graphs_only(data, tmp_path):
+    """A model file that records no neighbour algorithm (as the first pretrained models) was trained on
+    CGCNN's graphs: knn-ties graphs are refused with the flag that makes graphs it takes, and those work."""
+    model = ModelFile.load(data["ef"])
+    model.graph_settings = {"radius": RADIUS, "max_nbr": MAX_NBR}
+    model.save(tmp_path / "old.pt")
+    result = cli("predict", data["graphs"], "--model", tmp_path / "old.pt", "--quiet")
+    assert_usage_error(result, "knn-pbc-v1", GraphSettings().algorithm, "--graph-rule cgcnn")
+    cgcnn = featurize_db(data["folder"], tmp_path / "cgcnn.h5", rule="cgcnn")
+    result = cli("predict", cgcnn, "--model", tmp_path / "old.pt", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.splitlines()) == len(data["items"]) + 1

@@ -1,0 +1,150 @@
+"""The recipe search and the deep ensembles for the pretrained models, run as a resumable compute budget.
+
+    python benchmarks/recipe_search.py plan                  # the runs, their cost, what is done
+    nice -n 10 python benchmarks/recipe_search.py run --graphs mp.h5 [--workers 2] [--stage screen]
+    python benchmarks/recipe_search.py report                # Markdown table: MAE vs parameters vs compute
+
+Every run is one `srscreen train` with `--resume`, writing `benchmarks/results/recipe/NAME.pt` and its
+per-epoch log `NAME.pt.log.jsonl` (kept in git; weights and checkpoints are not). Stopping the script
+at any moment loses at most the epoch in progress: `run` again resumes every unfinished run from its
+checkpoint and skips the finished ones, across sessions. All runs share one split: the 80/10/10 split
+(seed 0) the shipped models were trained on, written once to `recipe/split.csv`, so test MAEs compare.
+
+Budget on 2 cores: an SR-CGCNN-4 epoch of width 64 takes ~25 s on one thread beside another run
+(width 96 ~1.9x, width 128 ~3x: the edge block grows with the square of the width). The screening stage
+compares recipes with 60-epoch Ef runs (~25 min each, two at a time: ~4 h for its 14 runs); the final
+stage trains the chosen recipe for Ef and Eg with 5 seeds each at 500 epochs (~3.5 h per member per
+thread: ~18 h for the 10 members, two at a time), about 6 sessions of 3 h in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "recipe"
+LABELS = ROOT.parent / "shared" / "datasets" / "mp-cgcnn" / "labels.csv"
+EF, EG = "formation_energy_per_atom", "band_gap"
+
+BASE = {"steps": 4, "atom-fea-len": 64, "batch-size": 128, "lr": 1e-3, "weight-decay": 0.0, "loss": "l1",
+        "schedule": "cosine", "warmup-epochs": 5, "ema-decay": 0.999, "epochs": 60}
+
+
+def _screen(name: str, **change) -> dict:
+    return {"name": f"screen-{name}", "stage": "screen", "target": EF, "seed": 0, "options": {**BASE, **change}}
+
+
+# What each screening run changes from the shipped recipe (BASE), one factor at a time.
+SCREEN = [
+    _screen("base"),
+    _screen("width96", **{"atom-fea-len": 96}),
+    _screen("width128", **{"atom-fea-len": 128}),
+    _screen("steps3", steps=3),
+    _screen("steps5", steps=5),
+    _screen("batch64", **{"batch-size": 64}),
+    _screen("batch256", **{"batch-size": 256, "lr": 2e-3}),
+    _screen("lr2e-3", lr=2e-3),
+    _screen("lr5e-4", lr=5e-4),
+    _screen("wd1e-4", **{"weight-decay": 1e-4}),
+    _screen("wd1e-3", **{"weight-decay": 1e-3}),
+    _screen("huber", loss="huber"),
+    _screen("no-ema", **{"ema-decay": 0.0}),
+    _screen("ema0.9995", **{"ema-decay": 0.9995}),
+]
+# The final recipe is chosen from the screening table (report); until then, the shipped one at 500 epochs.
+FINAL = {**BASE, "epochs": 500}
+ENSEMBLE = [{"name": f"final-{short}-seed{seed}", "stage": "final", "target": target, "seed": seed, "options": FINAL}
+            for short, target in (("ef", EF), ("eg", EG)) for seed in range(5)]
+PLAN = SCREEN + ENSEMBLE
+
+
+def log_of(run: dict) -> list[dict]:
+    path = RESULTS / f"{run['name']}.pt.log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def finished(run: dict) -> bool:
+    return (RESULTS / f"{run['name']}.pt").exists() and len(log_of(run)) >= run["options"]["epochs"]
+
+
+def write_split(path: Path) -> None:
+    """The shipped models' split (stored in their model files), as `id,split` rows."""
+    from srscreen.registry import resolve_model
+
+    split = resolve_model("sr-cgcnn-ef").training["split"]
+    rows = [f"{id_},{part}" for part in ("train", "val", "test") for id_ in split[part]]
+    path.write_text("id,split\n" + "\n".join(rows) + "\n")
+
+
+def command(run: dict, graphs: Path) -> list[str]:
+    flags = [item for key, value in run["options"].items() for item in (f"--{key}", str(value))]
+    return [sys.executable, "-c", "from srscreen.cli import main; main()", "train", str(graphs), "--labels", str(LABELS),
+            "--target", run["target"], "-o", str(RESULTS / f"{run['name']}.pt"), "--split", str(RESULTS / "split.csv"),
+            "--seed", str(run["seed"]), "--threads", "1", "--compile", "--resume", "-q", *flags]
+
+
+def run_one(run: dict, graphs: Path) -> None:
+    started = time.time()
+    print(f"{time.strftime('%H:%M:%S')} start {run['name']} (epoch {len(log_of(run))} of {run['options']['epochs']})", flush=True)
+    result = subprocess.run(command(run, graphs))
+    status = "done" if result.returncode == 0 and finished(run) else f"stopped (exit {result.returncode})"
+    print(f"{time.strftime('%H:%M:%S')} {status} {run['name']} after {time.time() - started:.0f} s", flush=True)
+
+
+def report() -> None:
+    from srscreen.checkpoint import ModelFile
+
+    print("| run | target | width | steps | changes | parameters | epochs | compute (h) | val MAE | test MAE |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for run in PLAN:
+        log = log_of(run)
+        if not log:
+            continue
+        path = RESULTS / f"{run['name']}.pt"
+        test = params = "–"
+        if path.exists():
+            m = ModelFile.load(path)
+            test = f"{m.training['test']['mae']:.4f}"
+            params = f"{sum(t.numel() for k, t in m.state_dict.items() if not k.startswith(('feature_table', 'bn')) and t.dtype.is_floating_point):,}"
+        changes = ", ".join(f"{k} {v}" for k, v in run["options"].items() if BASE.get(k) != v) or "shipped recipe"
+        print(f"| {run['name']} | {run['target']} | {run['options']['atom-fea-len']} | {run['options']['steps']} | {changes} | "
+              f"{params} | {len(log)}/{run['options']['epochs']} | {sum(r['epoch_s'] for r in log) / 3600:.2f} | "
+              f"{min(r['val_mae'] for r in log):.4f} | {test} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("plan")
+    run_parser = sub.add_parser("run")
+    run_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the default graph rule")
+    run_parser.add_argument("--workers", type=int, default=2)
+    run_parser.add_argument("--stage", choices=("screen", "final", "all"), default="all")
+    sub.add_parser("report")
+    args = parser.parse_args()
+    if args.action == "plan":
+        for run in PLAN:
+            print(f"{run['name']:24s} {run['stage']:6s} {len(log_of(run)):4d}/{run['options']['epochs']} epochs"
+                  f"{'  done' if finished(run) else ''}")
+        return
+    if args.action == "report":
+        report()
+        return
+    if not LABELS.exists():
+        sys.exit(f"{LABELS}: the shared MP labels are needed")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not (RESULTS / "split.csv").exists():
+        write_split(RESULTS / "split.csv")
+    todo = [r for r in PLAN if not finished(r) and args.stage in ("all", r["stage"])]
+    with ThreadPoolExecutor(args.workers) as pool:
+        list(pool.map(lambda r: run_one(r, args.graphs.resolve()), todo))
+
+
+if __name__ == "__main__":
+    main()
