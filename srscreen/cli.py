@@ -357,6 +357,8 @@ def predict_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
     threads: int = typer.Option(0, help="Torch threads on CPU (0: torch's default)."),
+    hull: bool = typer.Option(False, "--hull", help="Add e_above_hull (eV/atom): predicted formation energy against the convex hull of a reference (default: srscreen's Materials Project reference)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference for --hull (implies it): CSV of formula and formation_energy_per_atom, or a fetch-mp labels.csv."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Rank every intact shard and list the structures of damaged ones in --damaged-list, instead of stopping."),
     damaged_list: Optional[Path] = typer.Option(None, "--damaged-list", help="CSV of the skipped shards' structures (shard,id,reason); default: GRAPHS.damaged.csv in the current folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -370,6 +372,11 @@ def predict_cmd(
         conditions = [Condition.parse(w) for w in where]
         span = _shard_range(shards)
         models = _models(model)
+        reference_hull = None
+        if hull or reference is not None:
+            from .hull import ReferenceHull, default_reference
+
+            reference_hull = default_reference() if reference is None else ReferenceHull.from_csv(reference)
         with GraphFile(graphs) as g:  # the structures of the chosen shards (an out-of-range span fails in predict)
             total = sum(g.shard_sizes()[span[0] : span[1]])
         progress = Progress(SpinnerColumn(), TextColumn("predicting"), BarColumn(bar_width=None),
@@ -381,7 +388,7 @@ def predict_cmd(
             ranking = predict(graphs, models, top=top, sort_by=sort, descending=desc, where=conditions, device=device,
                               batch_atoms=batch_atoms, shards=span, compile=compile,
                               on_shard=lambda n: progress.advance(task, n),
-                              on_damaged=damaged.append if skip_damaged else None)
+                              on_damaged=damaged.append if skip_damaged else None, hull=reference_hull)
     except USAGE_ERRORS as e:
         _fail(str(e))
     if damaged:

@@ -70,17 +70,23 @@ def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, n_edges: np.nd
     new_group[1:] = (centre[1:] != centre[:-1]) | (d32[1:] != d32[:-1])
     group = np.cumsum(new_group) - 1
     dkey = d32.view(np.int32).astype(np.int64) << 32  # exact
+    group <<= 32
     weights = np.random.default_rng(0).integers(1, 2**62, size=int(n_edges.max(initial=0)) + 1) | 1
+    edge_weight = weights[rank + 1]
+    cum = np.zeros(len(nbr) + 1, dtype=np.int64)
     labels = np.unique((crystal.astype(np.int64) << 8) | numbers, return_inverse=True)[1].reshape(-1)
     for _ in range(steps):
         # Neighbour classes sorted within each group: one sort of (group, class) packed in an int64.
-        packed = np.sort((group << 32) | labels[nbr])
-        keys = dkey | (packed & 0xFFFFFFFF)
-        row_hash = labels * weights[0] + _segment_sums(keys * weights[rank + 1], start, n_edges)
-        _, first, refined = np.unique(row_hash, return_index=True, return_inverse=True)
+        keys = labels[nbr]
+        keys |= group
+        keys.sort()
+        keys &= 0xFFFFFFFF
+        keys |= dkey
+        _, first, refined = np.unique(_row_hashes(labels, keys, weights[0], edge_weight, start, n_edges, cum),
+                                      return_index=True, return_inverse=True)
         refined = refined.reshape(-1)
         rep = first[refined]
-        if not _rows_equal(labels, n_edges, start, rank, centre, keys, rep):  # a hash collision: exact, slower
+        if not _rows_equal(labels, n_edges, start, centre, keys, rep):  # a hash collision: exact, slower
             refined = _exact_relabel(labels, n_edges, start, rank, centre, keys)
         if refined.max() == labels.max():  # refinement only splits: same count, same partition, stable
             break
@@ -88,17 +94,20 @@ def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, n_edges: np.nd
     return labels
 
 
-def _segment_sums(values: np.ndarray, start: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per row the wrapping int64 sum of its contiguous values (rows may be empty)."""
-    cum = np.concatenate([[0], np.cumsum(values)])
-    return cum[start + counts] - cum[start]
+def _row_hashes(labels, keys, own_weight, edge_weight, start, n_edges, cum) -> np.ndarray:
+    """A 64-bit hash per row: its label and keys weighted by position with fixed odd random weights,
+    summed with wrapping (per row as a difference of cumulative sums; `cum` is scratch space)."""
+    np.cumsum(keys * edge_weight, out=cum[1:])
+    return labels * own_weight + (cum[start + n_edges] - cum[start])
 
 
-def _rows_equal(labels, n_edges, start, rank, centre, keys, rep) -> bool:
+def _rows_equal(labels, n_edges, start, centre, keys, rep) -> bool:
     """Whether every atom's row equals its class representative's `rep` row, exactly."""
     if (labels != labels[rep]).any() or (n_edges != n_edges[rep]).any():
         return False
-    return bool((keys == keys[start[rep[centre]] + rank]).all())
+    partner = (start[rep] - start)[centre]  # each edge's counterpart in its representative's row
+    partner += np.arange(len(keys))
+    return bool(np.array_equal(keys[partner], keys))
 
 
 def _exact_relabel(labels, n_edges, start, rank, centre, keys) -> np.ndarray:

@@ -26,8 +26,11 @@ from .batch import collate, pack_by_atoms, with_atoms
 from .checkpoint import ModelFile
 from .compiled import Compiled
 from .equivalent_atoms import Quotient, quotient, unmerged
+from .hull import ReferenceHull
 from .shards import DamagedShardError, GraphFile, Shard, check_fits_model
 
+# Targets that are formation energies per atom, which `--hull` places against a reference hull.
+FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
 }
@@ -67,25 +70,28 @@ class Ranking:
     formula: list[str]
     n_atoms: np.ndarray
     values: dict[str, np.ndarray]
+    notes: list[str] | None = None  # with --hull: why a row has no e_above_hull ("" where it has one)
 
     @classmethod
-    def empty(cls, targets: list[str]) -> "Ranking":
-        return cls([], [], np.zeros(0, np.int64), {t: np.zeros(0) for t in targets})
+    def empty(cls, columns: list[str], notes: bool = False) -> "Ranking":
+        return cls([], [], np.zeros(0, np.int64), {t: np.zeros(0) for t in columns}, [] if notes else None)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def take(self, index: np.ndarray) -> "Ranking":
         return Ranking([self.ids[i] for i in index], [self.formula[i] for i in index], self.n_atoms[index],
-                       {k: v[index] for k, v in self.values.items()})
+                       {k: v[index] for k, v in self.values.items()},
+                       None if self.notes is None else [self.notes[i] for i in index])
 
     @staticmethod
-    def concat(parts: list["Ranking"], targets: list[str]) -> "Ranking":
+    def concat(parts: list["Ranking"], columns: list[str], notes: bool = False) -> "Ranking":
         if not parts:
-            return Ranking.empty(targets)
+            return Ranking.empty(columns, notes)
         return Ranking([i for p in parts for i in p.ids], [f for p in parts for f in p.formula],
                        np.concatenate([p.n_atoms for p in parts]),
-                       {t: np.concatenate([p.values[t] for p in parts]) for t in targets})
+                       {t: np.concatenate([p.values[t] for p in parts]) for t in columns},
+                       [n for p in parts for n in p.notes] if notes else None)
 
 
 def pick_device(name: str) -> torch.device:
@@ -186,6 +192,7 @@ def predict(
     compile: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
     on_damaged: Callable[[DamagedShard], None] | None = None,
+    hull: ReferenceHull | None = None,
 ) -> Ranking:
     """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
 
@@ -194,18 +201,24 @@ def predict(
     unless `on_damaged` is given: then it is skipped and handed to `on_damaged` with the ids it held
     (when those are intact), so nothing is lost silently. `compile` runs the models through
     torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
+    With `hull`, the predicted formation energy is also placed against that reference hull: column
+    `e_above_hull` (eV/atom), and a note for each row it cannot place (an element outside the reference).
     """
     if not models:
         raise ValueError("no model given")
     targets = [m.target for m in models]
+    energy = next((t for t in targets if t in FORMATION_ENERGY_TARGETS), None)
+    if hull is not None and energy is None:
+        raise ValueError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
+    outputs = [*targets, *(["e_above_hull"] if hull is not None else [])]
     sort_by = sort_by or targets[0]
-    if sort_by not in targets:
-        raise ValueError(f"--sort {sort_by}: no model predicts it (targets: {', '.join(targets)})")
+    if sort_by not in outputs:
+        raise ValueError(f"--sort {sort_by}: no such column (columns: {', '.join(outputs)})")
     if top is not None and top < 1:
         raise ValueError("--top must be at least 1")
     for condition in where:  # before any work, and even when the chosen shards are empty
-        if condition.column not in (*targets, "n_atoms"):
-            raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*targets, 'n_atoms'])})")
+        if condition.column not in (*outputs, "n_atoms"):
+            raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*outputs, 'n_atoms'])})")
     dev = pick_device(device)
     reuse_freed_memory()
     with GraphFile(graph_path) as graphs:
@@ -226,18 +239,22 @@ def predict(
                     on_damaged(DamagedShard(shard.shard, shard.reason, graphs.shard_ids(index)))
                     continue
                 values = predict_shard(q, nets, models, dev, batch_atoms or _default_batch_atoms(dev))
-                rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values)
+                notes = None
+                if hull is not None:
+                    values["e_above_hull"], placed = hull.e_above_hull(shard.formula, values[energy])
+                    notes = [note or "" for note in placed]
+                rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values, notes)
                 columns = {**values, "n_atoms": rows.n_atoms}
                 keep = np.ones(len(rows), dtype=bool)
                 for condition in where:
                     keep &= condition.mask(columns)
                 parts.append(rows.take(np.flatnonzero(keep)))
                 if top is not None:  # keep at most `top` rows between shards
-                    merged = Ranking.concat(parts, targets)
+                    merged = Ranking.concat(parts, outputs, hull is not None)
                     parts = [merged.take(_best(merged.values[sort_by], top, descending)) if len(merged) > top else merged]
                 if on_shard is not None:
                     on_shard(len(shard.ids))
-    kept = Ranking.concat(parts, targets)
+    kept = Ranking.concat(parts, outputs, hull is not None)
     order = _order(kept.values[sort_by], descending)
     return kept.take(order[:top] if top is not None else order)
 
@@ -283,23 +300,26 @@ def _order(values: np.ndarray, descending: bool) -> np.ndarray:
 
 
 def write_ranking(ranking: Ranking, stream, fmt: str = "csv") -> None:
-    """Rows `rank,id,formula,n_atoms,<target>...` as CSV, TSV or JSON lines."""
+    """Rows `rank,id,formula,n_atoms,<column>...[,hull_note]` as CSV, TSV or JSON lines."""
     targets = list(ranking.values)
+    notes = ranking.notes
     if fmt == "jsonl":
         import json
 
         for i in range(len(ranking)):
             row = {"rank": i + 1, "id": ranking.ids[i], "formula": ranking.formula[i], "n_atoms": int(ranking.n_atoms[i])}
             row.update({t: _plain(ranking.values[t][i]) for t in targets})
+            if notes is not None:
+                row["hull_note"] = notes[i]
             stream.write(json.dumps(row) + "\n")
         return
     import csv
 
     writer = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    writer.writerow(["rank", "id", "formula", "n_atoms", *targets])
+    writer.writerow(["rank", "id", "formula", "n_atoms", *targets, *(["hull_note"] if notes is not None else [])])
     for i in range(len(ranking)):
         writer.writerow([i + 1, ranking.ids[i], ranking.formula[i], int(ranking.n_atoms[i]),
-                         *(f"{ranking.values[t][i]:.6g}" for t in targets)])
+                         *(f"{ranking.values[t][i]:.6g}" for t in targets), *([notes[i]] if notes is not None else [])])
 
 
 def _plain(x: float) -> float | None:

@@ -74,8 +74,8 @@ def test_quotient_points_every_atom_at_a_class_of_its_own_element_and_crystal(cr
 def test_a_hash_collision_falls_back_to_exact_classes(crystals, monkeypatch):
     shard = shard_of(crystals)
     want = eq.quotient(shard, steps=4)
-    # The neighbours' part of every row hashes to 0: rows of one class collide whatever their neighbours.
-    monkeypatch.setattr(eq, "_segment_sums", lambda values, start, counts: np.zeros(len(start), dtype=np.int64))
+    # Every row hashes to 0: all rows collide, whatever their labels and neighbours.
+    monkeypatch.setattr(eq, "_row_hashes", lambda labels, *rest: np.zeros(len(labels), dtype=np.int64))
     exact = eq._exact_relabel
     calls = []
     monkeypatch.setattr(eq, "_exact_relabel", lambda *args: calls.append(1) or exact(*args))

@@ -222,3 +222,60 @@ def test_shipped_reference():
     pd = pymatgen_diagram(lfo)
     for formula in ("LiFeO2", "Li2FeO3", "LiFe5O8", "Fe2O3", "Li2O"):
         assert hull.hull_energy([formula])[0][0] == pytest.approx(pd.get_hull_energy_per_atom(Composition(formula)), abs=1e-9)
+
+
+# --------------------------------------------------------------------------- predict --hull, end to end
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory):
+    """A small built database, its graphs and a tiny Ef/Eg pair (tests/screening_data.py)."""
+    from conftest import build_prototypes
+    from screening_data import crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
+
+    root = tmp_path_factory.mktemp("hull-predict")
+    items = crystals(build_prototypes())
+    graphs = featurize_db(write_json_db(root / "db", items), root / "graphs.h5")
+    models = train_tiny_pair(graphs, write_labels(root / "labels.csv", target_values(items)), root, seed=0)
+    return graphs, models
+
+
+def test_predict_hull_places_each_predicted_energy_against_the_reference(screened, tmp_path):
+    """`predict --reference` (implies --hull): e_above_hull = predicted Ef - the reference hull at that
+    composition, computed here with pymatgen from the CSV's rows; an element outside the reference is a
+    note; --sort and --where work on the column."""
+    from screening_data import cli
+
+    graphs, models = screened
+    reference = [("NaCl", -2.1), ("Na2O", -1.5), ("MgO", -3.0), ("KCl", -2.2), ("NaBr", -1.9)]
+    path = tmp_path / "refs.csv"
+    path.write_text("formula,formation_energy_per_atom\n" + "".join(f"{f},{e}\n" for f, e in reference))
+    args = ["predict", graphs, "--model", models["ef"], "--model", models["eg"], "--threads", "1", "-q",
+            "--reference", path, "--format", "jsonl"]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    placed = 0
+    for row in rows:
+        comp = Composition(row["formula"])
+        known = {str(el) for f, _ in reference for el in Composition(f).elements}
+        if not {str(el) for el in comp.elements} <= known:
+            assert row["e_above_hull"] is None and "no reference for element" in row["hull_note"], row
+            continue
+        relevant = [(f, e) for f, e in reference if set(Composition(f).elements) <= set(comp.elements)]
+        hull_energy = pymatgen_diagram(relevant, extra=[(row["formula"], 0.0)]).get_hull_energy_per_atom(comp)
+        assert row["e_above_hull"] == pytest.approx(row["formation_energy_per_atom"] - hull_energy, abs=1e-5), row
+        assert row["hull_note"] == ""
+        placed += 1
+    assert placed >= 5 and placed < len(rows)
+    cut = float(np.median([row["e_above_hull"] for row in rows if row["e_above_hull"] is not None]))
+    sorted_rows = cli(*args, "--sort", "e_above_hull", "--where", f"e_above_hull<={cut}")
+    values = [json.loads(line)["e_above_hull"] for line in sorted_rows.stdout.splitlines()]
+    assert values == sorted(values) and all(v <= cut for v in values) and len(values) >= placed // 2
+
+
+def test_predict_hull_needs_a_formation_energy_model(screened):
+    from screening_data import assert_usage_error, cli
+
+    graphs, models = screened
+    assert_usage_error(cli("predict", graphs, "--model", models["eg"], "--hull", "-q"), "--hull", "formation-energy")
