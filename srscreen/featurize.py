@@ -163,7 +163,7 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
             if isinstance(parsed, ParseFailure):
                 outcome.append(Failure(parsed.id, item.source, parsed.reason))
                 continue
-            reason = _unusable(parsed.numbers, supported, options.max_atoms)
+            reason = unusable(parsed.numbers, supported, options.max_atoms)
             if reason is not None:
                 outcome.append(Failure(parsed.id, item.source, reason))
                 continue
@@ -206,7 +206,8 @@ def _graphs(structures: list, settings: GraphSettings) -> BuiltGraphs:
     )
 
 
-def _unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str | None:
+def unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str | None:
+    """Why a parsed structure cannot be featurized (too many atoms, an element without features), or None."""
     if len(numbers) > max_atoms:
         return f"cell has {len(numbers)} atoms, more than --max-atoms {max_atoms}"
     if numbers.max() < len(supported) and supported[numbers].all():  # the usual case, in 3 numpy calls

@@ -72,6 +72,16 @@ class GraphSettings:
     def algorithm(self) -> str:
         return ALGORITHMS[self.rule]
 
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "GraphSettings":
+        """The settings a model or graph file records (files from before the knn-ties rule: CGCNN's)."""
+        algorithm = attrs.get("neighbour_algorithm", ALGORITHMS["cgcnn"])
+        rule = next((r for r, name in ALGORITHMS.items() if name == algorithm), None)
+        if rule is None:
+            raise ValueError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
+        return cls(radius=float(attrs["radius"]), max_nbr=int(attrs["max_nbr"]), rule=rule,
+                   tie_tolerance=float(attrs.get("tie_tolerance", cls.tie_tolerance)))
+
     def as_attrs(self) -> dict[str, float | int | str]:
         """The settings that change the graph, as stored in files (policies are recorded apart)."""
         attrs: dict[str, float | int | str] = {

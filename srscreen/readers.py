@@ -389,7 +389,7 @@ def _parse_cif_pymatgen(stem: str, text: str, policy: DisorderPolicy, first_erro
         except Exception:  # noqa: BLE001 - as above
             yield ParseFailure(id_, f"invalid CIF: {_one_line(first_error)}")
             continue
-        yield _from_pymatgen(id_, structures[0], policy)
+        yield from_pymatgen(id_, structures[0], policy)
 
 
 def _check_cif_coordinate_values(values: dict[str, list]) -> None:
@@ -421,7 +421,8 @@ def _one_value(values: dict[str, list], tag: str):
     return first
 
 
-def _from_pymatgen(id_: str, structure, policy: DisorderPolicy) -> Parsed | ParseFailure:
+def from_pymatgen(id_: str, structure, policy: DisorderPolicy) -> Parsed | ParseFailure:
+    """A pymatgen Structure as arrays, with the checks every reader applies."""
     from pymatgen.core.periodic_table import DummySpecies
 
     try:
@@ -610,7 +611,7 @@ def _parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Pars
     except Exception as e:  # noqa: BLE001 - pymatgen raises anything on bad input
         yield ParseFailure(stem, _poscar_fault(text) or f"invalid POSCAR: {_one_line(e)}")
         return
-    yield _from_pymatgen(stem, structure, policy)
+    yield from_pymatgen(stem, structure, policy)
 
 
 def _check_poscar_scale(text: str) -> None:
