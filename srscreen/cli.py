@@ -573,10 +573,10 @@ def evaluate_cmd(
 def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
-    """Installed and given models: target, unit, architecture, parameters, test MAE."""
+    """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE."""
     names = list(model or []) or pretrained_names()
     table = Table(title="models")
-    for column in ("name", "target", "unit", "architecture", "parameters", "test MAE"):
+    for column in ("name", "target", "unit", "architecture", "parameters", "graphs", "test MAE"):
         table.add_column(column)
     for name in names:
         try:
@@ -587,7 +587,9 @@ def models_cmd(
         kind = f"{'SR-CGCNN' if arch['shared'] else 'CGCNN'}-{arch['steps']} ({arch['atom_fea_len']})"
         params = sum(p.numel() for p in m.build_model().parameters())
         test = (m.training.get("test") or {}).get("mae")
-        table.add_row(name, m.target, m.unit, kind, f"{params:,}", f"{test:.4f}" if test is not None else "-")
+        graphs = GraphSettings.from_attrs(m.graph_settings)
+        table.add_row(name, m.target, m.unit, kind, f"{params:,}", f"{graphs.rule} ({graphs.max_nbr}, {graphs.radius:g} Å)",
+                      f"{test:.4f}" if test is not None else "-")
     Console().print(table)
 
 

@@ -157,17 +157,21 @@ def _evaluated_edges(own: torch.Tensor, nbr_term: torch.Tensor, edge_term: torch
     if not k:
         z = torch.addcmul(own.index_select(0, batch.centre), edge_term, scale) + nbr_term.index_select(0, batch.nbr_idx)
         return gate_sum(z, batch.centre, n_nodes)
-    dense = n_nodes * k
-    z = torch.addcmul(own.unsqueeze(1), edge_term[:dense].view(n_nodes, k, -1), scale)
-    z += nbr_term.index_select(0, batch.nbr_idx[:dense]).view(n_nodes, k, -1)
+    dense, width = n_nodes * k, own.shape[1]
+    # One edge tensor for both parts, so that the gather, the add and the gate run once over all edges.
+    z = torch.empty_like(edge_term)
+    torch.addcmul(own.unsqueeze(1), edge_term[:dense].view(n_nodes, k, width), scale, out=z[:dense].view(n_nodes, k, width))
+    extra = batch.centre[dense:]
+    if len(extra):
+        torch.addcmul(own.index_select(0, extra), edge_term[dense:], scale, out=z[dense:])
+    z += nbr_term.index_select(0, batch.nbr_idx)
     messages = gate(z)
+    block = messages[:dense].view(n_nodes, k, -1)
     if batch.dense_real is not None:
-        messages = messages * batch.dense_real.unsqueeze(2)
-    summed = messages.sum(dim=1)
-    if edge_term.shape[0] > dense:
-        centre, nbr = batch.centre[dense:], batch.nbr_idx[dense:]
-        z = torch.addcmul(own.index_select(0, centre), edge_term[dense:], scale) + nbr_term.index_select(0, nbr)
-        summed.index_add_(0, centre, gate(z))
+        block = block * batch.dense_real.unsqueeze(2)
+    summed = block.sum(dim=1)
+    if len(extra):
+        summed.index_add_(0, extra, messages[dense:])
     return summed
 
 
