@@ -16,7 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -26,8 +26,10 @@ from .batch import collate, pack_by_atoms, with_atoms
 from .checkpoint import ModelFile
 from .compiled import Compiled
 from .equivalent_atoms import Quotient, quotient, unmerged
-from .hull import ReferenceHull
 from .shards import DamagedShardError, GraphFile, Shard, check_fits_model
+
+if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
+    from .hull import ReferenceHull
 
 # Targets that are formation energies per atom, which `--hull` places against a reference hull.
 FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")

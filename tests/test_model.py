@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from compile_probe import really_compiled
 
 from srscreen.batch import GraphBatch, collate, pack_by_atoms
 from srscreen.model import CrystalGraphNet
@@ -305,15 +306,15 @@ def test_compiled_training_step_equals_eager():
     grads = []
     for net in (eager, compiled):
         net.train()
-        loss = net(batch).square().mean()
-        loss.backward()
+        with really_compiled() if net is compiled else nullcontext():
+            loss = net(batch).square().mean()
+            loss.backward()
         grads.append({n: p.grad for n, p in net.named_parameters()})
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-5, msg=name)
     for bn_c, bn_e in zip(compiled.bn1, eager.bn1):
         torch.testing.assert_close(bn_c.running_var, bn_e.running_var, rtol=1e-4, atol=1e-6)
-    # Where a C++ compiler exists (CI has one) the step really ran compiled, not the eager fallback.
-    assert compiled.gated_edges.fwd.compiled is not None or shutil.which("c++") is None
+    assert compiled.gated_edges.fwd.compiled is not None, "the step fell back to eager"
 
 
 @pytest.mark.parametrize("rule", ["knn-ties", "cgcnn"])
