@@ -42,6 +42,7 @@ import torch
 from . import __version__
 from .atomic import replace_when_done
 from .elements import load_atom_features, table_id
+from .errors import ModelFileError
 from .model import CrystalGraphNet
 
 SCHEMA_VERSION = 2  # 2: `digest`
@@ -60,8 +61,6 @@ _REQUIRED = (
 )
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be used; the message is one line naming the file and the reason."""
 
 
 @dataclass(eq=False)  # tensors have no single truth value: compare fields explicitly

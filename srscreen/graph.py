@@ -35,6 +35,7 @@ import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from .cell import cell_volume
+from .errors import SrscreenError
 
 IsolatedPolicy = Literal["fail", "pad"]
 GraphRule = Literal["knn-ties", "cgcnn"]
@@ -47,7 +48,7 @@ _SELF_TOL = 1e-8
 ALGORITHMS: dict[str, str] = {"knn-ties": "knn-ties-v2", "cgcnn": "knn-pbc-v1"}
 
 
-class GraphError(ValueError):
+class GraphError(SrscreenError):
     """A structure that has no valid crystal graph under the chosen policy (reason in the message)."""
 
 

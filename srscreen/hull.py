@@ -35,6 +35,8 @@ import numpy as np
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, get_facets
 from pymatgen.core import Composition, Element
 
+from .errors import SrscreenError
+
 FORMULA_COLUMNS = ("formula", "composition", "reduced_formula", "pretty_formula", "formula_pretty")
 EF_COLUMNS = ("formation_energy_per_atom", "e_form", "e_form_per_atom", "ef", "e_f", "formation_energy")
 ID_COLUMNS = ("material_id", "id")
@@ -42,7 +44,7 @@ DEFAULT_REFERENCE = "data_files/mp_reference.csv.gz"  # inside the srscreen pack
 _TOL = 1e-11  # pymatgen's formation_energy_tol: only rows below this are hull points
 
 
-class ReferenceFileError(ValueError):
+class ReferenceFileError(SrscreenError):
     """A reference file that cannot be used; the message is one line naming the file (and line)."""
 
 

@@ -40,6 +40,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import replace_when_done
+from .errors import ShardFileError
 from .graph import ALGORITHMS
 from .integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
 from .seen_ids import PartKeys, SeenIds
@@ -49,10 +50,6 @@ SCHEMA_VERSION = 2
 _MANIFEST = "manifest.json"
 _GRAPH_ARRAYS = ("n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
 MAX_Z = 118
-
-
-class ShardFileError(ValueError):
-    """A graph file that cannot be used (missing, corrupt, wrong format or schema)."""
 
 
 class DamagedShardError(ShardFileError):

@@ -193,7 +193,8 @@ def test_models_lists_the_given_files(data):
         assert str(data[name]) in cells[0]
         assert cells[1:4] == [target, unit, "SR-CGCNN-3 (8)"]
         assert cells[4] == f"{params:,}"
-        assert cells[5] == f"{m.training['test']['mae']:.4f}"
+        assert cells[5] == "knn-ties (8, 6 Å)"  # the graph rule, neighbours and radius it was trained on
+        assert cells[6] == f"{m.training['test']['mae']:.4f}"
 
 
 # ---------------------------------------------------------------- unusable arguments
@@ -204,37 +205,37 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
     ef_only = tmp_path / "ef-only.csv"
     ef_only.write_text("id,formation_energy_per_atom\nc00-000,-1.0\n")
     return [
-        (["featurize", data["clean"], tmp_path / "x.h5", "--on-disorder", "average"], ["--on-disorder", "average"]),
-        (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"], ["--on-isolated-atoms", "drop"]),
-        (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere"]),
-        (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1"]),
-        (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large"]),
-        (["predict", g, "--model", ef, "--where", "density>1"], ["density"]),
-        (["predict", g, "--model", ef, "--where", "density>1", "--shards", "1:1"], ["density"]),
-        (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"], ["formation_energy_per_atom<1e"]),
-        (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown"]),
-        (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt"]),
-        (["predict", g, "--model", labels], ["labels.csv"]),
-        (["predict", g, "--model", ef, "--model", ef], ["same target"]),
-        (["predict", g, "--model", ef, "--sort", "volume"], ["volume"]),
-        (["predict", g, "--model", ef, "--top", "0"], ["--top"]),
-        (["predict", g, "--model", ef, "--format", "xml"], ["xml"]),
-        (["predict", g, "--model", ef, "--shards", "3:1"], ["--shards"]),
-        (["predict", g, "--model", ef, "--shards", "0:99"], ["--shards"]),
-        (["predict", g, "--model", ef, "--shards", "a:b"], ["--shards"]),
-        (["predict", g, "--model", ef, "--device", "gpu"], ["gpu"]),
-        (["predict", g, "--model", ef, "-o", tmp_path / "no-dir" / "out.csv"], ["no-dir"]),
-        (["predict", tmp_path / "runs[old]" / "graphs.h5", "--model", ef], ["runs[old]"]),
-        (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]"]),
-        (["evaluate", g, "--labels", ef_only, "--model", eg], ["band_gap", "ef-only.csv"]),
-        (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv"]),
-        (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"], ["band_gap"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-disorder", "average"], ["--on-disorder", "average", "'fail' or 'majority'"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"], ["--on-isolated-atoms", "drop", "'fail' or 'pad'"]),
+        (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere", "no such file or folder"]),
+        (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1", "COLUMN OP NUMBER"]),
+        (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large", "COLUMN OP NUMBER"]),
+        (["predict", g, "--model", ef, "--where", "density>1"], ["'density': no such column"]),
+        (["predict", g, "--model", ef, "--where", "density>1", "--shards", "1:1"], ["'density': no such column"]),
+        (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"], ["formation_energy_per_atom<1e", "'1e' is not a number"]),
+        (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown: no such model file or pretrained model"]),
+        (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt: cannot read model file"]),
+        (["predict", g, "--model", labels], ["labels.csv: not a readable srscreen model file"]),
+        (["predict", g, "--model", ef, "--model", ef], ["two models predict the same target"]),
+        (["predict", g, "--model", ef, "--sort", "volume"], ["--sort volume: no such column"]),
+        (["predict", g, "--model", ef, "--top", "0"], ["--top must be at least 1"]),
+        (["predict", g, "--model", ef, "--format", "xml"], ["--format must be csv, tsv or jsonl", "xml"]),
+        (["predict", g, "--model", ef, "--shards", "3:1"], ["--shards 3:1: the file has shards 0:1"]),
+        (["predict", g, "--model", ef, "--shards", "0:99"], ["--shards 0:99: the file has shards 0:1"]),
+        (["predict", g, "--model", ef, "--shards", "a:b"], ["--shards 'a:b': write I:J"]),
+        (["predict", g, "--model", ef, "--device", "gpu"], ["--device 'gpu': write auto, cpu, cuda or cuda:N"]),
+        (["predict", g, "--model", ef, "-o", tmp_path / "no-dir" / "out.csv"], ["no-dir/out.csv: cannot write"]),
+        (["predict", tmp_path / "runs[old]" / "graphs.h5", "--model", ef], ["runs[old]/graphs.h5: no such file"]),
+        (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]/graphs.h5: no such file"]),
+        (["evaluate", g, "--labels", ef_only, "--model", eg], ["ef-only.csv: no column 'band_gap'"]),
+        (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv: cannot read labels"]),
+        (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"], ["ef-only.csv: no column 'band_gap'"]),
         (["train", g, "--labels", labels, "--target", "band_gap", "-o", tmp_path / "m.pt", "--split", tmp_path / "s.csv"],
-         ["s.csv"]),
-        (["info", tmp_path / "absent.h5"], ["absent.h5"]),
-        (["models", tmp_path / "absent.pt"], ["absent.pt"]),
+         ["s.csv: cannot read split file"]),
+        (["info", tmp_path / "absent.h5"], ["absent.h5: no such file"]),
+        (["models", tmp_path / "absent.pt"], ["absent.pt: cannot read model file"]),
         (["import-cgcnn", labels, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],
-         ["labels.csv"]),
+         ["labels.csv: not a readable CGCNN checkpoint"]),
     ]
 
 

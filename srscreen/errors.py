@@ -1,0 +1,18 @@
+"""srscreen's own errors: what the command line turns into one line and exit 2 (a bug keeps its traceback).
+
+Torch-free, so that the command line can name them before it imports anything heavy.
+"""
+
+from __future__ import annotations
+
+
+class SrscreenError(ValueError):
+    """An input srscreen cannot use; the message is one line naming the file or parameter and the reason."""
+
+
+class ShardFileError(SrscreenError):
+    """A graph file that cannot be used (missing, damaged, wrong format or schema, unfit for a model)."""
+
+
+class ModelFileError(SrscreenError):
+    """A model file that cannot be used; the message is one line naming the file and the reason."""
