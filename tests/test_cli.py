@@ -80,6 +80,7 @@ def test_featurize_failures_exit_0_without_strict_and_1_with_it(data, tmp_path):
     assert (tmp_path / "b.h5").exists()  # --strict reports; it does not withhold the file
 
 
+@pytest.mark.slow
 def test_featurize_strict_quiet_in_a_real_process(data, tmp_path):
     """Nothing at all on stderr with --quiet, warnings of the readers included, and the exit code 1."""
     proc = subprocess.run([*SRSCREEN, "featurize", str(data["messy"]), str(tmp_path / "m.h5"), *FEATURIZE, "--strict", "-q"],
@@ -205,14 +206,17 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
     ef_only = tmp_path / "ef-only.csv"
     ef_only.write_text("id,formation_energy_per_atom\nc00-000,-1.0\n")
     return [
-        (["featurize", data["clean"], tmp_path / "x.h5", "--on-disorder", "average"], ["--on-disorder", "average", "'fail' or 'majority'"]),
-        (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"], ["--on-isolated-atoms", "drop", "'fail' or 'pad'"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-disorder", "average"],
+         ["--on-disorder", "average", "'fail' or 'majority'"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"],
+         ["--on-isolated-atoms", "drop", "'fail' or 'pad'"]),
         (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere", "no such file or folder"]),
         (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1", "COLUMN OP NUMBER"]),
         (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large", "COLUMN OP NUMBER"]),
         (["predict", g, "--model", ef, "--where", "density>1"], ["'density': no such column"]),
         (["predict", g, "--model", ef, "--where", "density>1", "--shards", "1:1"], ["'density': no such column"]),
-        (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"], ["formation_energy_per_atom<1e", "'1e' is not a number"]),
+        (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"],
+         ["formation_energy_per_atom<1e", "'1e' is not a number"]),
         (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown: no such model file or pretrained model"]),
         (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt: cannot read model file"]),
         (["predict", g, "--model", labels], ["labels.csv: not a readable srscreen model file"]),
@@ -229,7 +233,8 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]/graphs.h5: no such file"]),
         (["evaluate", g, "--labels", ef_only, "--model", eg], ["ef-only.csv: no column 'band_gap'"]),
         (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv: cannot read labels"]),
-        (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"], ["ef-only.csv: no column 'band_gap'"]),
+        (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"],
+         ["ef-only.csv: no column 'band_gap'"]),
         (["train", g, "--labels", labels, "--target", "band_gap", "-o", tmp_path / "m.pt", "--split", tmp_path / "s.csv"],
          ["s.csv: cannot read split file"]),
         (["info", tmp_path / "absent.h5"], ["absent.h5: no such file"]),
@@ -263,6 +268,7 @@ def test_wrong_labels_column_for_training_names_the_columns(data, tmp_path):
     assert_usage_error(result, "'gap'", "band_gap", "formation_energy_per_atom")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["predict", "train"])
 def test_one_line_and_no_traceback_in_a_real_process(data, tmp_path, command):
     """The same promise outside the test runner, without --quiet: one line on a real stderr (no blank line

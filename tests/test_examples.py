@@ -6,10 +6,13 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from screening_data import PRETRAINED_FEATURIZE_FLAGS, cli
-from srscreen.registry import DEFAULT_MODELS, pretrained_names
+from srscreen.checkpoint import ModelFile
+from srscreen.registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from srscreen.shards import GraphFile
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -60,3 +63,19 @@ def test_walkthrough_finetune_then_predict(graphs, tmp_path):
     result = cli("predict", graphs, "--model", model, "--model", "sr-cgcnn-eg", "--top", "5", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == 6
+    # The fine-tuned model is not the one it started from: other weights (not only BatchNorm statistics)...
+    tuned, start = ModelFile.load(model), resolve_model("sr-cgcnn-ef")
+    assert tuned.training["finetuned_from"] == "sr-cgcnn-ef"
+    learned = [name for name, _ in start.build_model().named_parameters()]
+    changed = [n for n in learned if not torch.equal(tuned.state_dict[n], start.state_dict[n])]
+    assert len(changed) >= len(learned) // 2, f"fine-tuning changed only {changed}"
+    # ...and other predictions, of the same scale (two epochs at a small rate move them a little).
+    before, after = (ranked_energies(graphs, m) for m in ("sr-cgcnn-ef", model))
+    diff = np.array([after[i] - before[i] for i in before])
+    assert np.abs(diff).max() > 1e-4 and np.abs(diff).mean() < 0.5, diff
+
+
+def ranked_energies(graphs: Path, model) -> dict[str, float]:
+    result = cli("predict", graphs, "--model", model, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    return {r["id"]: float(r["formation_energy_per_atom"]) for r in csv.DictReader(io.StringIO(result.stdout))}

@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO_ROOT, assert_same_graph, cif_text, extxyz_text, graphs_in, poscar_text
 
 from srscreen.csr import rows_of, starts_of
-from srscreen.featurize import FeaturizeOptions, featurize
+from srscreen.featurize import FeaturizeOptions, FeaturizeSummary, featurize
 from srscreen.graph import GraphSettings, build_graph
 from srscreen.integrity import CRC_ATTR
 from srscreen.readers import Parsed, parse_bytes
@@ -349,14 +349,15 @@ def test_resume_with_other_settings_is_refused(database, tmp_path):
 def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
     out = tmp_path / "graphs.h5"
     first = featurize(database.root, out, jobs=1)
-    before = out.read_bytes()
-    try:
-        again = featurize(database.root, out, jobs=1)
-    except FileExistsError as e:
-        assert "overwrite" in str(e)
-    else:  # a finished file may instead be reported as it stands
-        assert (again.structures, again.failed, again.skipped) == (first.structures, first.failed, first.skipped)
-    assert out.read_bytes() == before, "a complete file is never touched without overwrite"
+    before, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    # The same settings: the finished file is the answer, reported as it stands (everything "done before").
+    again = featurize(database.root, out, jobs=1)
+    assert again == FeaturizeSummary(structures=first.structures, failed=first.failed, skipped=first.skipped,
+                                     resumed=first.structures + first.failed, out=str(out))
+    # Other settings: refused, naming the setting and the way out.
+    with pytest.raises(FileExistsError, match=r"other max_nbr; use --overwrite"):
+        featurize(database.root, out, options=FeaturizeOptions(graph=GraphSettings(max_nbr=8)), jobs=1)
+    assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime, "a complete file is never touched"
     rebuilt = featurize(database.root, out, options=FeaturizeOptions(graph=GraphSettings(max_nbr=8)), jobs=1, overwrite=True)
     assert rebuilt.resumed == 0 and rebuilt.structures == first.structures
     with GraphFile(out) as f:
@@ -403,6 +404,7 @@ def write_strained_cifs(folder: Path, prototypes: dict, n: int) -> list[str]:
     return ids
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_every_id_once(prototypes, tmp_path):
     source = tmp_path / "many"
     ids = write_strained_cifs(source, prototypes, 400)

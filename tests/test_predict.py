@@ -275,6 +275,7 @@ def many(tmp_path_factory, prototypes):
     return featurize_db(write_json_db(root / "db", items), root / "graphs.h5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_predict_into_head_exits_quietly(data, many, fmt):
     if len(SRSCREEN) > 1:
@@ -297,6 +298,7 @@ def test_predict_into_head_exits_quietly(data, many, fmt):
         assert json.loads(first[0])["rank"] == 1
 
 
+@pytest.mark.slow
 def test_info_ids_into_head_exits_quietly(many):
     if len(SRSCREEN) > 1:
         pytest.skip("the srscreen script is not installed")

@@ -199,35 +199,45 @@ def _flat(s):
 BAD_INPUTS = {
     "empty file": ("empty.cif", lambda p: b"", ["empty"]),
     "whitespace only": ("blank.json", lambda p: b"  \n\n\t\n", ["empty"]),
-    "binary garbage": ("junk.cif", lambda p: bytes(range(256)) * 40, ["binary"]),
-    "binary garbage as gzip": ("junk.cif.gz", lambda p: bytes(range(256)) * 40, ["decompress"]),
-    "truncated gzip": ("cut.cif.gz", lambda p: gzip.compress(cif_text(p["NaCl"]).encode())[:60], ["decompress"]),
+    "binary garbage": ("junk.cif", lambda p: bytes(range(256)) * 40, ["binary file"]),
+    "binary garbage as gzip": (
+        "junk.cif.gz", lambda p: bytes(range(256)) * 40, ["cannot decompress", "not a gzipped file"]
+    ),
+    "truncated gzip": (
+        "cut.cif.gz", lambda p: gzip.compress(cif_text(p["NaCl"]).encode())[:60], ["cannot decompress", "ended before"]
+    ),
     "truncated CIF (mid loop)": ("cut.cif", lambda p: cif_text(p["ZnO"])[:-30], ["invalid cif"]),
-    "truncated CIF (header only)": ("cut.cif", lambda p: cif_text(p["ZnO"]).split("loop_")[0], []),
-    "CIF in a .json file": ("mp-1.json", lambda p: cif_text(p["NaCl"]), ["json"]),
-    "CIF in a .vasp file": ("mp-1.vasp", lambda p: cif_text(p["NaCl"]), ["poscar"]),
-    "CIF in an .extxyz file": ("mp-1.extxyz", lambda p: cif_text(p["NaCl"]), ["extxyz"]),
-    "JSON that is not a structure": ("mp-1.json", lambda p: json.dumps({"material_id": "mp-1"}), ["structure"]),
+    "truncated CIF (header only)": ("cut.cif", lambda p: cif_text(p["ZnO"]).split("loop_")[0], ["no atom sites"]),
+    "CIF in a .json file": ("mp-1.json", lambda p: cif_text(p["NaCl"]), ["invalid JSON"]),
+    "CIF in a .vasp file": ("mp-1.vasp", lambda p: cif_text(p["NaCl"]), ["invalid POSCAR", "lattice vectors"]),
+    "CIF in an .extxyz file": ("mp-1.extxyz", lambda p: cif_text(p["NaCl"]), ["extxyz frame", "atom count"]),
+    "JSON that is not a structure": (
+        "mp-1.json", lambda p: json.dumps({"material_id": "mp-1"}), ["not a pymatgen structure dict", "no lattice"]
+    ),
     "NaN coordinate (POSCAR)": ("nan.vasp", lambda p: _nan_poscar(p["ZnO"]), ["non-finite"]),
     "NaN coordinate (CIF)": ("nan.cif", lambda p: _nan_cif(p["ZnO"]), ["non-finite"]),
     "NaN lattice (JSON)": (
         "nan.json",
         lambda p: json.dumps(p["NaCl"].as_dict()).replace("5.64", "NaN", 1).replace('"NaN"', "NaN"),
-        [],
+        ["non-finite lattice"],
     ),
     "zero-volume cell (JSON)": ("flat.json", lambda p: json.dumps(_flat(p["NaCl"])), ["degenerate"]),
     "zero-volume cell (CIF)": (
         "flat.cif",
         lambda p: cif_text(p["NaCl"]).replace("_cell_length_c   5.64000000", "_cell_length_c   0"),
-        ["cell"],
+        ["cell length c = 0", "positive"],
     ),
-    "dummy species X (CIF)": ("x.cif", lambda p: cif_text(p["NaCl"]).replace("  Na  Na", "  X  X"), ["element"]),
-    "dummy species X (POSCAR)": ("x.vasp", lambda p: poscar_text(p["NaCl"]).replace("Na", "X"), ["element"]),
-    "dummy species X (JSON)": ("x.json", lambda p: _dummy_json(p["NaCl"]), ["X"]),
+    "dummy species X (CIF)": (
+        "x.cif", lambda p: cif_text(p["NaCl"]).replace("  Na  Na", "  X  X"), ["without a chemical element"]
+    ),
+    "dummy species X (POSCAR)": (
+        "x.vasp", lambda p: poscar_text(p["NaCl"]).replace("Na", "X"), ["without a chemical element"]
+    ),
+    "dummy species X (JSON)": ("x.json", lambda p: _dummy_json(p["NaCl"]), ["without a chemical element", "'X'"]),
     "no atoms (CIF)": (
         "none.cif",
         lambda p: cif_text(p["NaCl"]).split("loop_\n _atom_site_type_symbol")[0],
-        [],
+        ["no atom sites"],
     ),
 }
 

@@ -225,6 +225,7 @@ def big(tmp_path_factory, prototypes):
     return graphs, labels
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_uninterrupted_weights(big, tmp_path):
     graphs, labels = big
     args = [str(graphs), "--labels", str(labels), "--target", "band_gap", *TINY, "--epochs", "4", "--batch-size", "2",
