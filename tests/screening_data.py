@@ -28,7 +28,7 @@ MAX_NBR = 8
 # The graphs the shipped pretrained models (sr-cgcnn-ef, sr-cgcnn-eg) accept. They were trained on CGCNN's
 # 12-neighbour graphs; once they are retrained on knn-ties graphs, make this GraphSettings() and every
 # test that featurizes for them follows.
-PRETRAINED_GRAPHS = GraphSettings(rule="cgcnn")
+PRETRAINED_GRAPHS = GraphSettings()
 PRETRAINED_FEATURIZE_FLAGS = ["--radius", str(PRETRAINED_GRAPHS.radius), "--max-nbr", str(PRETRAINED_GRAPHS.max_nbr),
                               "--graph-rule", PRETRAINED_GRAPHS.rule]
 # Small enough to train an epoch of a few dozen crystals in tens of milliseconds on one busy core.
