@@ -21,16 +21,12 @@ import torch
 from .checkpoint import ModelFile
 from .elements import supported_numbers
 from .equivalent_atoms import quotient, unmerged
-from .featurize import reduced_formula, unusable
-from .graph import GraphSettings, build_graphs
+from .featurize import FeaturizeOptions, graph_records
+from .graph import GraphSettings
 from .predict import pick_device, predict_shard
-from .readers import ParseFailure, from_pymatgen
+from .readers import from_pymatgen
 from .registry import resolve_model
 from .shards import Shard
-
-# The most atoms `predict_structures` takes in one cell (featurize's default --max-atoms).
-MAX_ATOMS = 1000
-
 
 class Model:
     """A trained model, ready to predict structures in memory."""
@@ -40,6 +36,7 @@ class Model:
         self.target, self.unit = model_file.target, model_file.unit
         self.device = pick_device(device)
         self.settings = GraphSettings.from_attrs(model_file.graph_settings)
+        self._options = FeaturizeOptions(graph=self.settings)  # featurize's policies, max_atoms included
         self._net = model_file.build_model().to(self.device).eval()
         self._supported = supported_numbers(self._net.feature_table.cpu().numpy())
 
@@ -60,25 +57,14 @@ class Model:
         return values[self.target]
 
     def _shard(self, structures: Sequence) -> Shard:
-        parsed = []
-        for i, structure in enumerate(structures):
-            p = from_pymatgen(str(i), structure, "fail")
-            reason = p.reason if isinstance(p, ParseFailure) else unusable(p.numbers, self._supported, MAX_ATOMS)
-            if reason is not None:
-                raise ValueError(f"structure {i} ({structure.composition.reduced_formula}): {reason}")
-            parsed.append(p)
-        built = build_graphs([(p.lattice, p.frac_coords) for p in parsed], self.settings)
-        for i, error in enumerate(built.errors):
-            if error is not None:
-                raise ValueError(f"structure {i} ({structures[i].composition.reduced_formula}): {error}")
-        numbers = [np.asarray(p.numbers, dtype=np.uint8) for p in parsed]
-        return Shard(
-            ids=[str(i) for i in range(len(parsed))],
-            formula=[reduced_formula(n) for n in numbers],
-            n_atoms=np.array([len(n) for n in numbers], dtype=np.int32),
-            atomic_numbers=np.concatenate(numbers) if numbers else np.zeros(0, np.uint8),
-            n_edges=built.n_edges, nbr_idx=built.nbr_idx, nbr_dist=built.nbr_dist,
-        )
+        found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))
+        records, failures = graph_records(found, self._options, self._supported)
+        if failures:
+            first = failures[0]
+            raise ValueError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): "
+                             f"{first.reason}")
+        return Shard(records.ids, records.formula, records.n_atoms, records.atomic_numbers, records.n_edges,
+                     records.nbr_idx, records.nbr_dist)
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> Model:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from .errors import one_line
+
 
 class Compiled:
     """`fn` through torch.compile(dynamic=True), falling back to `fn` itself for good if compiling fails.
@@ -24,6 +26,6 @@ class Compiled:
             try:
                 return self.compiled(*args)
             except Exception as e:  # noqa: BLE001 - inductor raises many types
-                warnings.warn(f"torch.compile failed, running without it: {' '.join(str(e).split())[:200]}")
+                warnings.warn(f"torch.compile failed, running without it: {one_line(e, 200)}")
                 self.compiled = None
         return self.fn(*args)

@@ -16,3 +16,9 @@ class ShardFileError(SrscreenError):
 
 class ModelFileError(SrscreenError):
     """A model file that cannot be used; the message is one line naming the file and the reason."""
+
+
+def one_line(error: object, limit: int = 300) -> str:
+    """An error's message on one line, whitespace collapsed and cut at `limit` characters: what a failure
+    table row or a one-line CLI error can hold."""
+    return " ".join(str(error).split())[:limit]

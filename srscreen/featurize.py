@@ -23,6 +23,7 @@ from joblib import Parallel, delayed
 
 from . import elements
 from .backends import check_backend, compute_backend
+from .errors import one_line
 from .graph import BuiltGraphs, GraphSettings, build_graphs
 from .readers import (
     DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
@@ -144,7 +145,7 @@ def _parsed_or_failure(item: Item, policy: DisorderPolicy) -> Iterator[Parsed | 
             found = True
             yield parsed
     except Exception as e:  # noqa: BLE001 - a parser bug on one file must not lose the others
-        yield ParseFailure(stem, f"cannot read: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        yield ParseFailure(stem, f"cannot read: {type(e).__name__}: {one_line(e, 200)}")
         return
     if not found:
         yield ParseFailure(stem, "no structure in file")
@@ -153,22 +154,33 @@ def _parsed_or_failure(item: Item, policy: DisorderPolicy) -> Iterator[Parsed | 
 def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.ndarray) -> ChunkResult:
     """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent.
 
-    The chunk's graphs are built in one `build_graphs` call (numpy's per-call cost paid once per
-    chunk); failures keep the order of the inputs.
+    Failures keep the order of the inputs.
+    """
+    found = ((item.source, parsed) for item in items for parsed in _parsed_or_failure(item, options.on_disorder))
+    records, failures = graph_records(found, options, supported)
+    return ChunkResult([item.key for item in items], records, failures)
+
+
+def graph_records(found: Iterable[tuple[str, Parsed | ParseFailure]], options: FeaturizeOptions,
+                  supported: np.ndarray) -> tuple[GraphRecords, list[Failure]]:
+    """(source, parsed structure or parse failure) pairs -> the graphs of the usable structures, and a
+    failure for every other, both in input order: what every input path (files, Python objects) shares.
+
+    The graphs are built GRAPH_BATCH structures per `build_graphs` call (numpy's per-call cost paid once
+    per batch).
     """
     todo: list[tuple[str, Parsed]] = []  # (source, structure) waiting for its graph
     outcome: list[Failure | int] = []  # per structure, in input order: a failure or an index in todo
-    for item in items:
-        for parsed in _parsed_or_failure(item, options.on_disorder):
-            if isinstance(parsed, ParseFailure):
-                outcome.append(Failure(parsed.id, item.source, parsed.reason))
-                continue
-            reason = unusable(parsed.numbers, supported, options.max_atoms)
-            if reason is not None:
-                outcome.append(Failure(parsed.id, item.source, reason))
-                continue
-            outcome.append(len(todo))
-            todo.append((item.source, parsed))
+    for source, parsed in found:
+        if isinstance(parsed, ParseFailure):
+            outcome.append(Failure(parsed.id, source, parsed.reason))
+            continue
+        reason = unusable(parsed.numbers, supported, options.max_atoms)
+        if reason is not None:
+            outcome.append(Failure(parsed.id, source, reason))
+            continue
+        outcome.append(len(todo))
+        todo.append((source, parsed))
     batch = _graphs([(p.lattice, p.frac_coords) for _, p in todo], options.graph)
     ids, sources, formulas, numbers = [], [], [], []
     failures: list[Failure] = []
@@ -190,7 +202,7 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
         np.concatenate(numbers).astype(np.uint8) if numbers else np.zeros(0, np.uint8),
         batch.n_edges, batch.nbr_idx, batch.nbr_dist,
     )
-    return ChunkResult([item.key for item in items], records, failures)
+    return records, failures
 
 
 def _graphs(structures: list, settings: GraphSettings) -> BuiltGraphs:

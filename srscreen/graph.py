@@ -46,6 +46,13 @@ _SELF_TOL = 1e-8
 
 # The name stored with each rule; bump it whenever the graph a rule builds changes.
 ALGORITHMS: dict[str, str] = {"knn-ties": "knn-ties-v2", "cgcnn": "knn-pbc-v1"}
+# What files written before the knn-ties rule (which record no neighbour algorithm) hold.
+LEGACY_ALGORITHM = ALGORITHMS["cgcnn"]
+
+
+def rule_of(algorithm: str) -> str | None:
+    """The rule (`GraphSettings.rule`) that builds graphs of this stored algorithm name; None if unknown."""
+    return next((rule for rule, name in ALGORITHMS.items() if name == algorithm), None)
 
 
 class GraphError(SrscreenError):
@@ -76,8 +83,8 @@ class GraphSettings:
     @classmethod
     def from_attrs(cls, attrs: dict) -> "GraphSettings":
         """The settings a model or graph file records (files from before the knn-ties rule: CGCNN's)."""
-        algorithm = attrs.get("neighbour_algorithm", ALGORITHMS["cgcnn"])
-        rule = next((r for r, name in ALGORITHMS.items() if name == algorithm), None)
+        algorithm = attrs.get("neighbour_algorithm", LEGACY_ALGORITHM)
+        rule = rule_of(algorithm)
         if rule is None:
             raise ValueError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
         return cls(radius=float(attrs["radius"]), max_nbr=int(attrs["max_nbr"]), rule=rule,

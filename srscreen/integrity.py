@@ -15,6 +15,8 @@ import zlib
 import h5py
 import numpy as np
 
+from .errors import one_line
+
 _STR = h5py.string_dtype("utf-8")
 CRC_ATTR = "crc32"
 
@@ -50,7 +52,7 @@ def read_checked(group: h5py.Group, name: str) -> np.ndarray | list[str]:
         else:
             values = ds[()]
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeError) as e:
-        raise DamagedDataError(f"{name} unreadable ({' '.join(str(e).split())[:120]})") from None
+        raise DamagedDataError(f"{name} unreadable ({one_line(e, 120)})") from None
     if stored is None:
         raise DamagedDataError(f"{name} has no checksum")
     if _crc(values) != int(stored):

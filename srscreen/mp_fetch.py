@@ -24,6 +24,7 @@ from typing import Callable
 import orjson
 
 from .atomic import replace_when_done
+from .errors import one_line
 from .readers import ParseFailure, structure_from_dict
 
 LABEL_COLUMNS = ("formation_energy_per_atom", "band_gap", "energy_above_hull")
@@ -150,7 +151,7 @@ class _Session:
 
     def _clean(self, e: Exception) -> str:
         """One line, never the key (defensive: no known message holds it)."""
-        text = " ".join(str(e).split())[:300] or type(e).__name__
+        text = one_line(e) or type(e).__name__
         return text.replace(self.key, "***") if self.key else text
 
     @staticmethod

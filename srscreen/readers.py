@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 
 from .cell import cell_parameters_fault, lattice_fault
+from .errors import one_line
 
 Format = Literal["cif", "json", "jsonl", "poscar", "extxyz", "asedb"]
 DisorderPolicy = Literal["fail", "majority"]
@@ -209,7 +210,7 @@ def _parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed 
         except ReadError as e:
             yield ParseFailure(id_, str(e))
         except (RuntimeError, ValueError, IndexError) as e:
-            yield ParseFailure(id_, f"invalid CIF: {_one_line(e)}")
+            yield ParseFailure(id_, f"invalid CIF: {one_line(e)}")
 
 
 _SYMOP_TAGS = ("_space_group_symop_operation_xyz", "_symmetry_equiv_pos_as_xyz")  # gemmi's order
@@ -235,7 +236,7 @@ def _cif_cell_parameters(find) -> list[float]:
         value = gemmi.cif.as_number(raw)
         if math.isnan(value):
             what = "unknown" if raw.strip() in ("?", ".") else "not a number"
-            raise ReadError(f"CIF {tag} is {what} ({_one_line(raw)[:40]!r}): the cell is not given")
+            raise ReadError(f"CIF {tag} is {what} ({one_line(raw)[:40]!r}): the cell is not given")
         params.append(value)
     fault = cell_parameters_fault(*params)
     if fault is not None:
@@ -366,7 +367,7 @@ def _parse_cif_pymatgen(stem: str, text: str, policy: DisorderPolicy, first_erro
     except Exception:  # noqa: BLE001 - pymatgen raises anything on bad input; gemmi's reason is the useful one
         blocks = []
     if not blocks:
-        yield ParseFailure(stem, f"invalid CIF: {_one_line(first_error)}")
+        yield ParseFailure(stem, f"invalid CIF: {one_line(first_error)}")
         return
     for i, block in enumerate(blocks):
         id_ = stem if len(blocks) == 1 else f"{stem}:{i}"
@@ -387,7 +388,7 @@ def _parse_cif_pymatgen(stem: str, text: str, policy: DisorderPolicy, first_erro
             yield ParseFailure(id_, str(e))
             continue
         except Exception:  # noqa: BLE001 - as above
-            yield ParseFailure(id_, f"invalid CIF: {_one_line(first_error)}")
+            yield ParseFailure(id_, f"invalid CIF: {one_line(first_error)}")
             continue
         yield from_pymatgen(id_, structures[0], policy)
 
@@ -401,7 +402,7 @@ def _check_cif_coordinate_values(values: dict[str, list]) -> None:
         for column in values[tag]:
             for raw in column if isinstance(column, list) else [column]:
                 if math.isnan(gemmi.cif.as_number(raw)):
-                    raise ReadError(f"non-finite coordinates: {tag} value {_one_line(raw)[:40]!r} is not a number")
+                    raise ReadError(f"non-finite coordinates: {tag} value {one_line(raw)[:40]!r} is not a number")
 
 
 def _one_value(values: dict[str, list], tag: str):
@@ -461,7 +462,7 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
     except ReadError as e:
         return ParseFailure(id_, str(e))
     except (KeyError, TypeError, ValueError, IndexError) as e:
-        return ParseFailure(id_, f"not a pymatgen structure dict ({type(e).__name__}: {_one_line(e)})")
+        return ParseFailure(id_, f"not a pymatgen structure dict ({type(e).__name__}: {one_line(e)})")
 
 
 def _element_number(element_class, symbol: str) -> int:
@@ -497,7 +498,7 @@ def _parse_json(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed
     try:
         obj = _loads(text)
     except ValueError as e:
-        yield ParseFailure(stem, f"invalid JSON: {_one_line(e)}")
+        yield ParseFailure(stem, f"invalid JSON: {one_line(e)}")
         return
     if isinstance(obj, dict) and isinstance(obj.get("entries"), list):  # Alexandria's layout
         obj = obj["entries"]
@@ -514,7 +515,7 @@ def parse_entry_chunk(stem: str, text: str, first: int, policy: DisorderPolicy) 
     try:
         elements = _loads(text)
     except ValueError as e:
-        yield ParseFailure(f"{stem}:{first}", f"invalid JSON: {_one_line(e)}")
+        yield ParseFailure(f"{stem}:{first}", f"invalid JSON: {one_line(e)}")
         return
     for i, d in enumerate(elements, start=first):
         yield structure_from_dict(entry_id(d, f"{stem}:{i}"), d, policy)
@@ -545,9 +546,9 @@ def parse_ase_db_rows(path: str, stem: str, first_id: int, last_id: int,
             except ReadError as e:
                 yield ParseFailure(name, str(e))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                yield ParseFailure(name, f"unusable ASE row: {_one_line(e)}")
+                yield ParseFailure(name, f"unusable ASE row: {one_line(e)}")
     except Exception as e:  # noqa: BLE001 - sqlite and ase raise many types on a damaged file
-        yield ParseFailure(f"{stem}:{first_id}", f"unreadable ASE database: {_one_line(e)}")
+        yield ParseFailure(f"{stem}:{first_id}", f"unreadable ASE database: {one_line(e)}")
 
 
 def parse_jsonl_lines(stem: str, lines: list[str], first: int, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -557,7 +558,7 @@ def parse_jsonl_lines(stem: str, lines: list[str], first: int, policy: DisorderP
         try:
             yield structure_from_dict(id_, _loads(line), policy)  # NaN as in .json: a non-finite failure
         except ValueError as e:
-            yield ParseFailure(id_, f"invalid JSON line: {_one_line(e)}")
+            yield ParseFailure(id_, f"invalid JSON line: {one_line(e)}")
 
 
 def parse_extxyz_frames(stem: str, text: str, first: int) -> Iterator[Parsed | ParseFailure]:
@@ -592,7 +593,7 @@ def parse_extxyz_frames(stem: str, text: str, first: int) -> Iterator[Parsed | P
         except ReadError as e:
             yield ParseFailure(id_, str(e))
         except Exception as e:  # noqa: BLE001 - ASE raises many types on malformed frames
-            yield ParseFailure(id_, f"invalid extxyz frame: {_one_line(e)}")
+            yield ParseFailure(id_, f"invalid extxyz frame: {one_line(e)}")
 
 
 def _parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -609,7 +610,7 @@ def _parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Pars
         yield ParseFailure(stem, str(e))
         return
     except Exception as e:  # noqa: BLE001 - pymatgen raises anything on bad input
-        yield ParseFailure(stem, _poscar_fault(text) or f"invalid POSCAR: {_one_line(e)}")
+        yield ParseFailure(stem, _poscar_fault(text) or f"invalid POSCAR: {one_line(e)}")
         return
     yield from_pymatgen(stem, structure, policy)
 
@@ -666,7 +667,7 @@ def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iter
         yield ParseFailure(stem, str(e))
         return
     except (OSError, EOFError, lzma.LZMAError) as e:
-        yield ParseFailure(stem, f"cannot decompress: {_one_line(e)}")
+        yield ParseFailure(stem, f"cannot decompress: {one_line(e)}")
         return
     if fmt == "cif":
         yield from _parse_cif(stem, text, policy)
@@ -680,7 +681,3 @@ def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iter
         yield from _parse_poscar(stem, text, policy)
     else:
         yield ParseFailure(stem, "unknown format")
-
-
-def _one_line(e: object) -> str:
-    return " ".join(str(e).split())[:300]

@@ -40,8 +40,8 @@ import numpy as np
 
 from . import __version__
 from .atomic import replace_when_done
-from .errors import ShardFileError
-from .graph import ALGORITHMS
+from .errors import ShardFileError, one_line
+from .graph import LEGACY_ALGORITHM, rule_of
 from .integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
 from .seen_ids import PartKeys, SeenIds
 
@@ -194,7 +194,7 @@ def read_parts_state(parts: Path, settings: dict) -> PartsState:
         try:
             keys, ids, n_failed = _checked_part(path, settings)
         except (DamagedDataError, OSError) as e:
-            state.redone.append(f"{path.name}: {' '.join(str(e).split())[:160]}")
+            state.redone.append(f"{path.name}: {one_line(e, 160)}")
             path.unlink()
             continue
         state.done_keys.load_part(index, keys)
@@ -209,17 +209,24 @@ def _checked_part(path: Path, settings: dict) -> tuple[list[str], list[str], int
     with h5py.File(path, "r") as f:
         keys = read_checked(f, "done_keys")
         n_failed = len(_read_failures(f["failures"]))
-        if "graphs" not in f:
-            return keys, [], n_failed
-        g = f["graphs"]
-        ids = read_checked(g, "ids")
-        strings = [ids, read_checked(g, "sources"), read_checked(g, "formula")]
-        reason = check_graphs(*(read_checked(g, name) for name in _GRAPH_ARRAYS), settings)
-        if reason is None and (len({len(x) for x in strings}) != 1 or len(ids) != len(g["n_atoms"])):
-            reason = "ids, sources, formula and n_atoms differ in length"
-        if reason is not None:
-            raise DamagedDataError(reason)
+        ids = read_graphs(f["graphs"], settings, sources=True).ids if "graphs" in f else []
     return keys, ids, n_failed
+
+
+def read_graphs(group: h5py.Group, settings: dict, *, sources: bool = False) -> Shard:
+    """A group of graph datasets (a shard, or a part file's graphs), each checked against its checksum,
+    then the whole for structure; with `sources`, the source paths too (which predict never reads).
+    Raises DamagedDataError naming what is wrong."""
+    ids, formula = read_checked(group, "ids"), read_checked(group, "formula")
+    arrays = [read_checked(group, key) for key in _GRAPH_ARRAYS]
+    reason = check_graphs(*arrays, settings)
+    if reason is None and not (len(ids) == len(formula) == len(arrays[0])):
+        reason = "ids, formula and n_atoms differ in length"
+    if reason is None and sources and len(read_checked(group, "sources")) != len(ids):
+        reason = "sources and ids differ in length"
+    if reason is not None:
+        raise DamagedDataError(reason)
+    return Shard(ids, formula, *arrays)
 
 
 def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.ndarray, nbr_idx: np.ndarray,
@@ -245,7 +252,7 @@ def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.nd
     radius = float(settings["radius"])
     limit = radius + float(settings.get("tie_tolerance", 0.0)) + 1e-3
     bad = ~np.isfinite(nbr_dist) | (nbr_dist <= 0) | (nbr_dist > limit)
-    if settings.get("neighbour_algorithm") == "knn-pbc-v1":  # CGCNN pads short atoms at radius + 1
+    if rule_of(settings.get("neighbour_algorithm", LEGACY_ALGORITHM)) == "cgcnn":  # CGCNN pads short atoms at radius + 1
         bad &= nbr_dist != np.float32(radius + 1.0)
     if bad.any():
         return f"a neighbour distance that is not finite, positive and within the {radius} Å radius"
@@ -292,7 +299,7 @@ def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, mode
 
     Only the keys the model records count; a model file without a neighbour algorithm predates the
     knn-ties rule, so its graphs were CGCNN's."""
-    expected = {"neighbour_algorithm": "knn-pbc-v1", **model_settings}
+    expected = {"neighbour_algorithm": LEGACY_ALGORITHM, **model_settings}
     changed = [f"{k} {graph_settings.get(k)!r} (model: {v!r})" for k, v in expected.items() if graph_settings.get(k) != v]
     if changed:
         raise ShardFileError(f"{graph_path} has graphs built with {', '.join(changed)} for model {model}; "
@@ -304,7 +311,7 @@ def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, mode
 
 
 def _featurize_flags(settings: dict) -> str:
-    rule = next((r for r, name in ALGORITHMS.items() if name == settings["neighbour_algorithm"]), None)
+    rule = rule_of(settings["neighbour_algorithm"])
     flags = f"--radius {settings['radius']} --max-nbr {settings['max_nbr']}"
     if rule is not None:
         flags += f" --graph-rule {rule}"
@@ -349,7 +356,7 @@ class GraphFile:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
             self._file.close()
-            raise ShardFileError(f"{self.path}: damaged graph file ({' '.join(str(e).split())[:160]})") from None
+            raise ShardFileError(f"{self.path}: damaged graph file ({one_line(e, 160)})") from None
 
     def _open(self) -> None:
         attrs = dict(self._file.attrs)
@@ -405,24 +412,14 @@ class GraphFile:
             return 0
 
     def read_shard(self, index: int, *, sources: bool = False) -> Shard:
-        """Shard `index`, checked; with `sources`, also check the source paths (which predict never reads)."""
+        """Shard `index`, checked (`read_graphs`)."""
         name = self.shard_names[index]
         try:
-            g = self._file["shards"][name]
-            ids, formula = read_checked(g, "ids"), read_checked(g, "formula")
-            arrays = [read_checked(g, key) for key in _GRAPH_ARRAYS]
-            if sources and len(read_checked(g, "sources")) != len(ids):
-                raise DamagedDataError("sources and ids differ in length")
+            return read_graphs(self._file["shards"][name], self.graph_settings, sources=sources)
         except DamagedDataError as e:
             raise DamagedShardError(self.path, name, str(e)) from None
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise DamagedShardError(self.path, name, f"unreadable ({' '.join(str(e).split())[:120]})") from None
-        reason = check_graphs(*arrays, self.graph_settings)
-        if reason is None and not (len(ids) == len(formula) == len(arrays[0])):
-            reason = "ids, formula and n_atoms differ in length"
-        if reason is not None:
-            raise DamagedShardError(self.path, name, reason)
-        return Shard(ids, formula, *arrays)
+            raise DamagedShardError(self.path, name, f"unreadable ({one_line(e, 120)})") from None
 
     def shard_ids(self, index: int) -> list[str] | None:
         """The ids of shard `index` when they are intact (None otherwise): what a skipped shard held."""
