@@ -3,7 +3,7 @@
     python benchmarks/featurize.py [--data PATH] [--quick] [--repeat N]
 
 Measures, on CIF file -> neighbour indices and distances:
-  (a) ``srscreen.featurize.featurize`` (parse, graphs and the HDF5 file written to a temp dir) over
+  (a) ``srscreen.data.featurize.featurize`` (parse, graphs and the HDF5 file written to a temp dir) over
       the whole set (or a fixed random subset with --quick) at 1 and 2 jobs, N times each (fastest
       kept): structures/s and µs/atom (wall), CPU seconds of all its processes and structures per
       CPU-second, the 2-vs-1-job speed-up (wall, and from CPU time: what 2 free cores give), and the
@@ -104,8 +104,8 @@ def tree_cpu(root: int) -> dict[int, float]:
 
 
 def run_featurize(source: Path, out: Path, jobs: int) -> dict:
-    from srscreen.featurize import featurize
-    from srscreen.shards import GraphFile
+    from srscreen.data.featurize import featurize
+    from srscreen.data.graph_file import GraphFile
 
     me = os.getpid()
     before = tree_cpu(me)
@@ -138,7 +138,7 @@ def run_featurize(source: Path, out: Path, jobs: int) -> dict:
 
 def warm_up(files: list[Path], tmp: Path, jobs: int) -> None:
     """Start (and keep) the worker pool and import everything, so the timing is the steady state."""
-    from srscreen.featurize import featurize
+    from srscreen.data.featurize import featurize
 
     folder = tmp / "warm"
     if not folder.exists():
@@ -187,7 +187,7 @@ def max_distance_difference(out: Path, reference: dict) -> tuple[float, int, int
     CGCNN keeps each atom's MAX_NBR nearest (padded); srscreen's default rule keeps them too, first,
     plus the neighbours tied with the MAX_NBR-th: the first MAX_NBR edges of each atom are compared.
     """
-    from srscreen.shards import GraphFile
+    from srscreen.data.graph_file import GraphFile
 
     worst, compared, differing = 0.0, 0, 0
     with GraphFile(out) as f:
@@ -232,7 +232,7 @@ def child_main(source: str, out: str, jobs: int) -> None:
     Peaks are VmHWM from /proc, which starts afresh at exec; getrusage's ru_maxrss does not (it keeps
     the RSS the process had as a fork of its parent), so it would charge the benchmark's own memory.
     """
-    from srscreen.featurize import featurize
+    from srscreen.data.featurize import featurize
 
     summary = featurize(source, out, jobs=jobs, overwrite=True)
     me = os.getpid()

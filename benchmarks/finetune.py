@@ -19,11 +19,11 @@ read from the atomic numbers stored in the graph file. Target: formation energy 
    - fine-tuned (head): the same with the embedding and convolutions frozen (freeze_conv);
    - from scratch:     SR-CGCNN-3 trained on the tune set alone (--scratch-lr), same epochs, batch
                        and early stopping as fine-tuning.
-   Every run keeps its best epoch by validation MAE (srscreen.train.train), and the table reports
+   Every run keeps its best epoch by validation MAE (srscreen.trainer.trainer.train), and the table reports
    mean and standard deviation over the repeats (each repeat is another tune set and training seed).
 
-All training goes through srscreen.train.train with split files; predictions through
-srscreen.train.predict_positions. Prints a table and writes benchmarks/results/finetune.json.
+All training goes through srscreen.trainer.trainer.train with split files; predictions through
+srscreen.trainer.trainer.predict_positions. Prints a table and writes benchmarks/results/finetune.json.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srscreen.checkpoint import ModelFile
-from srscreen.dataset import GraphSet
-from srscreen.labels import match, read_labels
-from srscreen.train import TrainConfig, metrics, predict_positions, train
+from srscreen.model.model_file import ModelFile
+from srscreen.data.training_set import GraphSet
+from srscreen.data.labels import match, read_labels
+from srscreen.trainer.trainer import TrainConfig, metrics, predict_positions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets" / "mp-cgcnn"
@@ -123,7 +123,7 @@ def main() -> None:
         if graphs_path is None:
             if not (SHARED / "structures").exists():
                 raise SystemExit(f"no data: {SHARED / 'structures'} is absent; pass --graphs FILE")
-            from srscreen.featurize import featurize
+            from srscreen.data.featurize import featurize
 
             graphs_path = tmp / "mp.h5"
             featurize(SHARED / "structures", graphs_path, jobs=-1)

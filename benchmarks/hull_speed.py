@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--graphs", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from srscreen.shards import GraphFile
+    from srscreen.data.graph_file import GraphFile
 
     with GraphFile(args.graphs) as graphs:
         n = len(graphs)

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import srscreen.predict as predict_module
-from srscreen.batch import collate, pack_by_atoms
-from srscreen.checkpoint import ModelFile
-from srscreen.elements import cgcnn_feature_table
-from srscreen.equivalent_atoms import quotient, unmerged
-from srscreen.featurize import FeaturizeOptions, featurize
-from srscreen.graph import ALGORITHMS, GraphSettings
-from srscreen.model import CrystalGraphNet
-from srscreen.predict import predict
-from srscreen.registry import DEFAULT_MODELS, pretrained_names, resolve_model
-from srscreen.shards import GraphFile
+import srscreen.screening.predict as predict_module
+from srscreen.data.batch import collate, pack_by_atoms
+from srscreen.model.model_file import ModelFile
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.graph.equivalent_atoms import quotient, unmerged
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.graph.neighbours import ALGORITHMS, GraphSettings
+from srscreen.model.network import CrystalGraphNet
+from srscreen.screening.predict import predict
+from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model
+from srscreen.data.graph_file import GraphFile
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
 

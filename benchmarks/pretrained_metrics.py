@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from srscreen.dataset import GraphSet
-from srscreen.labels import read_labels
-from srscreen.registry import DEFAULT_MODELS, resolve_model
-from srscreen.train import metrics, predict_positions
+from srscreen.data.training_set import GraphSet
+from srscreen.data.labels import read_labels
+from srscreen.model.registry import DEFAULT_MODELS, resolve_model
+from srscreen.trainer.trainer import metrics, predict_positions
 
 SHARED_LABELS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "labels.csv"
 

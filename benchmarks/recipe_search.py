@@ -75,7 +75,7 @@ def finished(run: dict) -> bool:
 
 def write_split(path: Path) -> None:
     """The shipped models' split (stored in their model files), as `id,split` rows."""
-    from srscreen.registry import resolve_model
+    from srscreen.model.registry import resolve_model
 
     split = resolve_model("sr-cgcnn-ef").training["split"]
     rows = [f"{id_},{part}" for part in ("train", "val", "test") for id_ in split[part]]
@@ -98,7 +98,7 @@ def run_one(run: dict, graphs: Path) -> None:
 
 
 def report() -> None:
-    from srscreen.checkpoint import ModelFile
+    from srscreen.model.model_file import ModelFile
 
     print("| run | target | width | steps | changes | parameters | epochs | compute (h) | val MAE | test MAE |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -50,7 +50,7 @@ def srscreen(source: Path) -> tuple[list[str], dict]:
 def speed_models(source: Path, graphs: Path, out: Path, env: dict) -> list[str]:
     """The shipped pair re-saved for `graphs`' settings: the architecture predict runs, whatever the rule."""
     code = (  # the tree's own files: an editable install would map srscreen.pretrained to this checkout
-        "import sys; from srscreen.checkpoint import ModelFile; from srscreen.shards import GraphFile\n"
+        "import sys; from srscreen.model.model_file import ModelFile; from srscreen.data.graph_file import GraphFile\n"
         "with GraphFile(sys.argv[1]) as g: settings = g.graph_settings\n"
         "for name in ('sr-cgcnn-ef', 'sr-cgcnn-eg'):\n"
         "    m = ModelFile.load('pretrained/' + name + '.pt'); m.graph_settings = settings\n"
@@ -62,8 +62,8 @@ def speed_models(source: Path, graphs: Path, out: Path, env: dict) -> list[str]:
 
 def check_costs(graphs: Path) -> dict:
     """Seconds to read (and to write) every shard with the checks and without."""
-    from srscreen.integrity import write_checked
-    from srscreen.shards import GraphFile
+    from srscreen.data.integrity import write_checked
+    from srscreen.data.graph_file import GraphFile
 
     names = ("ids", "formula", "n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
     start = time.perf_counter()

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from srscreen.hull import DEFAULT_REFERENCE, ReferenceHull
-from srscreen.reference_hull import composition_of
+from srscreen.screening.hull import DEFAULT_REFERENCE, ReferenceHull
+from srscreen.screening.reference_hull import composition_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -54,7 +54,7 @@ RULES = {None: "cgcnn", "knn-pbc-v1": "cgcnn", "knn-ties-v2": "knn-ties"}
 
 def model_file_class():
     """srscreen's ModelFile, wherever the package layout keeps it."""
-    for name in ("srscreen.checkpoint", "srscreen.model.checkpoint", "srscreen.model", "srscreen.io.checkpoint"):
+    for name in ("srscreen.model.model_file", "srscreen.model.network.checkpoint", "srscreen.model.network", "srscreen.io.checkpoint"):
         try:
             return importlib.import_module(name).ModelFile
         except (ImportError, AttributeError):

@@ -5,8 +5,8 @@
 Featurizes ../shared/datasets/mp-cgcnn once (or takes --graphs), then times training steps, each mode
 in a fresh process of this same run (so no mode inherits another's thread pool, allocator settings or
 compiled kernels): plain eager with glibc's default allocator settings (the baseline), eager with
-srscreen's allocator settings (`srscreen.allocator`), torch.compile on top, and the last two on classes
-of equivalent atoms (`srscreen.equivalent_atoms`, counted once per atom in the batch statistics):
+srscreen's allocator settings (`srscreen.model.allocator`), torch.compile on top, and the last two on classes
+of equivalent atoms (`srscreen.graph.equivalent_atoms`, counted once per atom in the batch statistics):
 merged-eager and merged (compiled), which is what `srscreen train` runs for long trainings.
 Each mode's epoch time is its mean step time times the steps in one epoch over the 80% training
 split (26,452 crystals at batch 256); the breakdown splits a step into batch gather, forward,
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srscreen.allocator import reuse_freed_memory
-from srscreen.dataset import GraphSet, batches
-from srscreen.elements import cgcnn_feature_table
-from srscreen.featurize import featurize
-from srscreen.model import CrystalGraphNet
+from srscreen.model.allocator import reuse_freed_memory
+from srscreen.data.training_set import GraphSet, batches
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.data.featurize import featurize
+from srscreen.model.network import CrystalGraphNet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
 TRAIN_CRYSTALS = 26452

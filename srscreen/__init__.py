@@ -10,7 +10,7 @@ __all__ = ["__version__", "load_model", "Model"]
 
 def __getattr__(name: str):
     if name in ("load_model", "Model"):
-        from . import api
+        from srscreen.screening import structures as api
 
         return getattr(api, name)
     raise AttributeError(f"module 'srscreen' has no attribute {name!r}")

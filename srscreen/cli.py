@@ -22,14 +22,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .atomic import replace_when_done
-from .errors import ModelFileError, ShardFileError, SrscreenError
+from srscreen.io.atomic_write import replace_when_done
+from srscreen.errors import ModelFileError, ShardFileError, SrscreenError
 
 if TYPE_CHECKING:
-    from .checkpoint import ModelFile
-    from .predict import DamagedShard
-    from .shards import GraphFile
-    from .train import TrainConfig
+    from srscreen.model.model_file import ModelFile
+    from srscreen.screening.predict import DamagedShard
+    from srscreen.data.graph_file import GraphFile
+    from srscreen.trainer.trainer import TrainConfig
 
 # Each command imports what it needs when it runs: torch and pymatgen's heavier parts cost ~1.5 s of
 # start-up, which `--help`, `info`, `merge` and `featurize` never need.
@@ -81,8 +81,8 @@ def featurize_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Read a structure database in parallel, build crystal graphs and write them into HDF5 shards."""
-    from .featurize import FeaturizeOptions, featurize
-    from .graph import ALGORITHMS, GraphSettings
+    from srscreen.data.featurize import FeaturizeOptions, featurize
+    from srscreen.graph.neighbours import ALGORITHMS, GraphSettings
     if on_disorder not in ("fail", "majority"):
         _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
     if on_isolated_atoms not in ("fail", "pad"):
@@ -150,7 +150,7 @@ def info_cmd(
     verify: bool = typer.Option(False, "--verify", help="Check every shard's checksums and structure; exit 2 if any is damaged."),
 ) -> None:
     """Counts, settings, shards and failures of a graph file."""
-    from .shards import GraphFile
+    from srscreen.data.graph_file import GraphFile
     try:
         graphs = GraphFile(path)
     except ShardFileError as e:
@@ -246,8 +246,8 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
                   quiet: bool) -> None:
     import torch
 
-    from .registry import resolve_model
-    from .train import train
+    from srscreen.model.registry import resolve_model
+    from srscreen.trainer.trainer import train
     if threads > 0:
         torch.set_num_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
@@ -302,7 +302,7 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
-    from .train import TrainConfig
+    from srscreen.trainer.trainer import TrainConfig
     config = TrainConfig(
         target=target, steps=steps, shared=shared, atom_fea_len=atom_fea_len, h_fea_len=h_fea_len, n_h=n_h,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, schedule=schedule,
@@ -337,7 +337,7 @@ def finetune_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""
-    from .train import TrainConfig
+    from srscreen.trainer.trainer import TrainConfig
     config = TrainConfig(
         target=target, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
         schedule="constant", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -348,7 +348,7 @@ def finetune_cmd(
 
 
 def _models(names: list[str]) -> list[ModelFile]:
-    from .registry import DEFAULT_MODELS, resolve_model
+    from srscreen.model.registry import DEFAULT_MODELS, resolve_model
     return [resolve_model(n) for n in (names or DEFAULT_MODELS)]
 
 
@@ -376,8 +376,8 @@ def predict_cmd(
     """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
     import torch
 
-    from .predict import Condition, predict, write_ranking
-    from .shards import GraphFile
+    from srscreen.screening.predict import Condition, predict, write_ranking
+    from srscreen.data.graph_file import GraphFile
     if fmt not in ("csv", "tsv", "jsonl"):
         _fail(f"--format must be csv, tsv or jsonl, not {fmt!r}")
     if threads > 0:
@@ -388,7 +388,7 @@ def predict_cmd(
         models = _models(model)
         reference_hull = None
         if hull or reference is not None:
-            from .hull import ReferenceHull, default_reference
+            from srscreen.screening.hull import ReferenceHull, default_reference
 
             reference_hull = default_reference() if reference is None else ReferenceHull.from_csv(reference)
         with GraphFile(graphs) as g:  # the structures of the chosen shards (an out-of-range span fails in predict)
@@ -448,7 +448,7 @@ def merge_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
 ) -> None:
     """Merge the rankings of several `predict --shards` runs (GPUs, nodes) into one global ranking."""
-    from .merge import merge_rankings, write_merged
+    from srscreen.screening.merge import merge_rankings, write_merged
     try:
         ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc)
         if out is not None:  # written whole or not at all
@@ -512,7 +512,7 @@ def fetch_mp_cmd(
     Resumable: a second run downloads only what is missing. Then: `srscreen featurize OUT/structures
     OUT.h5` and `srscreen finetune OUT.h5 --labels OUT/labels.csv ...`.
     """
-    from .mp_fetch import MPFetchError, MPQuery, fetch_mp
+    from srscreen.io.mp import MPFetchError, MPQuery, fetch_mp
 
     try:
         query = MPQuery(
@@ -567,7 +567,7 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """MAE, RMSE, R² and count of each model on labelled crystals."""
-    from .evaluate import evaluate
+    from srscreen.screening.evaluate import evaluate
     try:
         models = _models(model)
         results = evaluate(graphs, labels, models, device=device, plot=plot)
@@ -590,8 +590,8 @@ def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
     """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE."""
-    from .graph import GraphSettings
-    from .registry import pretrained_names, resolve_model
+    from srscreen.graph.neighbours import GraphSettings
+    from srscreen.model.registry import pretrained_names, resolve_model
     names = list(model or []) or pretrained_names()
     table = Table(title="models")
     for column in ("name", "target", "unit", "architecture", "parameters", "graphs", "test MAE"):
@@ -620,7 +620,7 @@ def import_cgcnn_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="srscreen model file to write."),
 ) -> None:
     """Convert an original CGCNN checkpoint into a srscreen model file (featurize with --atom-features to use it)."""
-    from .checkpoint import convert_cgcnn_checkpoint
+    from srscreen.model.model_file import convert_cgcnn_checkpoint
     try:
         convert_cgcnn_checkpoint(checkpoint, atom_features, target, unit).save(out)
     except USAGE_ERRORS as e:

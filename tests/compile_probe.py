@@ -12,7 +12,7 @@ import pytest
 @contextmanager
 def really_compiled():
     """The block must compile at least one graph with torch.compile and never fall back to eager
-    (srscreen.compiled.Compiled warns "torch.compile failed" when it does: here that is an error)."""
+    (srscreen.model.compiled.Compiled warns "torch.compile failed" when it does: here that is an error)."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler (c++) on PATH: inductor cannot build kernels, so srscreen runs eagerly")
     import torch._dynamo

@@ -190,9 +190,9 @@ def database(tmp_path_factory, prototypes) -> Database:
 def graphs_in(path) -> dict:
     """id -> `CrystalGraph` of every structure in a graph file: the CSR counts of each shard agree with
     its arrays, each id is unique, and every structure of the file is there."""
-    from srscreen.csr import starts_of
-    from srscreen.graph import CrystalGraph
-    from srscreen.shards import GraphFile
+    from srscreen.graph.csr import starts_of
+    from srscreen.graph.neighbours import CrystalGraph
+    from srscreen.data.graph_file import GraphFile
 
     graphs = {}
     with GraphFile(path) as f:

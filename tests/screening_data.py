@@ -19,9 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from srscreen.cli import app
-from srscreen.elements import cgcnn_feature_table
-from srscreen.featurize import FeaturizeOptions, featurize
-from srscreen.graph import GraphSettings
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.graph.neighbours import GraphSettings
 
 RADIUS = 6.0
 MAX_NBR = 8
@@ -184,7 +184,7 @@ def subprocess_env() -> dict:
 
 def train_tiny_pair(graphs: Path, labels: Path, root: Path, seed: int) -> dict[str, Path]:
     """Tiny formation-energy and band-gap models (width 8, 2 epochs, one thread): {"ef": path, "eg": path}."""
-    from srscreen.train import TrainConfig, train
+    from srscreen.trainer.trainer import TrainConfig, train
 
     models = {}
     before = torch.get_num_threads()

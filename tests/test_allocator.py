@@ -10,7 +10,7 @@ import pytest
 import torch
 from screening_data import crystals, featurize_db, subprocess_env, target_values, write_json_db, write_labels
 
-from srscreen.allocator import reuse_freed_memory
+from srscreen.model.allocator import reuse_freed_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the tuning and its read-back (mallinfo2) are glibc's")
@@ -76,7 +76,7 @@ def test_large_tensors_stay_correct_after_tuning():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, prototypes):
-    from srscreen.train import TrainConfig, train
+    from srscreen.trainer.trainer import TrainConfig, train
 
     root = tmp_path_factory.mktemp("allocator")
     items = crystals(prototypes)

@@ -10,9 +10,9 @@ from conftest import REPO_ROOT, build_prototypes
 from screening_data import PRETRAINED_GRAPHS, write_json_db
 
 import srscreen
-from srscreen.featurize import FeaturizeOptions, featurize
-from srscreen.predict import predict
-from srscreen.registry import resolve_model
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.screening.predict import predict
+from srscreen.model.registry import resolve_model
 
 
 def test_readme_example_runs():

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from srscreen.batch import collate
-from srscreen.checkpoint import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
-from srscreen.model import CrystalGraphNet
+from srscreen.data.batch import collate
+from srscreen.model.model_file import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
+from srscreen.model.network import CrystalGraphNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CGCNN_REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "cgcnn"

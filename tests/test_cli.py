@@ -26,8 +26,8 @@ from screening_data import (
     write_labels,
 )
 
-from srscreen.checkpoint import ModelFile
-from srscreen.shards import GraphFile
+from srscreen.model.model_file import ModelFile
+from srscreen.data.graph_file import GraphFile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

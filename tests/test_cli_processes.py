@@ -27,9 +27,9 @@ from test_checkpoint import RADIUS, CrystalGraphConvNet, cgcnn_predict
 from test_featurize import write_strained_cifs
 from test_mp_fetch import docs, server  # noqa: F401 - fixtures
 
-from srscreen.featurize import FeaturizeOptions, featurize
-from srscreen.graph import GraphSettings
-from srscreen.shards import GraphFile, partial_dir
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.graph.neighbours import GraphSettings
+from srscreen.data.graph_file import GraphFile, partial_dir
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ import pytest
 from conftest import build_prototypes
 from screening_data import MAX_NBR, RADIUS, assert_usage_error, cli, crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
 
-from srscreen.featurize import FeaturizeOptions, featurize
-from srscreen.graph import GraphSettings
-from srscreen.shards import DamagedShardError, GraphFile, partial_dir
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.graph.neighbours import GraphSettings
+from srscreen.data.graph_file import DamagedShardError, GraphFile, partial_dir
 
 SHARD_SIZE = 16
 
@@ -132,7 +132,7 @@ def test_damaged_root_attributes_are_refused(setup, tmp_path):
 def test_structural_checks_catch_what_a_checksum_cannot(setup, tmp_path):
     """A file whose data and checksum were rewritten together (a bug, not a bit flip): the O(edges)
     structural checks still refuse a neighbour outside its structure."""
-    from srscreen.integrity import write_checked
+    from srscreen.data.integrity import write_checked
 
     damaged = tmp_path / "damaged.h5"
     shutil.copyfile(setup["graphs"], damaged)
@@ -157,7 +157,7 @@ def test_version_1_files_are_refused_with_what_to_do(setup, tmp_path):
 def test_resume_redoes_a_damaged_part(setup, tmp_path, monkeypatch):
     """A run stopped before consolidating leaves its parts; one is damaged on disk. The resumed run
     notices, featurizes that part's inputs again, and the file equals an undamaged run's."""
-    import srscreen.featurize as featurize_module
+    import srscreen.data.featurize as featurize_module
 
     out = tmp_path / "resumed.h5"
     options = FeaturizeOptions(shard_size=SHARD_SIZE, graph=GraphSettings(radius=RADIUS, max_nbr=MAX_NBR))

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from screening_data import assert_usage_error, cli
 
-import srscreen.sources as sources
-from srscreen.backends import compute_backend
-from srscreen.integrity import CRC_ATTR
-from srscreen.shards import GraphFile
+import srscreen.io.sources as sources
+from srscreen.data.backends import compute_backend
+from srscreen.data.integrity import CRC_ATTR
+from srscreen.data.graph_file import GraphFile
 
 distributed = pytest.importorskip("dask.distributed")
 

@@ -1,4 +1,4 @@
-"""Tests for srscreen.elements: the built-in CGCNN feature table and atom_init.json loading."""
+"""Tests for srscreen.graph.elements: the built-in CGCNN feature table and atom_init.json loading."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from srscreen.elements import (
+from srscreen.graph.elements import (
     FEATURE_LENGTH,
     MAX_Z,
     SEGMENTS,
@@ -20,7 +20,7 @@ from srscreen.elements import (
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/cgcnn/atom_init.json"
 
-# Agreement with the reference actually achieved (see the srscreen.elements docstring);
+# Agreement with the reference actually achieved (see the srscreen.graph.elements docstring);
 # a lower count means the table regressed.
 MIN_IDENTICAL = 23
 MIN_SEGMENT_AGREEMENT = {

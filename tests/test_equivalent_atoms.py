@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import cu_slab
 
-import srscreen.equivalent_atoms as eq
-from srscreen.batch import collate, with_atoms
-from srscreen.csr import rows_of, starts_of
-from srscreen.elements import cgcnn_feature_table
-from srscreen.graph import GraphSettings, build_graph
-from srscreen.model import CrystalGraphNet
-from srscreen.shards import Shard
+import srscreen.graph.equivalent_atoms as eq
+from srscreen.data.batch import collate, with_atoms
+from srscreen.graph.csr import rows_of, starts_of
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.model.network import CrystalGraphNet
+from srscreen.data.graph_file import Shard
 
 SETTINGS = GraphSettings(radius=8.0, max_nbr=12)
 
@@ -137,7 +137,7 @@ def _training_step(net: CrystalGraphNet, batch) -> tuple[torch.Tensor, dict, lis
 def test_training_on_the_quotient_equals_training_on_every_atom(crystals, fused):
     """Loss, every gradient and every BatchNorm running statistic: classes count once per atom in the
     batch statistics, so a training step on merged atoms is the step on every atom (float64)."""
-    from srscreen.gated_edges import GatedEdges, edge_forward
+    from srscreen.model.edge_block import GatedEdges, edge_forward
 
     torch.manual_seed(0)
     net = CrystalGraphNet(feature_table=np.array(cgcnn_feature_table()), steps=3).double()

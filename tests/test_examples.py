@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from screening_data import PRETRAINED_FEATURIZE_FLAGS, cli
-from srscreen.checkpoint import ModelFile
-from srscreen.registry import DEFAULT_MODELS, pretrained_names, resolve_model
-from srscreen.shards import GraphFile
+from srscreen.model.model_file import ModelFile
+from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model
+from srscreen.data.graph_file import GraphFile
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

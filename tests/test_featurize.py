@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, assert_same_graph, cif_text, extxyz_text, graphs_in, poscar_text
 
-from srscreen.csr import rows_of, starts_of
-from srscreen.featurize import FeaturizeOptions, FeaturizeSummary, featurize
-from srscreen.graph import GraphSettings, build_graph
-from srscreen.integrity import CRC_ATTR
-from srscreen.readers import Parsed, parse_bytes
-from srscreen.shards import GraphFile, ShardFileError, partial_dir
+from srscreen.graph.csr import rows_of, starts_of
+from srscreen.data.featurize import FeaturizeOptions, FeaturizeSummary, featurize
+from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.data.integrity import CRC_ATTR
+from srscreen.io.readers import Parsed, parse_bytes
+from srscreen.data.graph_file import GraphFile, ShardFileError, partial_dir
 
 SMALL_SHARDS = FeaturizeOptions(shard_size=3)
 
@@ -281,7 +281,7 @@ def test_duplicate_ids_second_is_a_failure_never_an_overwrite(prototypes, tmp_pa
 
 def test_duplicate_ids_resolve_in_listing_order_with_parallel_workers(prototypes, tmp_path, monkeypatch):
     """With 2 workers and one file per task, a slow first file must still win over a quick second one."""
-    import srscreen.featurize as fz
+    import srscreen.data.featurize as fz
 
     root = tmp_path / "in"
     (root / "a").mkdir(parents=True)
@@ -370,7 +370,7 @@ def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
-    from srscreen.featurize import FeaturizeOptions, featurize
+    from srscreen.data.featurize import FeaturizeOptions, featurize
     source, out = sys.argv[1], sys.argv[2]
     # A slow consumer, so that the parent can kill the run part-way through.
     featurize(source, out, options=FeaturizeOptions(shard_size=10), jobs=1,
@@ -474,7 +474,7 @@ def test_missing_source_leaves_nothing_behind(tmp_path):
 
 def test_long_multi_structure_files_keep_global_frame_numbers(prototypes, tmp_path, monkeypatch):
     """Files cut into chunks of frames number every frame by its place in the whole file."""
-    import srscreen.sources as sources
+    import srscreen.io.sources as sources
 
     monkeypatch.setattr(sources, "FRAMES_PER_ITEM", 4)
     root = tmp_path / "in"
@@ -515,7 +515,7 @@ def test_corrupt_archive_is_a_failure(database, tmp_path):
 def test_seen_ids_gives_the_first_source_and_never_a_false_duplicate(monkeypatch, collide):
     """A repeated id gives its first source whether the first is in the shard being filled, in a recent
     part or in a merged one; with every id hashing alike (forced collisions) a new id is still new."""
-    from srscreen import seen_ids
+    from srscreen.data import id_index as seen_ids
 
     monkeypatch.setattr(seen_ids, "MERGE_AT", 8)  # so that both sorted arrays are in use below
     if collide:
@@ -537,8 +537,8 @@ def test_seen_ids_gives_the_first_source_and_never_a_false_duplicate(monkeypatch
 @pytest.mark.parametrize("collide", [False, True], ids=["hashed", "every-hash-equal"])
 def test_duplicate_ids_across_a_resume_are_still_caught(prototypes, tmp_path, monkeypatch, collide):
     """The first strained-0001 is written by a run that is interrupted; the resumed run meets the second."""
-    from srscreen import seen_ids
-    from srscreen.shards import read_part_ids
+    from srscreen.data import id_index as seen_ids
+    from srscreen.data.graph_file import read_part_ids
 
     if collide:  # every id hashes alike: only the exact comparison with the part files tells them apart
         monkeypatch.setattr(seen_ids, "id_hash", lambda id_: 7)
@@ -566,7 +566,7 @@ def test_seen_ids_memory_per_id_is_small():
     """10^6 written ids take 8 bytes each (the dict this replaced took ~200): 10^7 structures ~80 MB."""
     import sys
 
-    from srscreen.seen_ids import SeenIds
+    from srscreen.data.id_index import SeenIds
 
     per_part = 4000
 
@@ -590,9 +590,9 @@ def test_seen_ids_memory_per_id_is_small():
 def test_resume_skips_exactly_the_finished_inputs(database, tmp_path, monkeypatch, collide):
     """A resumed run's done keys hold exactly the inputs the parts finished; with every key hashing
     alike (forced collisions) an unfinished input is still pending, never silently counted as done."""
-    from srscreen import seen_ids
-    from srscreen.shards import read_part_done_keys, read_parts_state
-    from srscreen.sources import Item, iter_inputs
+    from srscreen.data import id_index as seen_ids
+    from srscreen.data.graph_file import read_part_done_keys, read_parts_state
+    from srscreen.io.sources import Item, iter_inputs
 
     if collide:
         monkeypatch.setattr(seen_ids, "id_hash", lambda string: 0xDEADBEEF12345678)
@@ -617,7 +617,7 @@ def test_done_keys_memory_per_key_is_small(tmp_path):
     ~150): 10^7 inputs ~80 MB, measured on what read_parts_state keeps, not only on the arrays."""
     import tracemalloc
 
-    from srscreen.shards import GraphRecords, read_parts_state, write_part
+    from srscreen.data.graph_file import GraphRecords, read_parts_state, write_part
 
     parts, per_part = tmp_path / "out.h5.partial", 100_000
     parts.mkdir()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import build_prototypes, cu_slab, require_shared_mp
 
-from srscreen.graph import CrystalGraph, GraphError, GraphSettings, build_graph
+from srscreen.graph.neighbours import CrystalGraph, GraphError, GraphSettings, build_graph
 
 DEFAULT = GraphSettings()
 CGCNN = GraphSettings(rule="cgcnn")
@@ -315,7 +315,7 @@ MP_SAMPLE = 300
 @pytest.fixture(scope="module")
 def mp_sample():
     """~300 shared MP CIFs (fixed seed), parsed by srscreen's reader."""
-    from srscreen.readers import Parsed, parse_bytes
+    from srscreen.io.readers import Parsed, parse_bytes
 
     folder = require_shared_mp()
     names = sorted(p.name for p in folder.iterdir() if p.suffix == ".cif")

@@ -1,4 +1,4 @@
-"""Energy above the hull (srscreen.hull) against pymatgen's PhaseDiagram, built independently here."""
+"""Energy above the hull (srscreen.screening.hull) against pymatgen's PhaseDiagram, built independently here."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
 from pymatgen.core import Composition, Lattice, Structure
 
-import srscreen.hull as hull_module
-from srscreen.hull import ReferenceFileError, ReferenceHull, default_reference
-from srscreen.reference_hull import build_reference, write_reference
+import srscreen.screening.hull as hull_module
+from srscreen.screening.hull import ReferenceFileError, ReferenceHull, default_reference
+from srscreen.screening.reference_hull import build_reference, write_reference
 
 # Li-O, Fe-O and Li-Fe-O with made-up formation energies (eV/atom), a polymorph above its twin,
 # one compound above the elements (never a hull point) and one ternary below the binaries' hull.

@@ -16,12 +16,12 @@ import pytest
 import torch
 from conftest import build_prototypes, require_shared_mp
 
-from srscreen.batch import collate, with_atoms
-from srscreen.elements import cgcnn_feature_table
-from srscreen.equivalent_atoms import quotient
-from srscreen.graph import GraphSettings, build_graphs
-from srscreen.model import CrystalGraphNet
-from srscreen.shards import Shard
+from srscreen.data.batch import collate, with_atoms
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.graph.equivalent_atoms import quotient
+from srscreen.graph.neighbours import GraphSettings, build_graphs
+from srscreen.model.network import CrystalGraphNet
+from srscreen.data.graph_file import Shard
 
 TOLERANCE = 1e-5
 

@@ -24,8 +24,8 @@ from screening_data import (
     write_labels,
 )
 
-from srscreen.merge import merge_rankings, write_merged
-from srscreen.shards import GraphFile
+from srscreen.screening.merge import merge_rankings, write_merged
+from srscreen.data.graph_file import GraphFile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from compile_probe import really_compiled
 
-from srscreen.batch import GraphBatch, collate, pack_by_atoms
-from srscreen.model import CrystalGraphNet
+from srscreen.data.batch import GraphBatch, collate, pack_by_atoms
+from srscreen.model.network import CrystalGraphNet
 
 RADIUS, MAX_NBR = 8.0, 12
 
@@ -280,7 +280,7 @@ def test_fused_edge_block_equals_autograd_with_batchnorm(merged):
     """The hand-written forward and backward (run eagerly here) against nn.BatchNorm1d + gate under autograd:
     output, the gradient of every input, and the BatchNorm running statistics after the step; `merged`:
     rows standing for 1-4 atoms each, against batch_stats's weighted BatchNorm under autograd."""
-    from srscreen.gated_edges import GatedEdges, _GatedEdges, edge_forward
+    from srscreen.model.edge_block import GatedEdges, _GatedEdges, edge_forward
 
     gen = torch.Generator().manual_seed(9)
     upstream = torch.randn(40, 8, generator=gen, dtype=torch.float64)

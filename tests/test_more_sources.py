@@ -22,12 +22,12 @@ import pytest
 from conftest import assert_same_graph, assert_same_structure, graphs_in
 from screening_data import cli
 
-import srscreen.sources as sources
-from srscreen.featurize import FeaturizeOptions, _parse_item, featurize
-from srscreen.graph import GraphSettings, build_graph
-from srscreen.readers import Parsed, ParseFailure
-from srscreen.shards import GraphFile
-from srscreen.sources import Item, iter_inputs
+import srscreen.io.sources as sources
+from srscreen.data.featurize import FeaturizeOptions, _parse_item, featurize
+from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.io.readers import Parsed, ParseFailure
+from srscreen.data.graph_file import GraphFile
+from srscreen.io.sources import Item, iter_inputs
 
 SETTINGS = GraphSettings(radius=6.0, max_nbr=8)
 NAMES = ("NaCl", "Fe", "ZnO", "Cu", "SrTiO3", "triclinic")

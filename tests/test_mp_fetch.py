@@ -18,10 +18,10 @@ from conftest import assert_same_graph, graphs_in
 from mp_server import KEY, MPServer
 from screening_data import assert_usage_error, cli
 
-from srscreen.graph import GraphSettings, build_graph
-from srscreen.labels import match, read_labels
-from srscreen.mp_fetch import MPFetchError, MPKeyError, MPQuery, fetch_mp
-from srscreen.shards import GraphFile
+from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.data.labels import match, read_labels
+from srscreen.io.mp import MPFetchError, MPKeyError, MPQuery, fetch_mp
+from srscreen.data.graph_file import GraphFile
 
 pytest.importorskip("mp_api")
 
@@ -95,7 +95,7 @@ def test_fetch_by_chemsys_gives_files_that_featurize_and_train_take(server, docs
         assert float(r["band_gap"]) == d["band_gap"] and float(r["energy_above_hull"]) == d["energy_above_hull"]
     assert failures(out) == {}
 
-    from srscreen.featurize import FeaturizeOptions, featurize
+    from srscreen.data.featurize import FeaturizeOptions, featurize
 
     graphs = tmp_path / "mp.h5"
     summary = featurize(out / "structures", graphs, options=FeaturizeOptions(graph=SETTINGS), jobs=1)
@@ -110,7 +110,7 @@ def test_fetch_by_chemsys_gives_files_that_featurize_and_train_take(server, docs
     matched = match(ids, read_labels(out / "labels.csv", "band_gap"))
     assert len(matched.positions) == 6 and matched.missing_in_graphs == matched.missing_in_labels == 0
 
-    from srscreen.train import TrainConfig, train
+    from srscreen.trainer.trainer import TrainConfig, train
 
     config = TrainConfig(target="formation_energy_per_atom", atom_fea_len=8, h_fea_len=8, epochs=1, batch_size=4,
                          val_fraction=0.2, test_fraction=0.2)

@@ -35,12 +35,12 @@ from screening_data import (
     write_labels,
 )
 
-import srscreen.predict as predict_module
-from srscreen.batch import collate
-from srscreen.checkpoint import ModelFile
-from srscreen.graph import GraphSettings, build_graph
-from srscreen.predict import predict
-from srscreen.shards import GraphFile
+import srscreen.screening.predict as predict_module
+from srscreen.data.batch import collate
+from srscreen.model.model_file import ModelFile
+from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.screening.predict import predict
+from srscreen.data.graph_file import GraphFile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

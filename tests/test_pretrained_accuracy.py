@@ -19,7 +19,7 @@ import torch
 
 import srscreen
 from screening_data import one_thread  # noqa: F401 - fixture
-from srscreen.registry import DEFAULT_MODELS, pretrained_names
+from srscreen.model.registry import DEFAULT_MODELS, pretrained_names
 
 pytestmark = pytest.mark.skipif(not set(DEFAULT_MODELS) <= set(pretrained_names()),
                                 reason="pretrained sr-cgcnn-ef/eg are not installed")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import assert_same_structure, cif_text, extxyz_text, poscar_text
 
-from srscreen.readers import Parsed, ParseFailure, detect_format, parse_bytes
-from srscreen.sources import Item, Skipped, iter_inputs
+from srscreen.io.readers import Parsed, ParseFailure, detect_format, parse_bytes
+from srscreen.io.sources import Item, Skipped, iter_inputs
 
 
 def parse_all(name: str, data: bytes | str, policy="fail") -> list:
@@ -361,7 +361,7 @@ def test_sources_list_every_file_and_skip_the_readme(database):
 
 
 def test_every_database_id_parses_to_what_was_written(database):
-    from srscreen.featurize import _parse_item
+    from srscreen.data.featurize import _parse_item
 
     seen = {}
     for entry in iter_inputs(database.root):
@@ -377,7 +377,7 @@ def test_every_database_id_parses_to_what_was_written(database):
 
 @pytest.mark.parametrize("archive", ["tar_gz", "zip"])
 def test_archives_give_the_same_ids_and_structures(database, archive):
-    from srscreen.featurize import _parse_item
+    from srscreen.data.featurize import _parse_item
 
     path = getattr(database, archive)
     entries = list(iter_inputs(path))
@@ -398,7 +398,7 @@ def test_missing_source_raises_file_not_found(tmp_path):
 
 def test_empty_multi_structure_file_is_an_input_that_fails(tmp_path):
     """An empty .jsonl or .extxyz is an input like any other: it must be recorded, not vanish."""
-    from srscreen.featurize import _parse_item
+    from srscreen.data.featurize import _parse_item
 
     for name in ("empty.jsonl", "empty.extxyz"):
         (tmp_path / name).write_bytes(b"")

@@ -37,10 +37,10 @@ from screening_data import (
     write_labels,
 )
 
-import srscreen.train
-from srscreen.checkpoint import ModelFile
-from srscreen.dataset import GraphSet
-from srscreen.train import TrainConfig, metrics, predict_positions, train
+import srscreen.trainer.trainer
+from srscreen.model.model_file import ModelFile
+from srscreen.data.training_set import GraphSet
+from srscreen.trainer.trainer import TrainConfig, metrics, predict_positions, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -337,8 +337,8 @@ def test_finetune_merges_equivalent_atoms_for_the_base_models_depth(data, tmp_pa
     base = tmp_path / "two.pt"
     run_train(data, base, "--epochs", "1", "--batch-size", "8", "--steps", "2")
     loaded = []
-    real_load = srscreen.train.GraphSet.load
-    monkeypatch.setattr(srscreen.train.GraphSet, "load", lambda path, steps=None: loaded.append(steps) or real_load(path, steps))
+    real_load = srscreen.trainer.trainer.GraphSet.load
+    monkeypatch.setattr(srscreen.trainer.trainer.GraphSet, "load", lambda path, steps=None: loaded.append(steps) or real_load(path, steps))
     result = finetune(data, base, tmp_path / "tuned.pt")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert loaded == [2] and ModelFile.load(tmp_path / "tuned.pt").architecture["steps"] == 2
@@ -389,9 +389,9 @@ def test_labels_written_by_a_spreadsheet(data, tmp_path):
 
 
 def test_ema_averages_weights_and_batchnorm_statistics():
-    from srscreen.elements import cgcnn_feature_table
-    from srscreen.model import CrystalGraphNet
-    from srscreen.train import _ema_update
+    from srscreen.graph.elements import cgcnn_feature_table
+    from srscreen.model.network import CrystalGraphNet
+    from srscreen.trainer.trainer import _ema_update
 
     table = np.array(cgcnn_feature_table())
     model, ema = CrystalGraphNet(feature_table=table, steps=2), CrystalGraphNet(feature_table=table, steps=2)

@@ -238,7 +238,7 @@ def test_two_line_api_predicts_rock_salt(venv, tmp_path):
 
 CONTENTS = """
 import json, srscreen
-from srscreen.registry import pretrained_dir, pretrained_names
+from srscreen.model.registry import pretrained_dir, pretrained_names
 from importlib import resources
 print(json.dumps({"module": srscreen.__file__, "pretrained_dir": str(pretrained_dir()), "names": pretrained_names(),
                   "reference": resources.files("srscreen").joinpath("data_files/mp_reference.csv.gz").is_file()}))

@@ -36,8 +36,8 @@ from typing import Iterator, Literal
 import numpy as np
 import orjson
 
-from .cell import cell_parameters_fault, lattice_fault
-from .errors import one_line
+from srscreen.io.cell import cell_parameters_fault, lattice_fault
+from srscreen.errors import one_line
 
 Format = Literal["cif", "json", "jsonl", "poscar", "extxyz", "asedb"]
 DisorderPolicy = Literal["fail", "majority"]

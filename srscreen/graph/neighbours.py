@@ -34,8 +34,8 @@ from typing import Literal, Sequence
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
-from .cell import cell_volume
-from .errors import SrscreenError
+from srscreen.io.cell import cell_volume
+from srscreen.errors import SrscreenError
 
 IsolatedPolicy = Literal["fail", "pad"]
 GraphRule = Literal["knn-ties", "cgcnn"]

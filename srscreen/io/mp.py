@@ -23,9 +23,9 @@ from typing import Callable
 
 import orjson
 
-from .atomic import replace_when_done
-from .errors import one_line
-from .readers import ParseFailure, structure_from_dict
+from srscreen.io.atomic_write import replace_when_done
+from srscreen.errors import one_line
+from srscreen.io.readers import ParseFailure, structure_from_dict
 
 LABEL_COLUMNS = ("formation_energy_per_atom", "band_gap", "energy_above_hull")
 FIELDS = ("material_id", "structure", *LABEL_COLUMNS)

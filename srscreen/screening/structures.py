@@ -18,15 +18,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import ModelFile
-from .elements import supported_numbers
-from .equivalent_atoms import quotient, unmerged
-from .featurize import FeaturizeOptions, graph_records
-from .graph import GraphSettings
-from .predict import pick_device, predict_shard
-from .readers import from_pymatgen
-from .registry import resolve_model
-from .shards import Shard
+from srscreen.model.model_file import ModelFile
+from srscreen.graph.elements import supported_numbers
+from srscreen.graph.equivalent_atoms import quotient, unmerged
+from srscreen.data.featurize import FeaturizeOptions, graph_records
+from srscreen.graph.neighbours import GraphSettings
+from srscreen.screening.predict import pick_device, predict_shard
+from srscreen.io.readers import from_pymatgen
+from srscreen.model.registry import resolve_model
+from srscreen.data.graph_file import Shard
 
 class Model:
     """A trained model, ready to predict structures in memory."""

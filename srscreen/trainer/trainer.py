@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .allocator import reuse_freed_memory
-from .atomic import replace_when_done
-from .checkpoint import ModelFile
-from .dataset import GraphSet, batches
-from .elements import cgcnn_feature_table, table_id
-from .labels import Matched, match, read_labels
-from .model import CrystalGraphNet
-from .shards import check_fits_model
+from srscreen.model.allocator import reuse_freed_memory
+from srscreen.io.atomic_write import replace_when_done
+from srscreen.model.model_file import ModelFile
+from srscreen.data.training_set import GraphSet, batches
+from srscreen.graph.elements import cgcnn_feature_table, table_id
+from srscreen.data.labels import Matched, match, read_labels
+from srscreen.model.network import CrystalGraphNet
+from srscreen.data.graph_file import check_fits_model
 
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .errors import one_line
+from srscreen.errors import one_line
 
 
 class Compiled:

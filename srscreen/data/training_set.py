@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch import GraphBatch, collate, with_atoms
-from .csr import rows_of, starts_of
-from .equivalent_atoms import quotient, unmerged
-from .shards import GraphFile
+from srscreen.data.batch import GraphBatch, collate, with_atoms
+from srscreen.graph.csr import rows_of, starts_of
+from srscreen.graph.equivalent_atoms import quotient, unmerged
+from srscreen.data.graph_file import GraphFile
 
 
 @dataclass(frozen=True)

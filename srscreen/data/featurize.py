@@ -21,17 +21,17 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from joblib import Parallel, delayed
 
-from . import elements
-from .backends import check_backend, compute_backend
-from .errors import one_line
-from .graph import BuiltGraphs, GraphSettings, build_graphs
-from .readers import (
+from srscreen.graph import elements
+from srscreen.data.backends import check_backend, compute_backend
+from srscreen.errors import one_line
+from srscreen.graph.neighbours import BuiltGraphs, GraphSettings, build_graphs
+from srscreen.io.readers import (
     DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
     parse_extxyz_frames, parse_jsonl_lines,
 )
-from .seen_ids import SeenIds
-from .shards import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
-from .sources import Item, Skipped, iter_inputs
+from srscreen.data.id_index import SeenIds
+from srscreen.data.graph_file import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
+from srscreen.io.sources import Item, Skipped, iter_inputs
 
 # Inputs per worker task: ~50 ms of work for MP-sized CIFs. Fewer, larger tasks keep joblib/loky's
 # per-task cost in the parent small (parent CPU for the 33k MP set: 1.4 s at 64 per task, 0.8 s at 256).

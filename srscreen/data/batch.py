@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from .csr import starts_of
+from srscreen.graph.csr import starts_of
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import zlib
 import h5py
 import numpy as np
 
-from .errors import one_line
+from srscreen.errors import one_line
 
 _STR = h5py.string_dtype("utf-8")
 CRC_ATTR = "crc32"

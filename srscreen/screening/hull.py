@@ -35,7 +35,7 @@ import numpy as np
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, get_facets
 from pymatgen.core import Composition, Element
 
-from .errors import SrscreenError
+from srscreen.errors import SrscreenError
 
 FORMULA_COLUMNS = ("formula", "composition", "reduced_formula", "pretty_formula", "formula_pretty")
 EF_COLUMNS = ("formation_energy_per_atom", "e_form", "e_form_per_atom", "ef", "e_f", "formation_energy")
@@ -321,7 +321,7 @@ def _parse_formula(text: str) -> Composition | str:
 
 
 def _composition_from_files(path: Path, line: int, folder: Path, id_: str) -> Composition:
-    from .reference_hull import composition_of, structure_file
+    from srscreen.screening.reference_hull import composition_of, structure_file
 
     found = structure_file(folder, id_)
     if found is None:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 from urllib.parse import quote
 
-from .jsonstream import WholeDocument, iter_elements
-from .readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
+from srscreen.io.jsonstream import WholeDocument, iter_elements
+from srscreen.io.readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
 
 FRAMES_PER_ITEM = 256
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")

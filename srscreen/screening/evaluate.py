@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import ModelFile
-from .labels import match, read_labels
-from .predict import predict
-from .train import Metrics, metrics
+from srscreen.model.model_file import ModelFile
+from srscreen.data.labels import match, read_labels
+from srscreen.screening.predict import predict
+from srscreen.trainer.trainer import Metrics, metrics
 
 
 def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",

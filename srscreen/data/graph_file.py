@@ -38,12 +38,12 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from . import __version__
-from .atomic import replace_when_done
-from .errors import ShardFileError, one_line
-from .graph import LEGACY_ALGORITHM, rule_of
-from .integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
-from .seen_ids import PartKeys, SeenIds
+from srscreen import __version__
+from srscreen.io.atomic_write import replace_when_done
+from srscreen.errors import ShardFileError, one_line
+from srscreen.graph.neighbours import LEGACY_ALGORITHM, rule_of
+from srscreen.data.integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
+from srscreen.data.id_index import PartKeys, SeenIds
 
 FORMAT_NAME = "srscreen-graphs"
 SCHEMA_VERSION = 2

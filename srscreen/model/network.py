@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import GraphBatch
-from .batch_stats import batch_norm
-from .gated_edges import GatedEdges, gate, gate_sum
+from srscreen.data.batch import GraphBatch
+from srscreen.model.batch_norm import batch_norm
+from srscreen.model.edge_block import GatedEdges, gate, gate_sum
 
 
 class CrystalGraphNet(nn.Module):

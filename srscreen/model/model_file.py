@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .atomic import replace_when_done
-from .elements import load_atom_features, table_id
-from .errors import ModelFileError
-from .model import CrystalGraphNet
+from srscreen import __version__
+from srscreen.io.atomic_write import replace_when_done
+from srscreen.graph.elements import load_atom_features, table_id
+from srscreen.errors import ModelFileError
+from srscreen.model.network import CrystalGraphNet
 
 SCHEMA_VERSION = 2  # 2: `digest`
 DIGEST_ALGORITHM = "sha256"

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
-from .checkpoint import ModelFile, ModelFileError
+from srscreen.errors import ModelFileError
+from srscreen.model.model_file import ModelFile
 
 # The models `predict` uses when none is given: formation energy and band gap.
 DEFAULT_MODELS = ("sr-cgcnn-ef", "sr-cgcnn-eg")
+PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
 
 
 def pretrained_dir() -> Path:
-    """Where the pretrained model files are: installed as `srscreen.pretrained`, or, when srscreen is
-    imported from a source checkout (its top-level `pretrained/` is only mapped in at install), there."""
-    try:
-        return Path(str(resources.files("srscreen.pretrained")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "pretrained"
+    """The newest release of the pretrained models: `srscreen/pretrained/vN/` with the largest N, each
+    release a folder of model files and their card (older releases stay loadable by path)."""
+    releases = sorted((p for p in PRETRAINED_ROOT.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
+                      key=lambda p: int(p.name[1:]))
+    return releases[-1] if releases else PRETRAINED_ROOT
 
 
 def pretrained_names() -> list[str]:

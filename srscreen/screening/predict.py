@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 import numpy as np
 import torch
 
-from .allocator import reuse_freed_memory
-from .batch import collate, pack_by_atoms, with_atoms
-from .checkpoint import ModelFile
-from .compiled import Compiled
-from .equivalent_atoms import Quotient, quotient, unmerged
-from .shards import DamagedShardError, GraphFile, Shard, check_fits_model
+from srscreen.model.allocator import reuse_freed_memory
+from srscreen.data.batch import collate, pack_by_atoms, with_atoms
+from srscreen.model.model_file import ModelFile
+from srscreen.model.compiled import Compiled
+from srscreen.graph.equivalent_atoms import Quotient, quotient, unmerged
+from srscreen.data.graph_file import DamagedShardError, GraphFile, Shard, check_fits_model
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
-    from .hull import ReferenceHull
+    from srscreen.screening.hull import ReferenceHull
 
 # Targets that are formation energies per atom, which `--hull` places against a reference hull.
 FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .csr import rows_of, starts_of
-from .shards import Shard
+from srscreen.graph.csr import rows_of, starts_of
+from srscreen.data.graph_file import Shard
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Build a compact reference for `srscreen.hull` from a labelled structure set.
+"""Build a compact reference for `srscreen.screening.hull` from a labelled structure set.
 
-    python -m srscreen.reference_hull build LABELS.csv STRUCTURES_DIR -o mp_reference.csv.gz [--note TEXT]
+    python -m srscreen.screening.reference_hull build LABELS.csv STRUCTURES_DIR -o mp_reference.csv.gz [--note TEXT]
 
 LABELS.csv has `material_id` and `formation_energy_per_atom` (eV/atom), e.g. the shared mp-cgcnn set or
 a folder written by `srscreen fetch-mp`; each id's composition is read from STRUCTURES_DIR/<id>.cif,
@@ -10,7 +10,7 @@ lowest formation energy of each reduced composition, so that is all the output k
 input gives the same bytes), provenance in leading `#` lines. The shipped
 `srscreen/data_files/mp_reference.csv.gz` was made with:
 
-    python -m srscreen.reference_hull build ../shared/datasets/mp-cgcnn/labels.csv \\
+    python -m srscreen.screening.reference_hull build ../shared/datasets/mp-cgcnn/labels.csv \\
         ../shared/datasets/mp-cgcnn/structures -o srscreen/data_files/mp_reference.csv.gz --mp-note
 """
 
@@ -112,7 +112,7 @@ def write_reference(rows: list[tuple[str, float, str]], out: str | Path, note: s
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m srscreen.reference_hull", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m srscreen.screening.reference_hull", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="lowest Ef per reduced composition of a labelled structure set")

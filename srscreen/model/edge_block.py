@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch_stats import batch_norm, update_running_stats, weighted_stats
-from .compiled import Compiled
+from srscreen.model.batch_norm import batch_norm, update_running_stats, weighted_stats
+from srscreen.model.compiled import Compiled
 
 
 def _messages(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Training: one `Trainer` (prepare, epoch, validate, checkpoint, finish) behind train and finetune."""
