@@ -34,7 +34,7 @@ from srscreen.model.model_file import ModelFile
 from srscreen.graph.elements import cgcnn_feature_table
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.featurize import FeaturizeOptions, featurize
-from srscreen.graph.neighbours import ALGORITHMS, GraphSettings
+from srscreen.graph.settings import ALGORITHMS, GraphSettings
 from srscreen.model.network import CrystalGraphNet
 from srscreen.screening.predict import predict
 from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model

@@ -82,7 +82,7 @@ def featurize_cmd(
 ) -> None:
     """Read a structure database in parallel, build crystal graphs and write them into HDF5 shards."""
     from srscreen.data.featurize import FeaturizeOptions, featurize
-    from srscreen.graph.neighbours import ALGORITHMS, GraphSettings
+    from srscreen.graph.settings import ALGORITHMS, GraphSettings
     if on_disorder not in ("fail", "majority"):
         _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
     if on_isolated_atoms not in ("fail", "pad"):
@@ -590,7 +590,7 @@ def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
     """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE."""
-    from srscreen.graph.neighbours import GraphSettings
+    from srscreen.graph.settings import GraphSettings
     from srscreen.model.registry import pretrained_names, resolve_model
     names = list(model or []) or pretrained_names()
     table = Table(title="models")

@@ -188,10 +188,9 @@ def database(tmp_path_factory, prototypes) -> Database:
 
 
 def graphs_in(path) -> dict:
-    """id -> `CrystalGraph` of every structure in a graph file: the CSR counts of each shard agree with
+    """id -> `Graphs` of each single structure in a graph file: the CSR counts of each shard agree with
     its arrays, each id is unique, and every structure of the file is there."""
-    from srscreen.graph.csr import starts_of
-    from srscreen.graph.neighbours import CrystalGraph
+    from srscreen.graph.csr import Graphs, starts_of
     from srscreen.data.graph_file import GraphFile
 
     graphs = {}
@@ -206,15 +205,15 @@ def graphs_in(path) -> dict:
                 assert id_ not in graphs, f"{id_} appears twice in {path}"
                 a, b = atom_start[i], atom_start[i] + shard.n_atoms[i]
                 edges = slice(edge_start[a], edge_start[b])
-                graphs[id_] = CrystalGraph(shard.atomic_numbers[a:b], shard.n_edges[a:b], shard.nbr_idx[edges],
-                                           shard.nbr_dist[edges])
+                graphs[id_] = Graphs(shard.n_atoms[i : i + 1], shard.atomic_numbers[a:b], shard.n_edges[a:b],
+                                     shard.nbr_idx[edges], shard.nbr_dist[edges])
         assert len(graphs) == len(f)
     return graphs
 
 
 def assert_same_graph(got, want, msg: str = "") -> None:
-    """Two `CrystalGraph`s hold the same atoms, edge counts, neighbours and distances, to the bit."""
-    for name in ("numbers", "n_edges", "nbr_idx", "nbr_dist"):
+    """Two single-structure `Graphs` hold the same atoms, edge counts, neighbours and distances, to the bit."""
+    for name in ("atomic_numbers", "n_edges", "nbr_idx", "nbr_dist"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{msg}: {name}")
 
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from srscreen.cli import app
 from srscreen.graph.elements import cgcnn_feature_table
 from srscreen.data.featurize import FeaturizeOptions, featurize
-from srscreen.graph.neighbours import GraphSettings
+from srscreen.graph.settings import GraphSettings
 
 RADIUS = 6.0
 MAX_NBR = 8

@@ -28,7 +28,7 @@ from test_featurize import write_strained_cifs
 from test_mp_fetch import docs, server  # noqa: F401 - fixtures
 
 from srscreen.data.featurize import FeaturizeOptions, featurize
-from srscreen.graph.neighbours import GraphSettings
+from srscreen.graph.settings import GraphSettings
 from srscreen.data.graph_file import GraphFile, partial_dir
 
 pytestmark = pytest.mark.slow

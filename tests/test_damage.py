@@ -17,7 +17,7 @@ from conftest import build_prototypes
 from screening_data import MAX_NBR, RADIUS, assert_usage_error, cli, crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
 
 from srscreen.data.featurize import FeaturizeOptions, featurize
-from srscreen.graph.neighbours import GraphSettings
+from srscreen.graph.settings import GraphSettings
 from srscreen.data.graph_file import DamagedShardError, GraphFile, partial_dir
 
 SHARD_SIZE = 16
@@ -157,7 +157,7 @@ def test_version_1_files_are_refused_with_what_to_do(setup, tmp_path):
 def test_resume_redoes_a_damaged_part(setup, tmp_path, monkeypatch):
     """A run stopped before consolidating leaves its parts; one is damaged on disk. The resumed run
     notices, featurizes that part's inputs again, and the file equals an undamaged run's."""
-    import srscreen.data.featurize as featurize_module
+    import srscreen.data.shard_writer as writer_module
 
     out = tmp_path / "resumed.h5"
     options = FeaturizeOptions(shard_size=SHARD_SIZE, graph=GraphSettings(radius=RADIUS, max_nbr=MAX_NBR))
@@ -165,7 +165,7 @@ def test_resume_redoes_a_damaged_part(setup, tmp_path, monkeypatch):
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(featurize_module, "consolidate", stop)
+    monkeypatch.setattr(writer_module, "consolidate", stop)
     with pytest.raises(KeyboardInterrupt):
         featurize(setup["db"], out, options=options, jobs=1)
     monkeypatch.undo()

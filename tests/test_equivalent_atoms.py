@@ -11,20 +11,21 @@ import srscreen.graph.equivalent_atoms as eq
 from srscreen.data.batch import collate, with_atoms
 from srscreen.graph.csr import rows_of, starts_of
 from srscreen.graph.elements import cgcnn_feature_table
-from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.neighbours import build_graph
 from srscreen.model.network import CrystalGraphNet
-from srscreen.data.graph_file import Shard
+from srscreen.graph.csr import Graphs
 
 SETTINGS = GraphSettings(radius=8.0, max_nbr=12)
 
 
-def shard_of(structures: list) -> Shard:
+def shard_of(structures: list) -> Graphs:
     graphs = [build_graph(s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers), SETTINGS) for s in structures]
-    return Shard(
+    return Graphs(
         ids=[f"s{i}" for i in range(len(structures))],
         formula=[s.composition.reduced_formula for s in structures],
         n_atoms=np.array([len(s) for s in structures], dtype=np.int32),
-        atomic_numbers=np.concatenate([g.numbers for g in graphs]),
+        atomic_numbers=np.concatenate([g.atomic_numbers for g in graphs]),
         n_edges=np.concatenate([g.n_edges for g in graphs]),
         nbr_idx=np.concatenate([g.nbr_idx for g in graphs]),
         nbr_dist=np.concatenate([g.nbr_dist for g in graphs]),
@@ -94,8 +95,7 @@ def test_unmerged_is_every_atom_its_own_class(crystals):
 
 
 def test_an_empty_shard_has_an_empty_quotient():
-    empty = Shard([], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32), np.zeros(0, np.int32),
-                  np.zeros(0, np.float32))
+    empty = Graphs.empty()
     assert eq.quotient(empty, steps=3).n_nodes.size == 0
 
 

@@ -26,7 +26,8 @@ from conftest import REPO_ROOT, assert_same_graph, cif_text, extxyz_text, graphs
 
 from srscreen.graph.csr import rows_of, starts_of
 from srscreen.data.featurize import FeaturizeOptions, FeaturizeSummary, featurize
-from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.neighbours import build_graph
 from srscreen.data.integrity import CRC_ATTR
 from srscreen.io.readers import Parsed, parse_bytes
 from srscreen.data.graph_file import GraphFile, ShardFileError, partial_dir
@@ -48,7 +49,7 @@ def assert_graphs_are_build_graph(graphs: dict, database, settings: GraphSetting
         parsed = parsed_by_id(source)[id_]
         assert_same_graph(graph, build_graph(parsed.lattice, parsed.frac_coords, parsed.numbers, settings), id_)
         assert graph.nbr_idx.dtype == graph.n_edges.dtype == np.int32 and graph.nbr_dist.dtype == np.float32
-        assert graph.numbers.dtype == np.uint8
+        assert graph.atomic_numbers.dtype == np.uint8
         # Against the structure as written, independent of the reader's atom order.
         structure = database.expected[id_]
         written = build_graph(structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers), settings)
@@ -238,7 +239,7 @@ def test_isolated_atom_pad_policy_keeps_the_structure(prototypes, tmp_path, rule
     summary = featurize(tmp_path / "in", tmp_path / "g.h5", options=FeaturizeOptions(graph=settings), jobs=1)
     assert (summary.structures, summary.failed) == (1, 0)
     graph = graphs_in(tmp_path / "g.h5")["lone"]
-    assert graph.numbers.tolist() == [18, 18]
+    assert graph.atomic_numbers.tolist() == [18, 18]
     if rule == "cgcnn":
         assert graph.n_edges.tolist() == [12, 12]
         assert (graph.nbr_idx == 0).all() and (graph.nbr_dist == np.float32(9.0)).all()
@@ -269,7 +270,7 @@ def test_duplicate_ids_second_is_a_failure_never_an_overwrite(prototypes, tmp_pa
     out = tmp_path / "graphs.h5"
     summary = featurize(root, out, jobs=1)
     assert (summary.structures, summary.failed) == (1, 2)
-    numbers = graphs_in(out)["mp-1"].numbers
+    numbers = graphs_in(out)["mp-1"].atomic_numbers
     assert sorted(set(numbers.tolist())) == [11, 17], "the first mp-1 (NaCl in a/) is the one kept"
     with GraphFile(out) as f:
         failures = f.failures()
@@ -293,7 +294,7 @@ def test_duplicate_ids_resolve_in_listing_order_with_parallel_workers(prototypes
     out = tmp_path / "graphs.h5"
     summary = featurize(root, out, options=FeaturizeOptions(max_atoms=1000), jobs=2)
     assert (summary.structures, summary.failed) == (1, 1)
-    assert len(graphs_in(out)["dup"].numbers) == 512
+    assert len(graphs_in(out)["dup"].atomic_numbers) == 512
     with GraphFile(out) as f:
         (failure,) = f.failures()
     assert failure.source == str(root / "b" / "dup.cif")
@@ -488,7 +489,7 @@ def test_long_multi_structure_files_keep_global_frame_numbers(prototypes, tmp_pa
     assert sorted(graphs) == sorted([f"db:{i}" for i in range(10)] + [f"traj:{i}" for i in range(10)])
     for stem in ("db", "traj"):
         for i, s in enumerate(frames):
-            assert len(graphs[f"{stem}:{i}"].numbers) == len(s)
+            assert len(graphs[f"{stem}:{i}"].atomic_numbers) == len(s)
     assert_reconciles(summary, out)
 
 
@@ -538,7 +539,7 @@ def test_seen_ids_gives_the_first_source_and_never_a_false_duplicate(monkeypatch
 def test_duplicate_ids_across_a_resume_are_still_caught(prototypes, tmp_path, monkeypatch, collide):
     """The first strained-0001 is written by a run that is interrupted; the resumed run meets the second."""
     from srscreen.data import id_index as seen_ids
-    from srscreen.data.graph_file import read_part_ids
+    from srscreen.data.shard_writer import read_part_ids
 
     if collide:  # every id hashes alike: only the exact comparison with the part files tells them apart
         monkeypatch.setattr(seen_ids, "id_hash", lambda id_: 7)
@@ -591,7 +592,7 @@ def test_resume_skips_exactly_the_finished_inputs(database, tmp_path, monkeypatc
     """A resumed run's done keys hold exactly the inputs the parts finished; with every key hashing
     alike (forced collisions) an unfinished input is still pending, never silently counted as done."""
     from srscreen.data import id_index as seen_ids
-    from srscreen.data.graph_file import read_part_done_keys, read_parts_state
+    from srscreen.data.shard_writer import read_part_done_keys, read_parts_state
     from srscreen.io.sources import Item, iter_inputs
 
     if collide:
@@ -617,12 +618,12 @@ def test_done_keys_memory_per_key_is_small(tmp_path):
     ~150): 10^7 inputs ~80 MB, measured on what read_parts_state keeps, not only on the arrays."""
     import tracemalloc
 
-    from srscreen.data.graph_file import GraphRecords, read_parts_state, write_part
+    from srscreen.data.shard_writer import read_parts_state, write_part
+    from srscreen.graph.csr import Graphs
 
     parts, per_part = tmp_path / "out.h5.partial", 100_000
     parts.mkdir()
-    nothing = GraphRecords([], [], [], np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.int32),
-                           np.zeros(0, np.int32), np.zeros(0, np.float32))
+    nothing = Graphs.empty()
 
     def keys(part: int) -> list[str]:
         return [f"/data/materials-project/cifs/{part:03d}/mp-{part * per_part + i}.cif" for i in range(per_part)]

@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 from conftest import build_prototypes, cu_slab, require_shared_mp
 
-from srscreen.graph.neighbours import CrystalGraph, GraphError, GraphSettings, build_graph
+from srscreen.graph.settings import GraphError, GraphSettings
+
+from srscreen.graph.neighbours import build_graph
+
+from srscreen.graph.csr import Graphs
 
 DEFAULT = GraphSettings()
 CGCNN = GraphSettings(rule="cgcnn")
@@ -61,7 +65,7 @@ def pymatgen_neighbours(lattice, frac, numbers, radius):
     return out
 
 
-def rows(graph: CrystalGraph) -> list[tuple[np.ndarray, np.ndarray]]:
+def rows(graph: Graphs) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per atom its (neighbour indices, distances)."""
     ends = np.cumsum(graph.n_edges)
     return [(graph.nbr_idx[e - n : e], graph.nbr_dist[e - n : e]) for n, e in zip(graph.n_edges, ends)]
@@ -77,7 +81,7 @@ def knn_ties(reference, settings: GraphSettings):
     return out
 
 
-def assert_knn_ties(graph: CrystalGraph, reference, settings: GraphSettings = DEFAULT, atol=1e-6):
+def assert_knn_ties(graph: Graphs, reference, settings: GraphSettings = DEFAULT, atol=1e-6):
     """Exactly the reference's edges: same count per atom, distances to `atol`, and within each shell
     of equal distances the same neighbours (the rule leaves no choice)."""
     want = knn_ties(reference, settings)
@@ -89,7 +93,7 @@ def assert_knn_ties(graph: CrystalGraph, reference, settings: GraphSettings = DE
         assert sorted(zip(shells.tolist(), got_j.tolist())) == sorted(zip(shells.tolist(), ref_j.tolist())), f"atom {i}"
 
 
-def assert_cgcnn(graph: CrystalGraph, reference, settings: GraphSettings = CGCNN, atol=1e-6):
+def assert_cgcnn(graph: Graphs, reference, settings: GraphSettings = CGCNN, atol=1e-6):
     """CGCNN's arrays from pymatgen's sorted lists: the first k, padded with index 0 at radius + 1."""
     k, n = settings.max_nbr, len(reference)
     want_idx = np.zeros((n, k), dtype=int)
@@ -102,11 +106,11 @@ def assert_cgcnn(graph: CrystalGraph, reference, settings: GraphSettings = CGCNN
     np.testing.assert_array_equal(graph.nbr_idx.reshape(n, k), want_idx)
 
 
-def graph_of(structure, settings: GraphSettings = DEFAULT) -> CrystalGraph:
+def graph_of(structure, settings: GraphSettings = DEFAULT) -> Graphs:
     return build_graph(structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers), settings)
 
 
-def check_both_references(structure, settings: GraphSettings = DEFAULT) -> CrystalGraph:
+def check_both_references(structure, settings: GraphSettings = DEFAULT) -> Graphs:
     """The knn-ties graph against both references, and the cgcnn graph against pymatgen's exactly."""
     lattice, frac, numbers = structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers)
     graph = build_graph(lattice, frac, numbers, settings)
@@ -116,8 +120,8 @@ def check_both_references(structure, settings: GraphSettings = DEFAULT) -> Cryst
     cgcnn = GraphSettings(radius=settings.radius, max_nbr=settings.max_nbr, rule="cgcnn",
                           on_isolated_atoms=settings.on_isolated_atoms)
     assert_cgcnn(build_graph(lattice, frac, numbers, cgcnn), pymatgen, cgcnn)
-    np.testing.assert_array_equal(graph.numbers, numbers)
-    assert graph.numbers.dtype == np.uint8 and graph.nbr_idx.dtype == np.int32 and graph.nbr_dist.dtype == np.float32
+    np.testing.assert_array_equal(graph.atomic_numbers, numbers)
+    assert graph.atomic_numbers.dtype == np.uint8 and graph.nbr_idx.dtype == np.int32 and graph.nbr_dist.dtype == np.float32
     assert graph.n_edges.dtype == np.int32
     assert all((np.diff(d) >= 0).all() for _, d in rows(graph)), "neighbours sorted nearest first"
     return graph
@@ -162,7 +166,7 @@ def test_large_supercell_equals_its_primitive_cell():
     primitive = PROTOTYPES["NaCl"].get_primitive_structure()
     small = rows(graph_of(primitive))
     big = check_both_references(primitive * (4, 4, 4))
-    for z, (_, d) in zip(big.numbers, rows(big)):
+    for z, (_, d) in zip(big.atomic_numbers, rows(big)):
         np.testing.assert_allclose(d, small[list(primitive.atomic_numbers).index(z)][1], atol=1e-6)
 
 

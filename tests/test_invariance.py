@@ -19,9 +19,10 @@ from conftest import build_prototypes, require_shared_mp
 from srscreen.data.batch import collate, with_atoms
 from srscreen.graph.elements import cgcnn_feature_table
 from srscreen.graph.equivalent_atoms import quotient
-from srscreen.graph.neighbours import GraphSettings, build_graphs
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.neighbours import build_graphs
 from srscreen.model.network import CrystalGraphNet
-from srscreen.data.graph_file import Shard
+from srscreen.graph.csr import Graphs
 
 TOLERANCE = 1e-5
 
@@ -54,13 +55,10 @@ def net() -> CrystalGraphNet:
     return model.double().eval()
 
 
-def shard_of(structures: list, settings: GraphSettings) -> Shard:
-    built = build_graphs([(s.lattice.matrix, s.frac_coords) for s in structures], settings)
-    assert all(e is None for e in built.errors), built.errors
-    numbers = [np.array(s.atomic_numbers, dtype=np.uint8) for s in structures]
-    return Shard([str(i) for i in range(len(structures))], [""] * len(structures),
-                 np.array([len(n) for n in numbers], dtype=np.int32), np.concatenate(numbers),
-                 built.n_edges, built.nbr_idx, built.nbr_dist)
+def shard_of(structures: list, settings: GraphSettings) -> Graphs:
+    built, errors = build_graphs([(s.lattice.matrix, s.frac_coords, s.atomic_numbers) for s in structures], settings)
+    assert all(e is None for e in errors), errors
+    return built
 
 
 def predictions(net, structures: list, settings: GraphSettings = GraphSettings(), merged: bool = False) -> np.ndarray:

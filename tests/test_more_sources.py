@@ -23,8 +23,10 @@ from conftest import assert_same_graph, assert_same_structure, graphs_in
 from screening_data import cli
 
 import srscreen.io.sources as sources
-from srscreen.data.featurize import FeaturizeOptions, _parse_item, featurize
-from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.io.items import parse_item
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.neighbours import build_graph
 from srscreen.io.readers import Parsed, ParseFailure
 from srscreen.data.graph_file import GraphFile
 from srscreen.io.sources import Item, iter_inputs
@@ -34,7 +36,7 @@ NAMES = ("NaCl", "Fe", "ZnO", "Cu", "SrTiO3", "triclinic")
 
 
 def read_file(path) -> tuple[dict, dict]:
-    """(id -> CrystalGraph, id -> failure reason) of a graph file."""
+    """(id -> single-structure Graphs, id -> failure reason) of a graph file."""
     graphs = graphs_in(path)
     with GraphFile(path) as f:
         failures = {x.id: x.reason for x in f.failures()}
@@ -117,7 +119,7 @@ def test_ase_db_work_items_are_stable_row_ranges(ase_db, monkeypatch):
     items = list(iter_inputs(path))
     assert items == list(iter_inputs(path)), "the same keys on every listing: a resumed run skips what is done"
     assert [(i.first_frame, i.last_frame) for i in items] == [(1, 6), (7, 11), (12, 15)]
-    parsed = [r for item in items for r in _parse_item(item, "fail")]
+    parsed = [r for item in items for r in parse_item(item, "fail")]
     assert len(parsed) == len(crystals) + 2
     assert all(isinstance(r, Parsed) for r in parsed if r.id != f"oqmd:{molecule}")
 
@@ -289,7 +291,7 @@ def test_entry_chunks_of_an_archive_member(prototypes, tmp_path, monkeypatch):
         tar.addfile(info, io.BytesIO(data))
     items = [i for i in iter_inputs(archive) if isinstance(i, Item)]
     assert [i.first_frame for i in items] == [0, 2, 4]
-    results = [r for item in items for r in _parse_item(item, "fail")]
+    results = [r for item in items for r in parse_item(item, "fail")]
     assert [r.id for r in results] == [id_.replace("dump:", "part:") for id_ in ids]
     for r, entry in zip(results, dicts):
         s = structure_of(entry)

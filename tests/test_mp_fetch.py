@@ -18,7 +18,9 @@ from conftest import assert_same_graph, graphs_in
 from mp_server import KEY, MPServer
 from screening_data import assert_usage_error, cli
 
-from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.graph.settings import GraphSettings
+
+from srscreen.graph.neighbours import build_graph
 from srscreen.data.labels import match, read_labels
 from srscreen.io.mp import MPFetchError, MPKeyError, MPQuery, fetch_mp
 from srscreen.data.graph_file import GraphFile

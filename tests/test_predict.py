@@ -38,7 +38,8 @@ from screening_data import (
 import srscreen.screening.predict as predict_module
 from srscreen.data.batch import collate
 from srscreen.model.model_file import ModelFile
-from srscreen.graph.neighbours import GraphSettings, build_graph
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.neighbours import build_graph
 from srscreen.screening.predict import predict
 from srscreen.data.graph_file import GraphFile
 
@@ -109,7 +110,7 @@ def test_predictions_are_the_model_on_each_crystal_alone(data, full):
         for id_, s in data["items"]:
             numbers = np.array(s.atomic_numbers)
             g = build_graph(s.lattice.matrix, s.frac_coords, numbers, settings)
-            batch = collate(np.array([len(s)]), g.numbers, g.n_edges, g.nbr_idx, g.nbr_dist)
+            batch = collate(np.array([len(s)]), g.atomic_numbers, g.n_edges, g.nbr_idx, g.nbr_dist)
             for target, (m, net) in nets.items():
                 want = float(m.denormalise(net(batch))[0])
                 assert got[id_][target] == pytest.approx(want, abs=1e-5), (id_, target)

@@ -361,12 +361,12 @@ def test_sources_list_every_file_and_skip_the_readme(database):
 
 
 def test_every_database_id_parses_to_what_was_written(database):
-    from srscreen.data.featurize import _parse_item
+    from srscreen.io.items import parse_item
 
     seen = {}
     for entry in iter_inputs(database.root):
         if isinstance(entry, Item):
-            for result in _parse_item(entry, "fail"):
+            for result in parse_item(entry, "fail"):
                 assert isinstance(result, Parsed), result
                 assert result.id not in seen
                 seen[result.id] = result
@@ -377,11 +377,11 @@ def test_every_database_id_parses_to_what_was_written(database):
 
 @pytest.mark.parametrize("archive", ["tar_gz", "zip"])
 def test_archives_give_the_same_ids_and_structures(database, archive):
-    from srscreen.data.featurize import _parse_item
+    from srscreen.io.items import parse_item
 
     path = getattr(database, archive)
     entries = list(iter_inputs(path))
-    results = [r for e in entries if isinstance(e, Item) for r in _parse_item(e, "fail")]
+    results = [r for e in entries if isinstance(e, Item) for r in parse_item(e, "fail")]
     ids = [r.id for r in results]
     want = sorted(database.expected) if archive == "tar_gz" else sorted(database.zip_ids)
     assert sorted(ids) == want
@@ -398,14 +398,14 @@ def test_missing_source_raises_file_not_found(tmp_path):
 
 def test_empty_multi_structure_file_is_an_input_that_fails(tmp_path):
     """An empty .jsonl or .extxyz is an input like any other: it must be recorded, not vanish."""
-    from srscreen.data.featurize import _parse_item
+    from srscreen.io.items import parse_item
 
     for name in ("empty.jsonl", "empty.extxyz"):
         (tmp_path / name).write_bytes(b"")
     results = []
     for entry in iter_inputs(tmp_path):
         assert isinstance(entry, Item)
-        results.extend(_parse_item(entry, "fail"))
+        results.extend(parse_item(entry, "fail"))
     assert sorted(r.id for r in results) == ["empty", "empty"]
     for r in results:
         assert_failure(r, "empty")

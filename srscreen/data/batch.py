@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from srscreen.graph.csr import starts_of
+from srscreen.graph.csr import Graphs, starts_of
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _dense_first(centre: np.ndarray, nbr: np.ndarray, dist: np.ndarray, n_edges:
 
 def with_atoms(batch: GraphBatch, n_nodes: np.ndarray, n_atoms: np.ndarray, node_of_atom: np.ndarray) -> GraphBatch:
     """A batch collated from classes of equivalent atoms (`n_nodes` per crystal), told its atoms: per
-    crystal `n_atoms`, and per atom its node, local to its crystal (as `equivalent_atoms.Quotient` has them)."""
+    crystal `n_atoms`, and per atom its node, local to its crystal (as `equivalent_atoms.quotient` gives them)."""
     n_nodes, n_atoms = np.asarray(n_nodes, dtype=np.int64), np.asarray(n_atoms, dtype=np.int64)
     if not (len(n_nodes) == len(n_atoms) == batch.n_crystals and len(node_of_atom) == n_atoms.sum()):
         raise ValueError(f"{batch.n_crystals} crystals in the batch, but {len(n_nodes)} node counts, "
@@ -141,3 +141,12 @@ def pack_by_atoms(n_atoms: np.ndarray, max_atoms: int) -> list[slice]:
         runs.append(slice(start, stop))
         start = stop
     return runs
+
+
+def batch_of(graphs: Graphs, dense_width: int = 0) -> GraphBatch:
+    """All crystals of `graphs` as one batch, their atoms told their nodes when equivalent atoms are merged."""
+    batch = collate(graphs.nodes, graphs.atomic_numbers, graphs.n_edges, graphs.nbr_idx, graphs.nbr_dist, dense_width)
+    if graphs.node_of_atom is None:
+        return batch
+    return with_atoms(batch, graphs.nodes, graphs.n_atoms, graphs.node_of_atom)
+

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -23,14 +23,13 @@ from joblib import Parallel, delayed
 
 from srscreen.graph import elements
 from srscreen.data.backends import check_backend, compute_backend
-from srscreen.errors import one_line
-from srscreen.graph.neighbours import BuiltGraphs, GraphSettings, build_graphs
-from srscreen.io.readers import (
-    DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_bytes, parse_entry_chunk,
-    parse_extxyz_frames, parse_jsonl_lines,
-)
-from srscreen.data.id_index import SeenIds
-from srscreen.data.graph_file import Failure, GraphFile, GraphRecords, consolidate, partial_dir, read_parts_state, start_parts, write_part
+from srscreen.graph.settings import GraphSettings
+from srscreen.graph.csr import Graphs
+from srscreen.graph.neighbours import build_graphs
+from srscreen.io.items import parse_item
+from srscreen.io.readers import DisorderPolicy, Parsed, ParseFailure
+from srscreen.data.graph_file import Failure, GraphFile, partial_dir
+from srscreen.data.shard_writer import ShardWriter
 from srscreen.io.sources import Item, Skipped, iter_inputs
 
 # Inputs per worker task: ~50 ms of work for MP-sized CIFs. Fewer, larger tasks keep joblib/loky's
@@ -69,7 +68,7 @@ class FeaturizeSummary:
 @dataclass(frozen=True)
 class ChunkResult:
     keys: list[str]
-    records: GraphRecords
+    graphs: Graphs
     failures: list[Failure]
 
 
@@ -112,57 +111,18 @@ def reduced_formula(numbers: np.ndarray) -> str:
     return "".join(parts)
 
 
-def _parse_item(item: Item, policy: DisorderPolicy):
-    if item.error is not None:
-        return [ParseFailure(detect_format(item.name)[1], item.error)]
-    if item.last_frame is not None:  # a range of rows of an ASE database
-        return parse_ase_db_rows(item.path, detect_format(item.name)[1], item.first_frame, item.last_frame, item.id_key)
-    if item.path is not None:
-        try:
-            with open(item.path, "rb") as fh:
-                data = fh.read()
-        except OSError as e:
-            return [ParseFailure(detect_format(item.name)[1], f"unreadable: {e.strerror}")]
-        return parse_bytes(item.name, data, policy)
-    fmt, stem = detect_format(item.name)
-    if item.key == item.source:  # a whole file held in memory (archive member)
-        return parse_bytes(item.name, item.data, policy)
-    text = item.data.decode("utf-8", errors="replace")
-    if fmt == "jsonl":
-        return parse_jsonl_lines(stem, text.splitlines(), item.first_frame, policy)
-    if fmt == "json":  # a chunk of a large entry dump
-        return parse_entry_chunk(stem, text, item.first_frame, policy)
-    return parse_extxyz_frames(stem, text, item.first_frame)
-
-
-def _parsed_or_failure(item: Item, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
-    """Every structure of an input, and a failure when it holds none or a parser breaks: an input is
-    never dropped without a record, and one bad file never stops its chunk."""
-    stem = detect_format(item.name)[1]
-    found = False
-    try:
-        for parsed in _parse_item(item, policy):
-            found = True
-            yield parsed
-    except Exception as e:  # noqa: BLE001 - a parser bug on one file must not lose the others
-        yield ParseFailure(stem, f"cannot read: {type(e).__name__}: {one_line(e, 200)}")
-        return
-    if not found:
-        yield ParseFailure(stem, "no structure in file")
-
-
 def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.ndarray) -> ChunkResult:
     """Worker: parse and build graphs for a chunk of inputs; compact arrays back to the parent.
 
     Failures keep the order of the inputs.
     """
-    found = ((item.source, parsed) for item in items for parsed in _parsed_or_failure(item, options.on_disorder))
-    records, failures = graph_records(found, options, supported)
-    return ChunkResult([item.key for item in items], records, failures)
+    found = ((item.source, parsed) for item in items for parsed in parse_item(item, options.on_disorder))
+    graphs, failures = graph_records(found, options, supported)
+    return ChunkResult([item.key for item in items], graphs, failures)
 
 
 def graph_records(found: Iterable[tuple[str, Parsed | ParseFailure]], options: FeaturizeOptions,
-                  supported: np.ndarray) -> tuple[GraphRecords, list[Failure]]:
+                  supported: np.ndarray) -> tuple[Graphs, list[Failure]]:
     """(source, parsed structure or parse failure) pairs -> the graphs of the usable structures, and a
     failure for every other, both in input order: what every input path (files, Python objects) shares.
 
@@ -181,41 +141,29 @@ def graph_records(found: Iterable[tuple[str, Parsed | ParseFailure]], options: F
             continue
         outcome.append(len(todo))
         todo.append((source, parsed))
-    batch = _graphs([(p.lattice, p.frac_coords) for _, p in todo], options.graph)
-    ids, sources, formulas, numbers = [], [], [], []
+    graphs, errors = _graphs([(p.lattice, p.frac_coords, p.numbers) for _, p in todo], options.graph)
+    ids, sources, formulas = [], [], []
     failures: list[Failure] = []
     for entry in outcome:
         if isinstance(entry, Failure):
             failures.append(entry)
             continue
         source, parsed = todo[entry]
-        error = batch.errors[entry]
-        if error is not None:
-            failures.append(Failure(parsed.id, source, error))
+        if errors[entry] is not None:
+            failures.append(Failure(parsed.id, source, errors[entry]))
             continue
         ids.append(parsed.id)
         sources.append(source)
         formulas.append(reduced_formula(parsed.numbers))
-        numbers.append(parsed.numbers)
-    records = GraphRecords(
-        ids, sources, formulas, np.fromiter(map(len, numbers), dtype=np.int32, count=len(numbers)),
-        np.concatenate(numbers).astype(np.uint8) if numbers else np.zeros(0, np.uint8),
-        batch.n_edges, batch.nbr_idx, batch.nbr_dist,
-    )
-    return records, failures
+    return replace(graphs, ids=ids, formula=formulas, sources=sources), failures
 
 
-def _graphs(structures: list, settings: GraphSettings) -> BuiltGraphs:
+def _graphs(structures: list, settings: GraphSettings) -> tuple[Graphs, list[str | None]]:
     """`build_graphs` over GRAPH_BATCH structures at a time (its pair arrays then stay in cache)."""
     if len(structures) <= GRAPH_BATCH:
         return build_graphs(structures, settings)
     parts = [build_graphs(structures[i : i + GRAPH_BATCH], settings) for i in range(0, len(structures), GRAPH_BATCH)]
-    return BuiltGraphs(
-        np.concatenate([b.n_edges for b in parts]),
-        np.concatenate([b.nbr_idx for b in parts]),
-        np.concatenate([b.nbr_dist for b in parts]),
-        [e for b in parts for e in b.errors],
-    )
+    return Graphs.concat([g for g, _ in parts]), [e for _, errors in parts for e in errors]
 
 
 def unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str | None:
@@ -239,46 +187,6 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(islice(it, size)):
         yield chunk
-
-
-class _Writer:
-    """Collects chunk results in the parent and writes a part file every `shard_size` records."""
-
-    def __init__(self, parts: Path, shard_size: int, seen_ids: SeenIds, next_index: int) -> None:
-        self.parts, self.shard_size, self.seen_ids, self.index = parts, shard_size, seen_ids, next_index
-        self.runs: list[GraphRecords] = []
-        self.failures: list[Failure] = []
-        self.keys: list[str] = []
-        self.buffered = 0
-        self.n_structures = 0
-        self.n_failed = 0
-
-    def add(self, result: ChunkResult) -> None:
-        records = result.records
-        keep = np.ones(len(records), dtype=bool)
-        firsts = self.seen_ids.add_all(records.ids, records.sources)
-        for i, (id_, source, first) in enumerate(zip(records.ids, records.sources, firsts)):
-            if first is not None:
-                keep[i] = False
-                result.failures.append(Failure(id_, source, f"duplicate id (already featurized from {first})"))
-        if not keep.all():
-            records = records.select(keep)
-        self.runs.append(records)
-        self.failures.extend(result.failures)
-        self.keys.extend(result.keys)
-        self.buffered += len(records) + len(result.failures)
-        self.n_structures += len(records)
-        self.n_failed += len(result.failures)
-        if self.buffered >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.keys:
-            return
-        write_part(self.parts, self.index, GraphRecords.concat(self.runs), self.failures, self.keys)
-        self.seen_ids.written(self.index)
-        self.index += 1
-        self.runs, self.failures, self.keys, self.buffered = [], [], [], 0
 
 
 def _completed_summary(out: Path, attrs: dict) -> FeaturizeSummary:
@@ -337,18 +245,15 @@ def featurize(
         out.unlink()
     if out.exists():
         return _completed_summary(out, attrs)
-    parts = start_parts(out, attrs, overwrite)
-    state = read_parts_state(parts, options.graph.as_attrs())
-    writer = _Writer(parts, options.shard_size, state.seen_ids, state.next_index)
+    writer = ShardWriter(out, attrs, options.graph.as_attrs(), options.shard_size, overwrite=overwrite)
     skipped: list[tuple[str, str]] = []
-    resumed = state.n_structures + state.n_failed
 
     def pending() -> Iterator[Item]:
         # In batches of a task's size: one numpy lookup per batch in the compact done keys.
         for batch in _chunks(iter_inputs(source, id_key=options.id_key), ITEMS_PER_TASK):
             skipped.extend((x.source, x.reason) for x in batch if isinstance(x, Skipped))
             items = [x for x in batch if not isinstance(x, Skipped)]
-            done = state.done_keys.contains_all([x.key for x in items])
+            done = writer.finished([x.key for x in items])
             yield from (item for item, finished in zip(items, done) if not finished)
 
     supported = elements.supported_numbers(table)
@@ -358,16 +263,15 @@ def featurize(
     with compute_backend(backend, jobs=jobs, scheduler=scheduler):
         # In order: which of two inputs with the same id is "first" must not depend on worker timing.
         for result in Parallel(return_as="generator", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
-            writer.add(result)
+            writer.add(result.keys, result.graphs, result.failures)
             if on_progress is not None:
-                on_progress(state.n_structures + writer.n_structures, state.n_failed + writer.n_failed)
-    writer.flush()
-    consolidate(out, parts, attrs, skipped)
+                on_progress(writer.resumed_structures + writer.n_structures, writer.resumed_failed + writer.n_failed)
+    writer.finish(skipped)
     return FeaturizeSummary(
-        structures=state.n_structures + writer.n_structures,
-        failed=state.n_failed + writer.n_failed,
+        structures=writer.resumed_structures + writer.n_structures,
+        failed=writer.resumed_failed + writer.n_failed,
         skipped=len(skipped),
-        resumed=resumed,
+        resumed=writer.resumed_structures + writer.resumed_failed,
         out=str(out),
-        redone=tuple(state.redone),
+        redone=tuple(writer.redone),
     )

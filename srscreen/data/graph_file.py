@@ -1,4 +1,4 @@
-"""The HDF5 graph-shard format: writing (crash-safe, resumable), consolidating, reading, validating.
+"""The HDF5 graph file: its format, reading shards with their damage checks, and the model fit check.
 
 Layout of a finished file (schema version 2; README documents it):
 
@@ -19,18 +19,12 @@ shard read is checked against them and for structure (`check_graphs`), so a dama
 one line naming the shard instead of ranking garbage. Version 1 (a fixed 12 neighbours per atom, no
 checksums) is refused with a message saying to featurize again.
 
-While a run is in progress nothing is written to OUT itself: each full shard becomes its own file
-in OUT.partial/ (written to a temporary name, then renamed), so a kill loses at most the shard being
-filled. A resumed run checks every part the same way and redoes the damaged ones. At the end the
-parts are copied into OUT.tmp, which is renamed to OUT: OUT exists only whole.
+`shard_writer` writes these files (crash-safe and resumable: OUT exists only whole).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -38,17 +32,14 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from srscreen import __version__
-from srscreen.io.atomic_write import replace_when_done
 from srscreen.errors import ShardFileError, one_line
-from srscreen.graph.neighbours import LEGACY_ALGORITHM, rule_of
-from srscreen.data.integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
-from srscreen.data.id_index import PartKeys, SeenIds
+from srscreen.graph.csr import Graphs
+from srscreen.graph.settings import LEGACY_ALGORITHM, rule_of
+from srscreen.data.integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked
 
 FORMAT_NAME = "srscreen-graphs"
 SCHEMA_VERSION = 2
-_MANIFEST = "manifest.json"
-_GRAPH_ARRAYS = ("n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
+GRAPH_ARRAYS = ("n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
 MAX_Z = 118
 
 
@@ -58,40 +49,6 @@ class DamagedShardError(ShardFileError):
     def __init__(self, path: Path, shard: str, reason: str) -> None:
         super().__init__(f"{path}: shard {shard} is damaged: {reason}")
         self.shard, self.reason = shard, reason
-
-
-@dataclass(frozen=True)
-class GraphRecords:
-    """Featurized structures in CSR layout: the unit that travels from workers to the writer."""
-
-    ids: list[str]
-    sources: list[str]
-    formula: list[str]
-    n_atoms: np.ndarray  # int32 (n_structures,)
-    atomic_numbers: np.ndarray  # uint8 (n_atoms_total,)
-    n_edges: np.ndarray  # int32 (n_atoms_total,)
-    nbr_idx: np.ndarray  # int32 (n_edges_total,)
-    nbr_dist: np.ndarray  # float32 (n_edges_total,)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def select(self, keep: np.ndarray) -> "GraphRecords":
-        """The structures where `keep` is True (atoms and edges follow their structure)."""
-        atoms = np.repeat(keep, self.n_atoms)
-        edges = np.repeat(atoms, self.n_edges)
-        pick = np.flatnonzero(keep)
-        return GraphRecords(
-            [self.ids[i] for i in pick], [self.sources[i] for i in pick], [self.formula[i] for i in pick],
-            self.n_atoms[keep], self.atomic_numbers[atoms], self.n_edges[atoms], self.nbr_idx[edges], self.nbr_dist[edges],
-        )
-
-    @staticmethod
-    def concat(runs: list["GraphRecords"]) -> "GraphRecords":
-        return GraphRecords(
-            [x for r in runs for x in r.ids], [x for r in runs for x in r.sources], [x for r in runs for x in r.formula],
-            *(np.concatenate([getattr(r, name) for r in runs]) for name in _GRAPH_ARRAYS),
-        )
 
 
 @dataclass(frozen=True)
@@ -105,128 +62,25 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def start_parts(out: Path, attrs: dict, overwrite: bool) -> Path:
-    """Create or reopen OUT.partial; refuse to resume a run made with other settings."""
-    parts = partial_dir(out)
-    if overwrite and parts.exists():
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    manifest = parts / _MANIFEST
-    if manifest.exists():
-        before = json.loads(manifest.read_text())
-        if before != attrs:
-            changed = ", ".join(f"{k}: {before.get(k)!r} -> {attrs.get(k)!r}" for k in attrs if before.get(k) != attrs.get(k))
-            raise ShardFileError(f"{parts} holds a run with other settings ({changed}); use --overwrite to start over")
-    else:
-        _atomic_write_text(manifest, json.dumps(attrs, sort_keys=True))
-    return parts
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    with replace_when_done(path) as tmp:
-        tmp.write_text(text)
-
-
-def _write_graphs(group: h5py.Group, records: GraphRecords) -> None:
-    for name in ("ids", "sources", "formula", *_GRAPH_ARRAYS):
-        write_checked(group, name, getattr(records, name))
-
-
-def write_part(parts: Path, index: int, records: GraphRecords, failures: list[Failure], done_keys: list[str]) -> None:
-    """One shard's worth of results as its own file, renamed into place only once complete."""
-    with replace_when_done(part_path(parts, index)) as tmp, h5py.File(tmp, "w") as f:
-        if len(records):
-            _write_graphs(f.create_group("graphs"), records)
-        _write_failures(f.create_group("failures"), failures)
-        write_checked(f, "done_keys", done_keys)
-
-
-def _write_failures(group: h5py.Group, failures: list[Failure]) -> None:
-    for name in ("id", "source", "reason"):
-        write_checked(group, name, [getattr(x, name) for x in failures])
-
-
-def _read_failures(group: h5py.Group) -> list[Failure]:
+def read_failures(group: h5py.Group) -> list[Failure]:
     return [Failure(*row) for row in zip(*(read_checked(group, name) for name in ("id", "source", "reason")))]
 
 
-def part_path(parts: Path, index: int) -> Path:
-    return parts / f"part-{index:06d}.h5"
-
-
-def read_part_ids(parts: Path, index: int) -> tuple[list[str], list[str]]:
-    """The ids and sources of the structures in one part file."""
-    with h5py.File(part_path(parts, index), "r") as f:
-        if "graphs" not in f:
-            return [], []
-        return read_checked(f["graphs"], "ids"), read_checked(f["graphs"], "sources")
-
-
-def read_part_done_keys(parts: Path, index: int) -> tuple[list[str], list[str]]:
-    """The input keys one part file finished, twice: PartKeys' (strings, values) with each key its own value."""
-    with h5py.File(part_path(parts, index), "r") as f:
-        keys = read_checked(f, "done_keys")
-    return keys, keys
-
-
-@dataclass
-class PartsState:
-    """What finished parts already hold: how a resumed run knows what to skip."""
-
-    next_index: int
-    done_keys: PartKeys  # `key in done_keys`: 8 bytes per key, not a set of ~150-byte paths (10^7 inputs)
-    seen_ids: SeenIds  # every id in the parts, to catch a later input with one of them
-    n_structures: int
-    n_failed: int
-    redone: list[str]  # "part file: reason" for each damaged part removed, whose inputs run again
-
-
-def read_parts_state(parts: Path, settings: dict) -> PartsState:
-    """What the parts hold, after checking each as a reader would: a damaged part is removed, never
-    trusted, so its inputs are featurized again."""
-    done_keys = PartKeys(lambda index: read_part_done_keys(parts, index))
-    state = PartsState(0, done_keys, SeenIds(lambda index: read_part_ids(parts, index)), 0, 0, [])
-    for tmp in parts.glob("*.tmp"):
-        tmp.unlink()  # a shard that was being written when the run was killed
-    for path in sorted(parts.glob("part-*.h5")):
-        index = int(path.stem.split("-")[1])
-        state.next_index = max(state.next_index, index + 1)
-        try:
-            keys, ids, n_failed = _checked_part(path, settings)
-        except (DamagedDataError, OSError) as e:
-            state.redone.append(f"{path.name}: {one_line(e, 160)}")
-            path.unlink()
-            continue
-        state.done_keys.load_part(index, keys)
-        state.seen_ids.load_part(index, ids)
-        state.n_structures += len(ids)
-        state.n_failed += n_failed
-    return state
-
-
-def _checked_part(path: Path, settings: dict) -> tuple[list[str], list[str], int]:
-    """(done keys, ids, failures) of a part file whose every dataset passed its checks."""
-    with h5py.File(path, "r") as f:
-        keys = read_checked(f, "done_keys")
-        n_failed = len(_read_failures(f["failures"]))
-        ids = read_graphs(f["graphs"], settings, sources=True).ids if "graphs" in f else []
-    return keys, ids, n_failed
-
-
-def read_graphs(group: h5py.Group, settings: dict, *, sources: bool = False) -> Shard:
+def read_graphs(group: h5py.Group, settings: dict, *, sources: bool = False) -> Graphs:
     """A group of graph datasets (a shard, or a part file's graphs), each checked against its checksum,
     then the whole for structure; with `sources`, the source paths too (which predict never reads).
     Raises DamagedDataError naming what is wrong."""
     ids, formula = read_checked(group, "ids"), read_checked(group, "formula")
-    arrays = [read_checked(group, key) for key in _GRAPH_ARRAYS]
+    paths = read_checked(group, "sources") if sources else []
+    arrays = [read_checked(group, key) for key in GRAPH_ARRAYS]
     reason = check_graphs(*arrays, settings)
     if reason is None and not (len(ids) == len(formula) == len(arrays[0])):
         reason = "ids, formula and n_atoms differ in length"
-    if reason is None and sources and len(read_checked(group, "sources")) != len(ids):
+    if reason is None and sources and len(paths) != len(ids):
         reason = "sources and ids differ in length"
     if reason is not None:
         raise DamagedDataError(reason)
-    return Shard(ids, formula, *arrays)
+    return Graphs(*arrays, ids=ids, formula=formula, sources=paths)
 
 
 def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.ndarray, nbr_idx: np.ndarray,
@@ -259,40 +113,6 @@ def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.nd
     return None
 
 
-def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, str]]) -> None:
-    """Copy every part into OUT.tmp, then rename it to OUT; remove the parts."""
-    failures: dict[str, list[str]] = {"id": [], "source": [], "reason": []}
-    n_structures = 0
-    with replace_when_done(out) as tmp, h5py.File(tmp, "w") as f:
-        shards = f.create_group("shards")
-        for path in sorted(parts.glob("part-*.h5")):
-            with h5py.File(path, "r") as part:
-                if "graphs" in part:
-                    name = f"{len(shards):06d}"
-                    part.copy(part["graphs"], shards, name=name)
-                    n_structures += len(shards[name]["ids"])
-                for key in failures:
-                    failures[key].extend(read_checked(part["failures"], key))
-        _write_failures(f.create_group("failures"), [Failure(*row) for row in zip(*failures.values())])
-        group = f.create_group("skipped")
-        write_checked(group, "source", [s for s, _ in skipped])
-        write_checked(group, "reason", [r for _, r in skipped])
-        f.attrs.update(
-            {
-                **attrs,
-                "format": FORMAT_NAME,
-                "schema_version": SCHEMA_VERSION,
-                "srscreen_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "n_structures": n_structures,
-                "n_failed": len(failures["id"]),
-                "n_skipped": len(skipped),
-            }
-        )
-        f.attrs[CRC_ATTR] = np.uint32(attrs_checksum(dict(f.attrs)))
-    shutil.rmtree(parts)
-
-
 def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, model: str, model_settings: dict,
                      model_table_id: str, table_name: str | None = None) -> None:
     """Refuse graphs built with other settings or another element table than a model was trained on.
@@ -318,19 +138,6 @@ def _featurize_flags(settings: dict) -> str:
     if "tie_tolerance" in settings:
         flags += f" --tie-tolerance {settings['tie_tolerance']}"
     return flags
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One shard's arrays in memory (CSR: per structure n_atoms, per atom n_edges, per edge neighbours)."""
-
-    ids: list[str]
-    formula: list[str]
-    n_atoms: np.ndarray
-    atomic_numbers: np.ndarray
-    n_edges: np.ndarray
-    nbr_idx: np.ndarray
-    nbr_dist: np.ndarray
 
 
 class GraphFile:
@@ -411,7 +218,7 @@ class GraphFile:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError):
             return 0
 
-    def read_shard(self, index: int, *, sources: bool = False) -> Shard:
+    def read_shard(self, index: int, *, sources: bool = False) -> Graphs:
         """Shard `index`, checked (`read_graphs`)."""
         name = self.shard_names[index]
         try:
@@ -428,7 +235,7 @@ class GraphFile:
         except (DamagedDataError, OSError, KeyError, ValueError):
             return None
 
-    def iter_shards(self, start: int = 0, stop: int | None = None) -> Iterator[Shard]:
+    def iter_shards(self, start: int = 0, stop: int | None = None) -> Iterator[Graphs]:
         for i in range(start, len(self.shard_names) if stop is None else stop):
             yield self.read_shard(i)
 
@@ -441,7 +248,7 @@ class GraphFile:
 
     def failures(self) -> list[Failure]:
         try:
-            return _read_failures(self._file["failures"])
+            return read_failures(self._file["failures"])
         except (DamagedDataError, KeyError, OSError) as e:
             raise ShardFileError(f"{self.path}: damaged failure table ({e})") from None
 

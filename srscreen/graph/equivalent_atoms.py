@@ -19,30 +19,11 @@ a shard of self-contained graphs and batches can be packed from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 
-from srscreen.graph.csr import rows_of, starts_of
-from srscreen.data.graph_file import Shard
-
-
-@dataclass(frozen=True)
-class Quotient:
-    """A shard's graphs on classes of equivalent atoms, in the shard's CSR layout.
-
-    Per crystal `n_nodes` classes; per class `atomic_numbers` and `n_edges`; per edge `nbr_idx` (local to
-    its crystal's classes) and `nbr_dist`; per atom `node_of_atom`, its class local to its crystal
-    (None: classes are atoms).
-    """
-
-    n_atoms: np.ndarray
-    n_nodes: np.ndarray
-    atomic_numbers: np.ndarray
-    n_edges: np.ndarray
-    nbr_idx: np.ndarray
-    nbr_dist: np.ndarray
-    node_of_atom: np.ndarray | None
+from srscreen.graph.csr import Graphs, rows_of, starts_of
 
 
 def equivalence_classes(crystal: np.ndarray, numbers: np.ndarray, n_edges: np.ndarray, nbr: np.ndarray,
@@ -142,8 +123,9 @@ def _exact_relabel(labels, n_edges, start, rank, centre, keys) -> np.ndarray:
     return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1)
 
 
-def quotient(shard: Shard, steps: int) -> Quotient:
-    """The shard's graphs with the atoms merged that a `steps`-step convolution cannot tell apart."""
+def quotient(shard: Graphs, steps: int) -> Graphs:
+    """The graphs with the atoms merged that a `steps`-step convolution cannot tell apart (nodes become
+    classes of atoms: `n_nodes`, `node_of_atom`)."""
     n_atoms = shard.n_atoms.astype(np.int64)
     n_edges = shard.n_edges.astype(np.int64)
     atom_start = starts_of(n_atoms)
@@ -160,19 +142,23 @@ def quotient(shard: Shard, steps: int) -> Quotient:
     node_start = starts_of(n_nodes)
     edges = rows_of(starts_of(n_edges)[rep], n_edges[rep])
     rep_of_edge = np.repeat(rep, n_edges[rep])
-    return Quotient(
+    return Graphs(
         n_atoms=n_atoms,
-        n_nodes=n_nodes,
         atomic_numbers=shard.atomic_numbers[rep],
         n_edges=shard.n_edges[rep],
         nbr_idx=node_of_atom[nbr[edges]] - node_start[crystal[rep_of_edge]],
         nbr_dist=shard.nbr_dist[edges],
+        ids=shard.ids,
+        formula=shard.formula,
+        sources=shard.sources,
+        n_nodes=n_nodes,
         node_of_atom=node_of_atom - node_start[crystal],
     )
 
 
-def unmerged(shard: Shard) -> Quotient:
-    """The shard as a quotient with every atom its own class: for a GPU, where merging would cost more
-    CPU time than the convolutions it saves (1.3 s against 0.2 s to read the MP file)."""
+def unmerged(shard: Graphs) -> Graphs:
+    """The graphs with every atom its own class (`n_nodes` = `n_atoms`, no `node_of_atom`): for a GPU,
+    where merging would cost more CPU time than the convolutions it saves (1.3 s against 0.2 s to read
+    the MP file)."""
     n_atoms = shard.n_atoms.astype(np.int64)
-    return Quotient(n_atoms, n_atoms, shard.atomic_numbers, shard.n_edges, shard.nbr_idx, shard.nbr_dist, None)
+    return replace(shard, n_atoms=n_atoms, n_nodes=n_atoms, node_of_atom=None)

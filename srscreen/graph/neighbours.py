@@ -28,87 +28,18 @@ No torch and no pymatgen objects here: this runs in the featurizer's workers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
 
+from srscreen.graph.csr import Graphs
+from srscreen.graph.settings import GraphError, GraphSettings
 from srscreen.io.cell import cell_volume
-from srscreen.errors import SrscreenError
-
-IsolatedPolicy = Literal["fail", "pad"]
-GraphRule = Literal["knn-ties", "cgcnn"]
 
 _PBC = np.ones(3, dtype=np.int64)
 # find_points_in_spheres reports an atom as its own neighbour at distance 0 (same image).
 _SELF_TOL = 1e-8
-
-# The name stored with each rule; bump it whenever the graph a rule builds changes.
-ALGORITHMS: dict[str, str] = {"knn-ties": "knn-ties-v2", "cgcnn": "knn-pbc-v1"}
-# What files written before the knn-ties rule (which record no neighbour algorithm) hold.
-LEGACY_ALGORITHM = ALGORITHMS["cgcnn"]
-
-
-def rule_of(algorithm: str) -> str | None:
-    """The rule (`GraphSettings.rule`) that builds graphs of this stored algorithm name; None if unknown."""
-    return next((rule for rule, name in ALGORITHMS.items() if name == algorithm), None)
-
-
-class GraphError(SrscreenError):
-    """A structure that has no valid crystal graph under the chosen policy (reason in the message)."""
-
-
-@dataclass(frozen=True)
-class GraphSettings:
-    """How graphs are built. Saved in shard files and model files so a mismatch is caught."""
-
-    radius: float = 8.0
-    max_nbr: int = 12
-    min_distance: float = 0.5
-    on_isolated_atoms: IsolatedPolicy = "fail"
-    rule: GraphRule = "knn-ties"
-    tie_tolerance: float = 1e-4  # Å: neighbours this close to the max_nbr-th count as tied with it
-
-    def __post_init__(self) -> None:
-        if self.rule not in ALGORITHMS:
-            raise ValueError(f"rule must be one of {', '.join(ALGORITHMS)}, got {self.rule!r}")
-        if self.radius <= 0 or self.max_nbr < 1 or self.tie_tolerance < 0:
-            raise ValueError(f"radius and tie_tolerance must be positive and max_nbr at least 1, got {self}")
-
-    @property
-    def algorithm(self) -> str:
-        return ALGORITHMS[self.rule]
-
-    @classmethod
-    def from_attrs(cls, attrs: dict) -> "GraphSettings":
-        """The settings a model or graph file records (files from before the knn-ties rule: CGCNN's)."""
-        algorithm = attrs.get("neighbour_algorithm", LEGACY_ALGORITHM)
-        rule = rule_of(algorithm)
-        if rule is None:
-            raise ValueError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
-        return cls(radius=float(attrs["radius"]), max_nbr=int(attrs["max_nbr"]), rule=rule,
-                   tie_tolerance=float(attrs.get("tie_tolerance", cls.tie_tolerance)))
-
-    def as_attrs(self) -> dict[str, float | int | str]:
-        """The settings that change the graph, as stored in files (policies are recorded apart)."""
-        attrs: dict[str, float | int | str] = {
-            "radius": float(self.radius), "max_nbr": int(self.max_nbr), "neighbour_algorithm": self.algorithm,
-        }
-        if self.rule == "knn-ties":
-            attrs["tie_tolerance"] = float(self.tie_tolerance)
-        return attrs
-
-
-@dataclass(frozen=True)
-class CrystalGraph:
-    """One structure's graph in CSR form: per atom its number and edge count, per edge (nearest first
-    within each atom) the neighbour's local index and the distance in Å."""
-
-    numbers: np.ndarray  # uint8 (n,)
-    n_edges: np.ndarray  # int32 (n,)
-    nbr_idx: np.ndarray  # int32 (n_edges.sum(),)
-    nbr_dist: np.ndarray  # float32 (n_edges.sum(),)
 
 
 def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSettings) -> float:
@@ -117,29 +48,18 @@ def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSetti
     return min(settings.radius, max(r, 1.0))
 
 
-@dataclass(frozen=True)
-class BuiltGraphs:
-    """The graphs of several structures, atoms concatenated (CSR rows), and why the others have none.
-
-    ``errors[s]`` is None when structure s has a graph; its atoms' rows are in ``n_edges`` and its edges
-    in ``nbr_idx``/``nbr_dist``, in input order. A structure with an error has no rows.
-    """
-
-    n_edges: np.ndarray  # int32 (n_atoms of the good structures,)
-    nbr_idx: np.ndarray  # int32 (edges,), local to each structure
-    nbr_dist: np.ndarray  # float32 (edges,), Å, ascending within each atom
-    errors: list[str | None]
-
-
 _D32_BITS = 31  # a non-negative float32 as int: ordered like the value, below 2**31
 
 
-def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: GraphSettings) -> BuiltGraphs:
-    """The crystal graphs of many periodic structures given as (lattice, fractional coordinates).
+def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 settings: GraphSettings) -> tuple[Graphs, list[str | None]]:
+    """The crystal graphs of many periodic structures given as (lattice, fractional coordinates, atomic
+    numbers), and per structure why it has none.
 
     Same graphs as `build_graph` one by one, whatever the batch. A structure with overlapping atoms,
     or with an atom that has no neighbour within the radius when ``settings.on_isolated_atoms ==
-    "fail"``, gets the one-line reason in ``errors`` instead of rows.
+    "fail"``, gets the one-line reason in ``errors`` and no place in the graphs, which hold the others
+    in input order.
     """
     cgcnn = settings.rule == "cgcnn"
     n_structures = len(structures)
@@ -149,7 +69,7 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
     cells: list[tuple[np.ndarray, np.ndarray]] = []
     # Per structure only the search itself; everything else runs once over the batch below.
     row0 = 0  # first row of the structure in the batch
-    for s, (lattice, frac) in enumerate(structures):
+    for s, (lattice, frac, _) in enumerate(structures):
         frac = np.asarray(frac, dtype=np.float64)
         if cgcnn:  # CGCNN's tie order hangs on the last bit of each distance: positions as pymatgen computes them
             given = np.array(lattice, dtype=np.float64).reshape(3, 3)  # keeps the memory order, as pymatgen's Lattice
@@ -180,11 +100,14 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray]], settings: 
         n_edges, nbr_idx, nbr_dist = _cgcnn_edges(centre, ni, d, counts, settings)
     else:
         n_edges, nbr_idx, nbr_dist = _tied_edges(centre, ni, d, counts, int(sizes.max(initial=1)), settings)
-    if any(e is not None for e in errors):
-        keep_atoms = np.repeat(np.array([e is None for e in errors]), sizes)
+    good = np.array([e is None for e in errors], dtype=bool)
+    numbers = [np.asarray(z, dtype=np.uint8) for (_, _, z), ok in zip(structures, good) if ok]
+    if not good.all():
+        keep_atoms = np.repeat(good, sizes)
         keep_edges = np.repeat(keep_atoms, n_edges)
         n_edges, nbr_idx, nbr_dist = n_edges[keep_atoms], nbr_idx[keep_edges], nbr_dist[keep_edges]
-    return BuiltGraphs(n_edges, nbr_idx, nbr_dist, errors)
+    atomic_numbers = np.concatenate(numbers) if numbers else np.zeros(0, np.uint8)
+    return Graphs(sizes[good].astype(np.int32), atomic_numbers, n_edges, nbr_idx, nbr_dist), errors
 
 
 def _complete(centre, ni, d, r_atom, offsets, cells, settings: GraphSettings):
@@ -302,15 +225,13 @@ def _errors(centre, ni, d, counts, offsets, settings: GraphSettings) -> list[str
     return errors
 
 
-def build_graph(
-    lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, settings: GraphSettings
-) -> CrystalGraph:
+def build_graph(lattice: np.ndarray, frac_coords: np.ndarray, numbers: np.ndarray, settings: GraphSettings) -> Graphs:
     """The crystal graph of one periodic structure given as arrays (lattice rows are cell vectors).
 
     Raises GraphError for overlapping atoms, and for atoms with no neighbour within the radius
     when ``settings.on_isolated_atoms == "fail"``.
     """
-    batch = build_graphs([(lattice, frac_coords)], settings)
-    if batch.errors[0] is not None:
-        raise GraphError(batch.errors[0])
-    return CrystalGraph(np.asarray(numbers, dtype=np.uint8), batch.n_edges, batch.nbr_idx, batch.nbr_dist)
+    graphs, errors = build_graphs([(lattice, frac_coords, numbers)], settings)
+    if errors[0] is not None:
+        raise GraphError(errors[0])
+    return graphs

@@ -657,7 +657,13 @@ def _poscar_fault(text: str) -> str | None:
 
 def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iterator[Parsed | ParseFailure]:
     """Every structure in one file's content; the format comes from the name."""
-    fmt, stem = detect_format(name)
+    yield from parse_content(*detect_format(name), name, data, policy)
+
+
+def parse_content(fmt: Format | None, stem: str, name: str, data: bytes,
+                  policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
+    """Every structure in a file's content whose format and stem `detect_format(name)` gave: the one
+    dispatch from a format to its parser."""
     if fmt == "asedb":  # SQLite needs a file on disk: sources hands plain .db files over by path and row range
         yield ParseFailure(stem, "an ASE database is read only as a plain file (not compressed, not in an archive)")
         return

@@ -25,8 +25,9 @@ from srscreen.model.allocator import reuse_freed_memory
 from srscreen.data.batch import collate, pack_by_atoms, with_atoms
 from srscreen.model.model_file import ModelFile
 from srscreen.model.compiled import Compiled
-from srscreen.graph.equivalent_atoms import Quotient, quotient, unmerged
-from srscreen.data.graph_file import DamagedShardError, GraphFile, Shard, check_fits_model
+from srscreen.graph.equivalent_atoms import quotient, unmerged
+from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
+from srscreen.graph.csr import Graphs
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
     from srscreen.screening.hull import ReferenceHull
@@ -156,7 +157,7 @@ def _default_batch_atoms(device: torch.device) -> int:
     return 32768 if device.type == "cuda" else 1024
 
 
-def predict_shard(q: Quotient, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
+def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
                   batch_atoms: int) -> dict[str, np.ndarray]:
     """Every model's prediction (in its unit) for every crystal of one shard, given as its `quotient`:
     each class of equivalent atoms is convolved once (2.3x fewer than atoms on Materials Project)."""
@@ -270,7 +271,7 @@ class DamagedShard:
     ids: list[str] | None
 
 
-def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Shard], Quotient], skip: bool):
+def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Graphs], Graphs], skip: bool):
     """(index, shard, quotient) per shard; with `skip`, a damaged shard comes as (index, error, None)."""
     for index in range(start, len(graphs.shard_names) if stop is None else stop):
         try:

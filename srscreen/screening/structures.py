@@ -22,11 +22,11 @@ from srscreen.model.model_file import ModelFile
 from srscreen.graph.elements import supported_numbers
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.featurize import FeaturizeOptions, graph_records
-from srscreen.graph.neighbours import GraphSettings
+from srscreen.graph.settings import GraphSettings
 from srscreen.screening.predict import pick_device, predict_shard
 from srscreen.io.readers import from_pymatgen
 from srscreen.model.registry import resolve_model
-from srscreen.data.graph_file import Shard
+from srscreen.graph.csr import Graphs
 
 class Model:
     """A trained model, ready to predict structures in memory."""
@@ -56,15 +56,14 @@ class Model:
                                    batch_atoms or (1024 if self.device.type == "cpu" else 32768))
         return values[self.target]
 
-    def _shard(self, structures: Sequence) -> Shard:
+    def _shard(self, structures: Sequence) -> Graphs:
         found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))
-        records, failures = graph_records(found, self._options, self._supported)
+        graphs, failures = graph_records(found, self._options, self._supported)
         if failures:
             first = failures[0]
             raise ValueError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): "
                              f"{first.reason}")
-        return Shard(records.ids, records.formula, records.n_atoms, records.atomic_numbers, records.n_edges,
-                     records.nbr_idx, records.nbr_dist)
+        return graphs
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> Model:

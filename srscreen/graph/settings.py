@@ -1,0 +1,71 @@
+"""How crystal graphs are built: the neighbour rules, their stored names, and the settings that files record.
+
+Two neighbour rules (`GraphSettings.rule`), both saved in graph files and model files; `neighbours`
+documents what each builds. A graph file and a model file fit when their settings agree
+(`data.graph_file.check_fits_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from srscreen.errors import SrscreenError
+
+IsolatedPolicy = Literal["fail", "pad"]
+GraphRule = Literal["knn-ties", "cgcnn"]
+
+# The name stored with each rule; bump it whenever the graph a rule builds changes.
+ALGORITHMS: dict[str, str] = {"knn-ties": "knn-ties-v2", "cgcnn": "knn-pbc-v1"}
+# What files written before the knn-ties rule (which record no neighbour algorithm) hold.
+LEGACY_ALGORITHM = ALGORITHMS["cgcnn"]
+
+
+def rule_of(algorithm: str) -> str | None:
+    """The rule (`GraphSettings.rule`) that builds graphs of this stored algorithm name; None if unknown."""
+    return next((rule for rule, name in ALGORITHMS.items() if name == algorithm), None)
+
+
+class GraphError(SrscreenError):
+    """A structure that has no valid crystal graph under the chosen policy (reason in the message)."""
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How graphs are built. Saved in shard files and model files so a mismatch is caught."""
+
+    radius: float = 8.0
+    max_nbr: int = 12
+    min_distance: float = 0.5
+    on_isolated_atoms: IsolatedPolicy = "fail"
+    rule: GraphRule = "knn-ties"
+    tie_tolerance: float = 1e-4  # Å: neighbours this close to the max_nbr-th count as tied with it
+
+    def __post_init__(self) -> None:
+        if self.rule not in ALGORITHMS:
+            raise ValueError(f"rule must be one of {', '.join(ALGORITHMS)}, got {self.rule!r}")
+        if self.radius <= 0 or self.max_nbr < 1 or self.tie_tolerance < 0:
+            raise ValueError(f"radius and tie_tolerance must be positive and max_nbr at least 1, got {self}")
+
+    @property
+    def algorithm(self) -> str:
+        return ALGORITHMS[self.rule]
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "GraphSettings":
+        """The settings a model or graph file records (files from before the knn-ties rule: CGCNN's)."""
+        algorithm = attrs.get("neighbour_algorithm", LEGACY_ALGORITHM)
+        rule = rule_of(algorithm)
+        if rule is None:
+            raise ValueError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
+        return cls(radius=float(attrs["radius"]), max_nbr=int(attrs["max_nbr"]), rule=rule,
+                   tie_tolerance=float(attrs.get("tie_tolerance", cls.tie_tolerance)))
+
+    def as_attrs(self) -> dict[str, float | int | str]:
+        """The settings that change the graph, as stored in files (policies are recorded apart)."""
+        attrs: dict[str, float | int | str] = {
+            "radius": float(self.radius), "max_nbr": int(self.max_nbr), "neighbour_algorithm": self.algorithm,
+        }
+        if self.rule == "knn-ties":
+            attrs["tie_tolerance"] = float(self.tie_tolerance)
+        return attrs
