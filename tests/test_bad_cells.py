@@ -17,7 +17,8 @@ from conftest import cif_text, extxyz_text, poscar_text
 from test_readers import assert_failure, assert_parses_to, parse_all, parse_one
 
 from srscreen.io.cell import cell_parameters_fault, lattice_fault
-from srscreen.io.readers import Parsed, parse_ase_db_rows
+from srscreen.io.formats.ase_db import parse_ase_db_rows
+from srscreen.io.parsed import Parsed
 
 # --------------------------------------------------------------------------- CIF text surgery
 

@@ -29,7 +29,8 @@ from srscreen.data.featurize import FeaturizeOptions, FeaturizeSummary, featuriz
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.neighbours import build_graph
 from srscreen.data.integrity import CRC_ATTR
-from srscreen.io.readers import Parsed, parse_bytes
+from srscreen.io.parsed import Parsed
+from srscreen.io.readers import parse_bytes
 from srscreen.data.graph_file import GraphFile, ShardFileError, partial_dir
 
 SMALL_SHARDS = FeaturizeOptions(shard_size=3)

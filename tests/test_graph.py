@@ -319,7 +319,8 @@ MP_SAMPLE = 300
 @pytest.fixture(scope="module")
 def mp_sample():
     """~300 shared MP CIFs (fixed seed), parsed by srscreen's reader."""
-    from srscreen.io.readers import Parsed, parse_bytes
+    from srscreen.io.parsed import Parsed
+    from srscreen.io.readers import parse_bytes
 
     folder = require_shared_mp()
     names = sorted(p.name for p in folder.iterdir() if p.suffix == ".cif")

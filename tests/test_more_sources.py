@@ -27,7 +27,7 @@ from srscreen.data.featurize import FeaturizeOptions, featurize
 from srscreen.io.items import parse_item
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.neighbours import build_graph
-from srscreen.io.readers import Parsed, ParseFailure
+from srscreen.io.parsed import Parsed, ParseFailure
 from srscreen.data.graph_file import GraphFile
 from srscreen.io.sources import Item, iter_inputs
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import assert_same_structure, cif_text, extxyz_text, poscar_text
 
-from srscreen.io.readers import Parsed, ParseFailure, detect_format, parse_bytes
+from srscreen.io.parsed import Parsed, ParseFailure
+from srscreen.io.readers import detect_format, parse_bytes
 from srscreen.io.sources import Item, Skipped, iter_inputs
 
 

@@ -27,7 +27,7 @@ from srscreen.graph.settings import GraphSettings
 from srscreen.graph.csr import Graphs
 from srscreen.graph.neighbours import build_graphs
 from srscreen.io.items import parse_item
-from srscreen.io.readers import DisorderPolicy, Parsed, ParseFailure
+from srscreen.io.parsed import DisorderPolicy, Parsed, ParseFailure
 from srscreen.data.graph_file import Failure, GraphFile, partial_dir
 from srscreen.data.shard_writer import ShardWriter
 from srscreen.io.sources import Item, Skipped, iter_inputs

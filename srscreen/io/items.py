@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Iterator
 
 from srscreen.errors import one_line
-from srscreen.io.readers import (DisorderPolicy, Parsed, ParseFailure, detect_format, parse_ase_db_rows, parse_content,
-                                 parse_entry_chunk, parse_extxyz_frames, parse_jsonl_lines)
+from srscreen.io.formats.ase_db import parse_ase_db_rows
+from srscreen.io.formats.extxyz import parse_extxyz_frames
+from srscreen.io.formats.pymatgen_json import parse_entry_chunk, parse_jsonl_lines
+from srscreen.io.parsed import DisorderPolicy, Parsed, ParseFailure
+from srscreen.io.readers import detect_format, parse_content
 from srscreen.io.sources import Item
 
 

@@ -25,7 +25,8 @@ import orjson
 
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.errors import one_line
-from srscreen.io.readers import ParseFailure, structure_from_dict
+from srscreen.io.formats.pymatgen_json import structure_from_dict
+from srscreen.io.parsed import ParseFailure
 
 LABEL_COLUMNS = ("formation_energy_per_atom", "band_gap", "energy_above_hull")
 FIELDS = ("material_id", "structure", *LABEL_COLUMNS)

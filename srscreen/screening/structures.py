@@ -24,7 +24,7 @@ from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.featurize import FeaturizeOptions, graph_records
 from srscreen.graph.settings import GraphSettings
 from srscreen.screening.predict import pick_device, predict_shard
-from srscreen.io.readers import from_pymatgen
+from srscreen.io.formats.pymatgen_json import from_pymatgen
 from srscreen.model.registry import resolve_model
 from srscreen.graph.csr import Graphs
 

@@ -1,0 +1,1 @@
+"""One parser per structure file format; `io.readers` picks one by the file name."""
