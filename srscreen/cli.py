@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -41,9 +42,27 @@ err = Console(stderr=True)
 USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError, ValueError)
 
 
+# Library parameters whose flag is not the parameter's name with dashes (`max_nbr` -> --max-nbr).
+FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc"}
+_PARAMETER = re.compile(r"`([a-z][a-z_]*)(?:=([^`]*))?`")
+
+
+def flag_text(message: str) -> str:
+    """A library message as the command line says it: each parameter it names in backticks (`top`,
+    `overwrite=True`, `rule='cgcnn'`) becomes the flag that sets it (--top, --overwrite, --graph-rule cgcnn)."""
+    def flag(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        option = "--" + FLAG_NAMES.get(name, name.replace("_", "-"))
+        if value is None or value == "True":
+            return option
+        return f"{option} {value.strip(chr(39) + chr(34))}"
+
+    return _PARAMETER.sub(flag, message)
+
+
 def _fail(message: str, code: int = 2) -> None:
     # The message is text, not markup: a path like `runs[old]/out.h5` must print as it is (and `[/x]` not crash).
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(flag_text(message))}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 

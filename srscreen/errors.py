@@ -7,7 +7,19 @@ from __future__ import annotations
 
 
 class SrscreenError(ValueError):
-    """An input srscreen cannot use; the message is one line naming the file or parameter and the reason."""
+    """An input srscreen cannot use; the message is one line naming the file or parameter and the reason.
+
+    Messages name parameters as a Python caller passes them, in backticks (`top`, `overwrite=True`,
+    `rule='cgcnn'`); the command line shows its flag in their place (`cli.flag_text`).
+    """
+
+
+class OptionError(SrscreenError):
+    """A parameter value srscreen cannot use (the message names the parameter)."""
+
+
+class InputError(SrscreenError):
+    """An input file or folder srscreen cannot use (the message names the file)."""
 
 
 class ShardFileError(SrscreenError):

@@ -357,7 +357,7 @@ def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
     assert again == FeaturizeSummary(structures=first.structures, failed=first.failed, skipped=first.skipped,
                                      resumed=first.structures + first.failed, out=str(out))
     # Other settings: refused, naming the setting and the way out.
-    with pytest.raises(FileExistsError, match=r"other max_nbr; use --overwrite"):
+    with pytest.raises(FileExistsError, match=r"other max_nbr; use `overwrite=True`"):
         featurize(database.root, out, options=FeaturizeOptions(graph=GraphSettings(max_nbr=8)), jobs=1)
     assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime, "a complete file is never touched"
     rebuilt = featurize(database.root, out, options=FeaturizeOptions(graph=GraphSettings(max_nbr=8)), jobs=1, overwrite=True)

@@ -11,23 +11,25 @@ from typing import Iterator
 
 from joblib import parallel_config
 
+from srscreen.errors import OptionError
+
 BACKENDS: tuple[str, ...] = ("local", "dask")
 
 
 def check_backend(backend: str, scheduler: str | None) -> None:
     """Refuse an unknown backend, a missing scheduler address, or dask when it is not installed."""
     if backend not in BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        raise OptionError(f"`backend` must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "local":
         if scheduler is not None:
-            raise ValueError("--scheduler is for --backend dask")
+            raise OptionError("`scheduler` is for `backend='dask'`")
         return
     if not scheduler:
-        raise ValueError("--backend dask needs --scheduler ADDRESS (the dask scheduler, e.g. tcp://host:8786)")
+        raise OptionError("`backend='dask'` needs `scheduler` (the dask scheduler's address, e.g. tcp://host:8786)")
     try:
         import dask.distributed  # noqa: F401
     except ImportError:
-        raise ValueError("--backend dask needs dask.distributed: pip install 'srscreen[dask]'") from None
+        raise OptionError("`backend='dask'` needs dask.distributed: pip install 'srscreen[dask]'") from None
 
 
 @contextmanager
@@ -51,7 +53,7 @@ def compute_backend(backend: str = "local", *, jobs: int = -1, scheduler: str | 
     try:
         client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
     except (OSError, TimeoutError) as e:
-        raise ValueError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
+        raise OptionError(f"cannot reach the dask scheduler at {scheduler}: {e}") from None
     try:
         with parallel_config(backend="dask", n_jobs=jobs, client=client):
             yield

@@ -195,7 +195,7 @@ def _completed_summary(out: Path, attrs: dict) -> FeaturizeSummary:
     with GraphFile(out) as graphs:
         changed = [k for k in attrs if k != "source" and graphs.attrs.get(k) != attrs[k]]
         if changed:
-            raise FileExistsError(f"{out} exists and was made with other {', '.join(changed)}; use --overwrite to rebuild it")
+            raise FileExistsError(f"{out} exists and was made with other {', '.join(changed)}; use `overwrite=True` to rebuild it")
         n, failed, skipped = len(graphs), int(graphs.attrs["n_failed"]), int(graphs.attrs["n_skipped"])
     leftover = partial_dir(out)
     if leftover.exists():

@@ -115,7 +115,8 @@ def check_graphs(n_atoms: np.ndarray, atomic_numbers: np.ndarray, n_edges: np.nd
 
 def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, model: str, model_settings: dict,
                      model_table_id: str, table_name: str | None = None) -> None:
-    """Refuse graphs built with other settings or another element table than a model was trained on.
+    """Refuse graphs built with other settings or another element table than a model was trained on:
+    the one check that graphs fit a model, for predict, train, finetune and evaluate alike.
 
     Only the keys the model records count; a model file without a neighbour algorithm predates the
     knn-ties rule, so its graphs were CGCNN's."""
@@ -123,21 +124,22 @@ def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, mode
     changed = [f"{k} {graph_settings.get(k)!r} (model: {v!r})" for k, v in expected.items() if graph_settings.get(k) != v]
     if changed:
         raise ShardFileError(f"{graph_path} has graphs built with {', '.join(changed)} for model {model}; "
-                             f"featurize again with {_featurize_flags(expected)}")
+                             f"featurize again with {_settings_text(expected)}")
     if table_id != model_table_id:
         named = f" ({table_name})" if table_name else ""
         raise ShardFileError(f"{graph_path} uses element table {table_id}{named}, but model {model} expects {model_table_id}; "
-                             f"featurize with the model's table (--atom-features)")
+                             f"featurize with the model's table (`atom_features`)")
 
 
-def _featurize_flags(settings: dict) -> str:
+def _settings_text(settings: dict) -> str:
+    """The graph settings a model needs, as `GraphSettings` parameters (the CLI shows them as flags)."""
     rule = rule_of(settings["neighbour_algorithm"])
-    flags = f"--radius {settings['radius']} --max-nbr {settings['max_nbr']}"
+    names = [f"`radius={settings['radius']}`", f"`max_nbr={settings['max_nbr']}`"]
     if rule is not None:
-        flags += f" --graph-rule {rule}"
+        names.append(f"`rule='{rule}'`")
     if "tie_tolerance" in settings:
-        flags += f" --tie-tolerance {settings['tie_tolerance']}"
-    return flags
+        names.append(f"`tie_tolerance={settings['tie_tolerance']}`")
+    return " ".join(names)
 
 
 class GraphFile:
@@ -174,7 +176,7 @@ class GraphFile:
             raise ShardFileError(
                 f"{self.path}: graph file schema version {version} (a fixed {attrs.get('max_nbr')} neighbours per atom, "
                 f"no checksums); this srscreen reads version {SCHEMA_VERSION}: run featurize again "
-                f"(with --graph-rule cgcnn for models imported from CGCNN)"
+                f"(with `rule='cgcnn'` for models imported from CGCNN)"
             )
         if version > SCHEMA_VERSION:
             raise ShardFileError(

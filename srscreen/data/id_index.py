@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from srscreen.errors import OptionError
+
 PART_BITS = 24  # up to 16.7 million part files
 HASH_BITS = 64 - PART_BITS
 PART_MASK = (1 << PART_BITS) - 1
@@ -87,7 +89,7 @@ class PartKeys:
 
     def _record(self, part: int, hashes: list[int]) -> None:
         if part > PART_MASK:
-            raise ValueError(f"more than {PART_MASK + 1} part files: use a larger shard size")
+            raise OptionError(f"more than {PART_MASK + 1} part files: use a larger `shard_size`")
         new = (np.array(hashes, dtype=np.uint64) >> PART_BITS << PART_BITS) | np.uint64(part)
         new.sort()
         self.recent = _merged(self.recent, new)

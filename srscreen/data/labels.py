@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from srscreen.errors import InputError
+
 ID_COLUMNS = ("id", "material_id")
 
 
@@ -31,11 +33,11 @@ def read_labels(path: str | Path, target: str) -> dict[str, float]:
             reader = csv.reader(f)
             header = next(reader, None)
             if not header:
-                raise ValueError(f"{path}: empty labels file")
+                raise InputError(f"{path}: empty labels file")
             header = [h.strip() for h in header]
             id_col = next((header.index(c) for c in ID_COLUMNS if c in header), 0)
             if target not in header:
-                raise ValueError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
+                raise InputError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
             col = header.index(target)
             labels: dict[str, float] = {}
             for line, row in enumerate(reader, start=2):
@@ -44,9 +46,9 @@ def read_labels(path: str | Path, target: str) -> dict[str, float]:
                 try:
                     labels[row[id_col].strip()] = float(row[col]) if row[col].strip() else math.nan
                 except (ValueError, IndexError):
-                    raise ValueError(f"{path}:{line}: {target} is not a number ({row[col] if col < len(row) else 'missing'!r})") from None
+                    raise InputError(f"{path}:{line}: {target} is not a number ({row[col] if col < len(row) else 'missing'!r})") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read labels ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read labels ({e.strerror})") from None
     return labels
 
 

@@ -102,7 +102,7 @@ def start_parts(out: Path, attrs: dict, overwrite: bool) -> Path:
         before = json.loads(manifest.read_text())
         if before != attrs:
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {attrs.get(k)!r}" for k in attrs if before.get(k) != attrs.get(k))
-            raise ShardFileError(f"{parts} holds a run with other settings ({changed}); use --overwrite to start over")
+            raise ShardFileError(f"{parts} holds a run with other settings ({changed}); use `overwrite=True` to start over")
     else:
         _atomic_write_text(manifest, json.dumps(attrs, sort_keys=True))
     return parts

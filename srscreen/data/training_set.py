@@ -13,6 +13,7 @@ import numpy as np
 
 from srscreen.data.batch import GraphBatch, batch_of
 from srscreen.data.graph_file import GraphFile
+from srscreen.errors import InputError
 from srscreen.graph.csr import Graphs
 from srscreen.graph.equivalent_atoms import quotient
 
@@ -37,7 +38,7 @@ class GraphSet(Graphs):
             shards = list(graphs.iter_shards())
             settings, table_id = graphs.graph_settings, str(graphs.attrs["feature_table_id"])
         if not shards:
-            raise ValueError(f"{path}: no featurized structures to train on")
+            raise InputError(f"{path}: no featurized structures to train on")
         merged = Graphs.concat([quotient(s, steps) for s in shards]) if steps is not None else Graphs.concat(shards)
         return cls(**{f.name: getattr(merged, f.name) for f in fields(Graphs)}, graph_settings=settings,
                    feature_table_id=table_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from srscreen.errors import SrscreenError
+from srscreen.errors import InputError, OptionError, SrscreenError
 
 IsolatedPolicy = Literal["fail", "pad"]
 GraphRule = Literal["knn-ties", "cgcnn"]
@@ -43,9 +43,9 @@ class GraphSettings:
 
     def __post_init__(self) -> None:
         if self.rule not in ALGORITHMS:
-            raise ValueError(f"rule must be one of {', '.join(ALGORITHMS)}, got {self.rule!r}")
+            raise OptionError(f"`rule` must be one of {', '.join(ALGORITHMS)}, not {self.rule!r}")
         if self.radius <= 0 or self.max_nbr < 1 or self.tie_tolerance < 0:
-            raise ValueError(f"radius and tie_tolerance must be positive and max_nbr at least 1, got {self}")
+            raise OptionError(f"`radius` must be positive, `tie_tolerance` non-negative and `max_nbr` at least 1, not {self}")
 
     @property
     def algorithm(self) -> str:
@@ -57,7 +57,7 @@ class GraphSettings:
         algorithm = attrs.get("neighbour_algorithm", LEGACY_ALGORITHM)
         rule = rule_of(algorithm)
         if rule is None:
-            raise ValueError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
+            raise InputError(f"unknown neighbour algorithm {algorithm!r} (this srscreen knows {', '.join(ALGORITHMS.values())})")
         return cls(radius=float(attrs["radius"]), max_nbr=int(attrs["max_nbr"]), rule=rule,
                    tie_tolerance=float(attrs.get("tie_tolerance", cls.tie_tolerance)))
 

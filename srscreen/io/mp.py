@@ -24,7 +24,7 @@ from typing import Callable
 import orjson
 
 from srscreen.io.atomic_write import replace_when_done
-from srscreen.errors import one_line
+from srscreen.errors import InputError, OptionError, one_line
 from srscreen.io.formats.pymatgen_json import structure_from_dict
 from srscreen.io.parsed import ParseFailure
 
@@ -93,7 +93,7 @@ def _read_done(labels: Path, structures: Path) -> set[str]:
         labels.write_text(text, encoding="utf-8")
     rows = list(csv.reader(text.splitlines()))
     if not rows or rows[0] != ["material_id", *LABEL_COLUMNS]:
-        raise ValueError(f"{labels} is not a labels file written by fetch-mp; choose another output folder")
+        raise InputError(f"{labels} is not a labels file written by fetch-mp; choose another output folder")
     return {row[0] for row in rows[1:] if row and (structures / f"{row[0]}.json").exists()}
 
 
@@ -192,9 +192,9 @@ def fetch_mp(
     `on_progress(done, total, failed)` is called once the ids are known and after each chunk.
     """
     if query.is_empty():
-        raise ValueError("give a query: --chemsys, --elements, --ids, --stable, --energy-above-hull, --band-gap or --formation-energy")
+        raise OptionError("give a query: `chemsys`, `elements`, `ids`, `stable`, `energy_above_hull`, `band_gap` or `formation_energy`")
     if chunk_size < 1:
-        raise ValueError("--chunk-size must be at least 1")
+        raise OptionError("`chunk_size` must be at least 1")
     key = _api_key(api_key)
     out = Path(out)
     structures, labels, failures_csv = out / "structures", out / "labels.csv", out / "failures.csv"
