@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from srscreen.errors import OptionError
 from srscreen.data.batch import GraphBatch
 from srscreen.model.batch_norm import batch_norm
 from srscreen.model.edge_block import GatedEdges, gate, gate_sum
@@ -40,7 +41,7 @@ class CrystalGraphNet(nn.Module):
     ) -> None:
         super().__init__()
         if steps < 1 or n_h < 1:
-            raise ValueError(f"steps and n_h must be at least 1, got steps={steps}, n_h={n_h}")
+            raise OptionError(f"`steps` and `n_h` must be at least 1, not steps={steps}, n_h={n_h}")
         table = torch.as_tensor(feature_table).detach().to("cpu", torch.float32)
         if table.ndim != 2:
             raise ValueError(f"feature_table must be 2-D (element, feature), got shape {tuple(table.shape)}")

@@ -97,9 +97,9 @@ class ReferenceHull:
             comp = formula if isinstance(formula, Composition) else Composition(formula)
             ef = float(ef)
             if not math.isfinite(ef):
-                raise ValueError(f"{source}: formation energy of {formula} is not a finite number ({ef})")
+                raise ReferenceFileError(f"{source}: formation energy of {formula} is not a finite number ({ef})")
             if comp.num_atoms <= 0:
-                raise ValueError(f"{source}: {formula!r} has no atoms")
+                raise ReferenceFileError(f"{source}: {formula!r} has no atoms")
             symbols = {el.symbol for el in comp.elements}
             self.elements |= symbols
             key = comp.reduced_formula

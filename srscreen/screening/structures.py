@@ -26,6 +26,7 @@ from srscreen.graph.settings import GraphSettings
 from srscreen.screening.predict import pick_device, predict_shard
 from srscreen.io.formats.pymatgen_json import from_pymatgen
 from srscreen.model.registry import resolve_model
+from srscreen.errors import InputError
 from srscreen.graph.csr import Graphs
 
 class Model:
@@ -61,7 +62,7 @@ class Model:
         graphs, failures = graph_records(found, self._options, self._supported)
         if failures:
             first = failures[0]
-            raise ValueError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): "
+            raise InputError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): "
                              f"{first.reason}")
         return graphs
 
