@@ -29,6 +29,7 @@ from srscreen.errors import ModelFileError, ShardFileError, SrscreenError
 if TYPE_CHECKING:
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.predict import DamagedShard
+    from srscreen.screening.ranking import Table
     from srscreen.data.graph_file import GraphFile
     from srscreen.trainer.trainer import TrainConfig
 
@@ -70,11 +71,6 @@ def _no_progress(quiet: bool) -> bool:
     """Progress bars only on a terminal: redirected to a file or pipe, rich prints nothing useful but a blank
     line when one stops, which would split an error message from the command's output."""
     return quiet or not err.is_interactive
-
-
-def _reader_closed_stdout() -> None:
-    """`| head` closed the pipe: that is the reader's choice, not an error. Later flushes go nowhere."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @app.command("featurize")
@@ -184,7 +180,8 @@ def info_cmd(
                     sys.stdout.write(id_ + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:
-                _reader_closed_stdout()
+                from srscreen.screening.ranking import reader_closed_stdout
+                reader_closed_stdout()
             return
         try:
             failures = graphs.failures()
@@ -395,10 +392,11 @@ def predict_cmd(
     """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
     import torch
 
-    from srscreen.screening.predict import Condition, predict, write_ranking
     from srscreen.data.graph_file import GraphFile
-    if fmt not in ("csv", "tsv", "jsonl"):
-        _fail(f"--format must be csv, tsv or jsonl, not {fmt!r}")
+    from srscreen.screening.predict import predict
+    from srscreen.screening.ranking import FORMATS, Condition
+    if fmt not in FORMATS:
+        _fail(f"--format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
     if threads > 0:
         torch.set_num_threads(threads)
     try:
@@ -426,18 +424,7 @@ def predict_cmd(
         _fail(str(e))
     if damaged:
         _write_damaged(damaged, damaged_list or Path(graphs.name + ".damaged.csv"))
-    if out is not None:
-        try:
-            with out.open("w", newline="") as stream:
-                write_ranking(ranking, stream, fmt)
-        except OSError as e:
-            _fail(f"{out}: cannot write ({e.strerror or e})")
-        return
-    try:
-        write_ranking(ranking, sys.stdout, fmt)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _reader_closed_stdout()
+    _write_ranking(ranking.table(fmt), out)
 
 
 def _write_damaged(damaged: list[DamagedShard], path: Path) -> None:
@@ -467,21 +454,23 @@ def merge_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
 ) -> None:
     """Merge the rankings of several `predict --shards` runs (GPUs, nodes) into one global ranking."""
-    from srscreen.screening.merge import merge_rankings, write_merged
+    from srscreen.screening.merge import merge_rankings
     try:
         ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc)
-        if out is not None:  # written whole or not at all
-            with replace_when_done(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
-                write_merged(ranked, stream)
-            return
-        write_merged(ranked, sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _reader_closed_stdout()
     except USAGE_ERRORS as e:
         _fail(str(e))
+    _write_ranking(ranked, out)
+
+
+def _write_ranking(table: Table, out: Optional[Path]) -> None:
+    """A ranking to `out` (whole or not at all) or stdout (`ranking.write_output`); errors as one line."""
+    from srscreen.screening.ranking import write_output
+    try:
+        write_output(table, out)
     except OSError as e:
-        _fail(f"{out}: cannot write ({e.strerror or e})")
+        _fail(f"{out or 'stdout'}: cannot write ({e.strerror or e})")
+    except ValueError as e:  # merge: a part found unreadable or unranked while its rows stream
+        _fail(str(e))
 
 
 def _range(option: str, text: Optional[str]) -> Optional[tuple[float, float]]:

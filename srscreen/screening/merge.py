@@ -1,23 +1,32 @@
 """Merge ranked tables written by `predict` (one per shard range, GPU or node) into one ranking.
 
-Rows stream through: with `top`, a heap of the best `top` rows is all that is held (O(top) memory,
-any number and size of parts); without it, parts already ranked by the sort column are merged
-k-way, holding one row per part. Ties keep the order of the parts as given, then of the rows in
-each part, so parts of one graph file given in shard order rank ties as one `predict` run does.
-Values are copied as written, never reformatted; ranks are renumbered.
+Rows stream through: with `top`, the best `top` rows so far and the next chunk of rows are all that
+is held (`ranking.best`, as predict keeps its top rows between shards: O(top) memory, any number and
+size of parts); without it, parts already ranked by the sort column are merged k-way, holding one
+row per part. Ties keep the order of the parts as given, then of the rows in each part, so parts of
+one graph file given in shard order rank ties as one `predict` run does. Values are copied as
+written, never reformatted; ranks are renumbered. The sort key, the top-k and the writer are the
+ranking's (`ranking`), shared with predict.
 """
 
 from __future__ import annotations
 
 import csv
 import heapq
+import itertools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator
 
-FIXED_COLUMNS = ("rank", "id", "formula", "n_atoms")
+import numpy as np
+
+from srscreen.screening.ranking import FIXED_COLUMNS, Table, best, check_columns, check_top, delimiter, sort_key
+from srscreen.screening.ranking import write_table as write_merged  # noqa: F401 - the name callers know
+
+# Rows read between two top-k cuts: small next to any part, large enough that numpy does the sorting.
+CHUNK_ROWS = 1024
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -39,7 +48,7 @@ class Part:
                     line = stream.readline()
                     columns = list(json.loads(line)) if line.strip() else []
                 else:
-                    columns = next(csv.reader(stream, delimiter=_delimiter(fmt)), [])
+                    columns = next(csv.reader(stream, delimiter=delimiter(fmt)), [])
         except OSError as e:
             raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
         except json.JSONDecodeError:
@@ -61,36 +70,22 @@ class Part:
                         except json.JSONDecodeError:
                             raise ValueError(f"{self.path}:{number}: not a JSON line") from None
             else:
-                reader = csv.reader(stream, delimiter=_delimiter(self.fmt))
+                reader = csv.reader(stream, delimiter=delimiter(self.fmt))
                 next(reader, None)
                 yield from (row for row in reader if row)
 
 
-def _delimiter(fmt: str) -> str:
-    return "\t" if fmt == "tsv" else ","
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """The merged ranking: the parts' columns and format, and its rows in rank order (a stream)."""
-
-    columns: list[str]
-    fmt: str
-    rows: Iterator[dict | list]
-
-
 def merge_rankings(paths: list[str | Path], *, top: int | None = None, sort_by: str | None = None,
-                   descending: bool = False) -> Ranked:
+                   descending: bool = False) -> Table:
     """Merge ranked tables into the global ranking by `sort_by` (default: the first target column,
     as `predict` ranks), lowest first unless `descending`; NaN and empty values rank last."""
     if not paths:
         raise ValueError("no ranking to merge")
-    if top is not None and top < 1:
-        raise ValueError("--top must be at least 1")
+    check_top(top)
     parts = [Part.open(p) for p in paths]
     known = [p for p in parts if p.columns]
     if not known:
-        return Ranked(list(FIXED_COLUMNS), parts[0].fmt, iter(()))
+        return Table(list(FIXED_COLUMNS), parts[0].fmt, iter(()))
     columns, fmt = known[0].columns, known[0].fmt
     for p in parts:
         if p.fmt != fmt:
@@ -101,46 +96,42 @@ def merge_rankings(paths: list[str | Path], *, top: int | None = None, sort_by: 
     if not targets:
         raise ValueError(f"{known[0].path}: no target column to rank by")
     sort_by = sort_by or targets[0]
-    if sort_by not in targets and sort_by != "n_atoms":
-        raise ValueError(f"--sort {sort_by}: no such column (columns: {', '.join(targets)}, n_atoms)")
-    key = _key_function(columns, fmt, sort_by, descending)
+    check_columns([*targets, "n_atoms"], sort_by)
+    value = _value_of(columns, fmt, sort_by)
     if top is not None:
-        rows = _best(parts, key, top)
+        rows = _best(itertools.chain.from_iterable(p.rows() for p in parts), value, top, descending)
     else:
+        key = lambda row: sort_key(value(row), descending)  # noqa: E731
         for p in parts:  # before any output: a part that is not ranked this way cannot be merged k-way
             _check_ranked(p, key, sort_by, descending)
         rows = heapq.merge(*(p.rows() for p in parts), key=key)
-    return Ranked(columns, fmt, _renumbered(rows, fmt))
+    return Table(columns, fmt, _renumbered(rows, fmt))
 
 
-def _key_function(columns: list[str], fmt: str, sort_by: str, descending: bool):
+def _value_of(columns: list[str], fmt: str, sort_by: str) -> Callable[[dict | list], float]:
+    """A row's value in the `sort_by` column as a number; NaN where it is empty or not a number."""
     index = columns.index(sort_by)
-    sign = -1.0 if descending else 1.0
 
-    def key(row) -> tuple[bool, float]:
+    def value(row) -> float:
         cell = row.get(sort_by) if fmt == "jsonl" else (row[index] if index < len(row) else "")
         try:
-            value = float(cell) if cell not in (None, "") else math.nan
+            return float(cell) if cell not in (None, "") else math.nan
         except (TypeError, ValueError):
-            value = math.nan
-        return (True, 0.0) if math.isnan(value) else (False, sign * value)
+            return math.nan
 
-    return key
+    return value
 
 
-def _best(parts: list[Part], key, top: int) -> list:
-    """The best `top` rows in rank order, holding at most `top` rows: a heap whose root is the worst
-    row kept (keys negated), so each new row costs one comparison unless it enters."""
-    heap: list[tuple] = []
-    for p, part in enumerate(parts):
-        for r, row in enumerate(part.rows()):
-            nan, value = key(row)
-            entry = (-int(nan), -value, -p, -r, row)  # larger is better: rank order, then input order
-            if len(heap) < top:
-                heapq.heappush(heap, entry)
-            elif entry[:4] > heap[0][:4]:
-                heapq.heapreplace(heap, entry)
-    return [entry[4] for entry in sorted(heap, key=lambda e: e[:4], reverse=True)]
+def _best(rows: Iterator[dict | list], value: Callable[[dict | list], float], top: int, descending: bool) -> list:
+    """The best `top` rows in rank order, holding at most `top` + one chunk of rows."""
+    kept: list = []
+    kept_values = np.zeros(0)
+    while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
+        candidates = kept + chunk  # the rows kept come first in the input: ties stay theirs
+        values = np.concatenate([kept_values, np.fromiter((value(r) for r in chunk), np.float64, len(chunk))])
+        index = best(values, top, descending)
+        kept, kept_values = [candidates[i] for i in index], values[index]
+    return kept
 
 
 def _check_ranked(part: Part, key, sort_by: str, descending: bool) -> None:
@@ -162,19 +153,3 @@ def _renumbered(rows, fmt: str) -> Iterator[dict | list]:
             yield {**row, "rank": rank}
         else:
             yield [str(rank), *row[1:]]
-
-
-def write_merged(ranked: Ranked, stream: TextIO) -> int:
-    """Write the merged ranking in its parts' format; returns the number of rows."""
-    n = 0
-    if ranked.fmt == "jsonl":
-        for row in ranked.rows:
-            stream.write(json.dumps(row) + "\n")
-            n += 1
-        return n
-    writer = csv.writer(stream, delimiter=_delimiter(ranked.fmt), lineterminator="\n")
-    writer.writerow(ranked.columns)
-    for row in ranked.rows:
-        writer.writerow(row)
-        n += 1
-    return n

@@ -9,10 +9,7 @@ survive each shard (a bounded selection), so memory is O(top + one shard) whatev
 
 from __future__ import annotations
 
-import math
-import operator
 import queue
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,73 +25,13 @@ from srscreen.model.compiled import Compiled
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
 from srscreen.graph.csr import Graphs
+from srscreen.screening.ranking import Condition, Ranking, check_columns, check_top
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
     from srscreen.screening.hull import ReferenceHull
 
 # Targets that are formation energies per atom, which `--hull` places against a reference hull.
 FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")
-_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
-    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
-}
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """A filter such as ``band_gap>=1.0``."""
-
-    column: str
-    op: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> "Condition":
-        m = _WHERE.match(text)
-        if not m:
-            raise ValueError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
-        try:
-            value = float(m.group(3))
-        except ValueError:  # matched the number's characters but is none, e.g. "1e" or "-"
-            raise ValueError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
-        return cls(m.group(1), m.group(2), value)
-
-    def mask(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        if self.column not in columns:
-            raise ValueError(f"filter {self.column!r}: no such column (columns: {', '.join(columns)})")
-        return _OPS[self.op](columns[self.column], self.value)
-
-
-@dataclass
-class Ranking:
-    """Rows that survived filters and the top-k cut; columns are arrays of equal length."""
-
-    ids: list[str]
-    formula: list[str]
-    n_atoms: np.ndarray
-    values: dict[str, np.ndarray]
-    notes: list[str] | None = None  # with --hull: why a row has no e_above_hull ("" where it has one)
-
-    @classmethod
-    def empty(cls, columns: list[str], notes: bool = False) -> "Ranking":
-        return cls([], [], np.zeros(0, np.int64), {t: np.zeros(0) for t in columns}, [] if notes else None)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def take(self, index: np.ndarray) -> "Ranking":
-        return Ranking([self.ids[i] for i in index], [self.formula[i] for i in index], self.n_atoms[index],
-                       {k: v[index] for k, v in self.values.items()},
-                       None if self.notes is None else [self.notes[i] for i in index])
-
-    @staticmethod
-    def concat(parts: list["Ranking"], columns: list[str], notes: bool = False) -> "Ranking":
-        if not parts:
-            return Ranking.empty(columns, notes)
-        return Ranking([i for p in parts for i in p.ids], [f for p in parts for f in p.formula],
-                       np.concatenate([p.n_atoms for p in parts]),
-                       {t: np.concatenate([p.values[t] for p in parts]) for t in columns},
-                       [n for p in parts for n in p.notes] if notes else None)
 
 
 def pick_device(name: str) -> torch.device:
@@ -215,13 +152,8 @@ def predict(
         raise ValueError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
     outputs = [*targets, *(["e_above_hull"] if hull is not None else [])]
     sort_by = sort_by or targets[0]
-    if sort_by not in outputs:
-        raise ValueError(f"--sort {sort_by}: no such column (columns: {', '.join(outputs)})")
-    if top is not None and top < 1:
-        raise ValueError("--top must be at least 1")
-    for condition in where:  # before any work, and even when the chosen shards are empty
-        if condition.column not in (*outputs, "n_atoms"):
-            raise ValueError(f"filter {condition.column!r}: no such column (columns: {', '.join([*outputs, 'n_atoms'])})")
+    check_columns([*outputs, "n_atoms"], sort_by, where)  # before any work, even when the chosen shards are empty
+    check_top(top)
     dev = pick_device(device)
     reuse_freed_memory()
     with GraphFile(graph_path) as graphs:
@@ -247,19 +179,13 @@ def predict(
                     values["e_above_hull"], placed = hull.e_above_hull(shard.formula, values[energy])
                     notes = [note or "" for note in placed]
                 rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values, notes)
-                columns = {**values, "n_atoms": rows.n_atoms}
-                keep = np.ones(len(rows), dtype=bool)
-                for condition in where:
-                    keep &= condition.mask(columns)
-                parts.append(rows.take(np.flatnonzero(keep)))
+                parts.append(rows.where(where))
                 if top is not None:  # keep at most `top` rows between shards
                     merged = Ranking.concat(parts, outputs, hull is not None)
-                    parts = [merged.take(_best(merged.values[sort_by], top, descending)) if len(merged) > top else merged]
+                    parts = [merged.top(sort_by, top, descending) if len(merged) > top else merged]
                 if on_shard is not None:
                     on_shard(len(shard.ids))
-    kept = Ranking.concat(parts, outputs, hull is not None)
-    order = _order(kept.values[sort_by], descending)
-    return kept.take(order[:top] if top is not None else order)
+    return Ranking.concat(parts, outputs, hull is not None).top(sort_by, top, descending)
 
 
 @dataclass(frozen=True)
@@ -282,48 +208,3 @@ def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callabl
             yield index, e, None
             continue
         yield index, shard, merge(shard)
-
-
-def _key(values: np.ndarray, descending: bool) -> np.ndarray:
-    """Sort key with NaN last either way."""
-    key = -values if descending else values.copy()
-    key[np.isnan(key)] = np.inf
-    return key
-
-
-def _best(values: np.ndarray, k: int, descending: bool) -> np.ndarray:
-    """The first `k` rows of the stable order: ties go to the row met first in the file, as in the full
-    ranking (an argpartition would pick among equal values arbitrarily, so --top K would not be the
-    head of the full ranking). The rows are k + one shard, so the sort costs little."""
-    return _order(values, descending)[:k]
-
-
-def _order(values: np.ndarray, descending: bool) -> np.ndarray:
-    return np.argsort(_key(values, descending), kind="stable")
-
-
-def write_ranking(ranking: Ranking, stream, fmt: str = "csv") -> None:
-    """Rows `rank,id,formula,n_atoms,<column>...[,hull_note]` as CSV, TSV or JSON lines."""
-    targets = list(ranking.values)
-    notes = ranking.notes
-    if fmt == "jsonl":
-        import json
-
-        for i in range(len(ranking)):
-            row = {"rank": i + 1, "id": ranking.ids[i], "formula": ranking.formula[i], "n_atoms": int(ranking.n_atoms[i])}
-            row.update({t: _plain(ranking.values[t][i]) for t in targets})
-            if notes is not None:
-                row["hull_note"] = notes[i]
-            stream.write(json.dumps(row) + "\n")
-        return
-    import csv
-
-    writer = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    writer.writerow(["rank", "id", "formula", "n_atoms", *targets, *(["hull_note"] if notes is not None else [])])
-    for i in range(len(ranking)):
-        writer.writerow([i + 1, ranking.ids[i], ranking.formula[i], int(ranking.n_atoms[i]),
-                         *(f"{ranking.values[t][i]:.6g}" for t in targets), *([notes[i]] if notes is not None else [])])
-
-
-def _plain(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)

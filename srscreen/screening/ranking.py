@@ -1,0 +1,210 @@
+"""A ranking: its rows and columns, the one sort key, top-k, `--where` filters, and the one writer.
+
+`predict` ranks arrays of predictions; `merge` streams rows that `predict` wrote. Both rank by one key
+(lowest first, or highest with `descending`; NaN or an empty cell last either way; ties keep the order
+the rows came in), cut with one top-k, and write through one writer: CSV or TSV with the header first,
+or JSON lines; on stdout, where a reader closing the pipe (`| head`) ends the output quietly, or to a
+file that appears whole or not at all.
+
+Columns: rank, id, formula, n_atoms, then one per value (a model's target; beside it `<target>_std`
+for an ensemble; e_above_hull with --hull), then hull_note with --hull.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import operator
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TextIO
+
+import numpy as np
+
+from srscreen.errors import OptionError
+from srscreen.io.atomic_write import replace_when_done
+
+FIXED_COLUMNS = ("rank", "id", "formula", "n_atoms")
+NOTE_COLUMN = "hull_note"
+FORMATS = ("csv", "tsv", "jsonl")
+_OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
+    ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+}
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A filter such as ``band_gap>=1.0``."""
+
+    column: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        m = _WHERE.match(text)
+        if not m:
+            raise ValueError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
+        try:
+            value = float(m.group(3))
+        except ValueError:  # matched the number's characters but is none, e.g. "1e" or "-"
+            raise ValueError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
+        return cls(m.group(1), m.group(2), value)
+
+    def mask(self, ranking: Ranking) -> np.ndarray:
+        """Rows that pass; NaN passes no comparison but `!=`."""
+        return _OPS[self.op](ranking.column(self.column), self.value)
+
+
+def check_columns(columns: Sequence[str], sort_by: str, where: Sequence[Condition] = ()) -> None:
+    """Refuse a sort or filter column the ranking lacks, before any work."""
+    if sort_by not in columns:
+        raise OptionError(f"`sort_by={sort_by!r}`: no such column (columns: {', '.join(columns)})")
+    for condition in where:
+        if condition.column not in columns:
+            raise OptionError(f"filter {condition.column!r}: no such column (columns: {', '.join(columns)})")
+
+
+def check_top(top: int | None) -> None:
+    if top is not None and top < 1:
+        raise OptionError("`top` must be at least 1")
+
+
+def sort_key(value: float, descending: bool) -> tuple[bool, float]:
+    """The rank order of one value: NaN last either way, then lowest first (highest if `descending`)."""
+    return (True, 0.0) if math.isnan(value) else (False, -value if descending else value)
+
+
+def order(values: np.ndarray, descending: bool) -> np.ndarray:
+    """Row indices in `sort_key` order, vectorised; equal keys keep row order (a stable sort)."""
+    nan = np.isnan(values)
+    real = np.flatnonzero(~nan)
+    signed = -values[real] if descending else values[real]
+    return np.concatenate([real[np.argsort(signed, kind="stable")], np.flatnonzero(nan)])
+
+
+def best(values: np.ndarray, top: int | None, descending: bool) -> np.ndarray:
+    """The first `top` rows of the stable order (all with None). Ties go to the row met first, so the
+    best K of rows kept so far plus the next chunk, chunk after chunk, is the head of the full ranking
+    (an argpartition would pick among equal values arbitrarily)."""
+    return order(values, descending)[:top]
+
+
+@dataclass
+class Ranking:
+    """Ranked rows in memory: `values` are the value columns, arrays as long as `ids`."""
+
+    ids: list[str]
+    formula: list[str]
+    n_atoms: np.ndarray
+    values: dict[str, np.ndarray]
+    notes: list[str] | None = None  # with --hull: why a row has no e_above_hull ("" where it has one)
+
+    @classmethod
+    def empty(cls, columns: list[str], notes: bool = False) -> Ranking:
+        return cls([], [], np.zeros(0, np.int64), {t: np.zeros(0) for t in columns}, [] if notes else None)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*FIXED_COLUMNS, *self.values, *([NOTE_COLUMN] if self.notes is not None else [])]
+
+    def column(self, name: str) -> np.ndarray:
+        """A value column, or n_atoms: what a sort or a filter reads."""
+        return self.n_atoms if name == "n_atoms" else self.values[name]
+
+    def where(self, conditions: Sequence[Condition]) -> Ranking:
+        """The rows that pass every condition."""
+        keep = np.ones(len(self), dtype=bool)
+        for condition in conditions:
+            keep &= condition.mask(self)
+        return self.take(np.flatnonzero(keep))
+
+    def top(self, sort_by: str, top: int | None, descending: bool) -> Ranking:
+        """The first `top` rows (all with None) ranked by `sort_by`."""
+        return self.take(best(self.column(sort_by).astype(np.float64), top, descending))
+
+    def take(self, index: np.ndarray) -> Ranking:
+        return Ranking([self.ids[i] for i in index], [self.formula[i] for i in index], self.n_atoms[index],
+                       {k: v[index] for k, v in self.values.items()},
+                       None if self.notes is None else [self.notes[i] for i in index])
+
+    @staticmethod
+    def concat(parts: list[Ranking], columns: list[str], notes: bool = False) -> Ranking:
+        if not parts:
+            return Ranking.empty(columns, notes)
+        return Ranking([i for p in parts for i in p.ids], [f for p in parts for f in p.formula],
+                       np.concatenate([p.n_atoms for p in parts]),
+                       {t: np.concatenate([p.values[t] for p in parts]) for t in columns},
+                       [n for p in parts for n in p.notes] if notes else None)
+
+    def table(self, fmt: str = "csv") -> Table:
+        """The rows as written: values to 6 significant digits in CSV/TSV, numbers (NaN as null) in JSON."""
+        return Table(self.columns, fmt, self._rows(fmt))
+
+    def _rows(self, fmt: str) -> Iterator[list | dict]:
+        columns = self.columns
+        for i in range(len(self)):
+            fixed = [i + 1, self.ids[i], self.formula[i], int(self.n_atoms[i])]
+            note = [self.notes[i]] if self.notes is not None else []
+            if fmt == "jsonl":
+                values = [None if math.isnan(v[i]) else float(v[i]) for v in self.values.values()]
+                yield dict(zip(columns, [*fixed, *values, *note]))
+            else:
+                yield [*fixed, *(f"{v[i]:.6g}" for v in self.values.values()), *note]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A ranking as written: column names, format, and rows in rank order (lists of cells for CSV and
+    TSV, dicts for JSON lines), possibly a stream read once."""
+
+    columns: list[str]
+    fmt: str
+    rows: Iterable[list | dict]
+
+
+def delimiter(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
+def write_table(table: Table, stream: TextIO) -> int:
+    """Write `table` to `stream` (CSV and TSV header first); returns the number of rows."""
+    n = 0
+    if table.fmt == "jsonl":
+        for row in table.rows:
+            stream.write(json.dumps(row) + "\n")
+            n += 1
+        return n
+    writer = csv.writer(stream, delimiter=delimiter(table.fmt), lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow(row)
+        n += 1
+    return n
+
+
+def write_output(table: Table, out: str | os.PathLike | None = None) -> None:
+    """`table` into `out`, whole or not at all (written beside it, renamed when complete), or on stdout,
+    where a reader that stops early (`| head`) ends the output without an error."""
+    if out is not None:
+        with replace_when_done(Path(out)) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
+            write_table(table, stream)
+        return
+    try:
+        write_table(table, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_closed_stdout()
+
+
+def reader_closed_stdout() -> None:
+    """The reader closed the pipe: its choice, not an error. Later writes and the exit flush go nowhere."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -1,0 +1,59 @@
+"""The one sort key, top-k and writer that predict and merge share (srscreen/screening/ranking.py)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+from srscreen.screening.ranking import Ranking, Table, best, order, sort_key, write_output, write_table
+
+VALUES = np.array([0.5, math.nan, -1.0, 0.5, math.inf, -math.inf, math.nan, 2.0, -1.0, 0.0, -0.0])
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_vectorised_order_is_the_sort_key(descending):
+    """predict orders arrays, merge orders streamed rows one at a time: both must give one ranking."""
+    by_key = sorted(range(len(VALUES)), key=lambda i: sort_key(VALUES[i], descending))
+    assert order(VALUES, descending).tolist() == by_key
+    assert [i for i in by_key if math.isnan(VALUES[i])] == by_key[-2:], "NaN ranks last either way"
+
+
+def test_best_in_chunks_is_the_head_of_the_full_ranking():
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5, 1000).astype(float)  # many ties
+    values[rng.integers(0, 1000, 50)] = math.nan
+    kept = np.zeros(0, dtype=np.int64)
+    for start in range(0, len(values), 64):
+        candidates = np.concatenate([kept, np.arange(start, min(start + 64, len(values)))])
+        kept = candidates[best(values[candidates], 7, True)]
+    assert kept.tolist() == order(values, True)[:7].tolist()
+
+
+def test_sort_and_filter_on_n_atoms():
+    r = Ranking(["a", "b", "c"], ["X", "Y", "Z"], np.array([8, 2, 5]), {"e": np.array([1.0, 2.0, 3.0])})
+    assert r.top("n_atoms", None, False).ids == ["b", "c", "a"]
+    from srscreen.screening.ranking import Condition
+
+    assert r.where([Condition.parse("n_atoms<6")]).ids == ["b", "c"]
+
+
+def test_writer_header_first_and_atomic_file(tmp_path):
+    r = Ranking(["a"], ["NaCl"], np.array([2]), {"e": np.array([-1.234567891]), "e_std": np.array([math.nan])})
+    stream = io.StringIO()
+    assert write_table(r.table("csv"), stream) == 1
+    assert stream.getvalue() == "rank,id,formula,n_atoms,e,e_std\n1,a,NaCl,2,-1.23457,nan\n"
+    out = tmp_path / "ranked.jsonl"
+    write_output(r.table("jsonl"), out)
+    assert out.read_text() == '{"rank": 1, "id": "a", "formula": "NaCl", "n_atoms": 2, "e": -1.234567891, "e_std": null}\n'
+
+    def failing():
+        yield ["1", "a", "NaCl", "2"]
+        raise ValueError("part damaged mid-stream")
+
+    with pytest.raises(ValueError):
+        write_output(Table(["rank", "id", "formula", "n_atoms"], "csv", failing()), out)
+    assert out.read_text().startswith('{"rank": 1'), "a failed write leaves the old file whole"
+    assert not list(tmp_path.glob("*.tmp"))
