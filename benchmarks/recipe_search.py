@@ -5,7 +5,9 @@
     python benchmarks/recipe_search.py report                # Markdown table: MAE vs parameters vs compute
 
 Every run is one `srscreen train` with `--resume`, writing `benchmarks/results/recipe/NAME.pt` and its
-per-epoch log `NAME.pt.log.jsonl` (kept in git; weights and checkpoints are not). Stopping the script
+per-epoch log `NAME.pt.log.jsonl`; a finished run adds its line (parameters, compute, val and test MAE)
+to `recipe/summary.jsonl`. Logs and the summary are kept in git; weights and checkpoints are not, so
+the summary, not the weights, says which runs are done. Stopping the script
 at any moment loses at most the epoch in progress: `run` again resumes every unfinished run from its
 checkpoint and skips the finished ones, across sessions. All runs share one split: the 80/10/10 split
 (seed 0) the shipped models were trained on, written once to `recipe/split.csv`, so test MAEs compare.
@@ -69,8 +71,30 @@ def log_of(run: dict) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def summary() -> dict[str, dict]:
+    path = RESULTS / "summary.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {row["name"]: row for row in map(json.loads, lines)}
+
+
 def finished(run: dict) -> bool:
-    return (RESULTS / f"{run['name']}.pt").exists() and len(log_of(run)) >= run["options"]["epochs"]
+    return run["name"] in summary()
+
+
+def record(run: dict) -> None:
+    """Append a finished run's figures to summary.jsonl, from its model file and its log."""
+    from srscreen.model.model_file import ModelFile
+
+    model = ModelFile.load(RESULTS / f"{run['name']}.pt")
+    log = log_of(run)
+    params = sum(t.numel() for k, t in model.state_dict.items()
+                 if not k.startswith(("feature_table", "bn")) and t.dtype.is_floating_point)
+    row = {"name": run["name"], "target": run["target"], "seed": run["seed"], "options": run["options"],
+           "parameters": params, "epochs": len(log), "best_epoch": model.training["best_epoch"],
+           "compute_h": round(sum(r["epoch_s"] for r in log) / 3600, 3), "val_mae": round(model.training["val_mae"], 4),
+           "test_mae": round(model.training["test"]["mae"], 4), "test_count": model.training["test"]["count"]}
+    with (RESULTS / "summary.jsonl").open("a") as out:
+        out.write(json.dumps(row) + "\n")
 
 
 def write_split(path: Path) -> None:
@@ -93,29 +117,28 @@ def run_one(run: dict, graphs: Path) -> None:
     started = time.time()
     print(f"{time.strftime('%H:%M:%S')} start {run['name']} (epoch {len(log_of(run))} of {run['options']['epochs']})", flush=True)
     result = subprocess.run(command(run, graphs))
-    status = "done" if result.returncode == 0 and finished(run) else f"stopped (exit {result.returncode})"
+    done = result.returncode == 0 and len(log_of(run)) >= run["options"]["epochs"]
+    if done:
+        record(run)
+    status = "done" if done else f"stopped (exit {result.returncode})"
     print(f"{time.strftime('%H:%M:%S')} {status} {run['name']} after {time.time() - started:.0f} s", flush=True)
 
 
 def report() -> None:
-    from srscreen.model.model_file import ModelFile
-
+    done = summary()
     print("| run | target | width | steps | changes | parameters | epochs | compute (h) | val MAE | test MAE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for run in PLAN:
         log = log_of(run)
         if not log:
             continue
-        path = RESULTS / f"{run['name']}.pt"
-        test = params = "–"
-        if path.exists():
-            m = ModelFile.load(path)
-            test = f"{m.training['test']['mae']:.4f}"
-            params = f"{sum(t.numel() for k, t in m.state_dict.items() if not k.startswith(('feature_table', 'bn')) and t.dtype.is_floating_point):,}"
+        row = done.get(run["name"], {})
         changes = ", ".join(f"{k} {v}" for k, v in run["options"].items() if BASE.get(k) != v) or "shipped recipe"
+        params = f"{row['parameters']:,}" if row else "–"
         print(f"| {run['name']} | {run['target']} | {run['options']['atom-fea-len']} | {run['options']['steps']} | {changes} | "
-              f"{params} | {len(log)}/{run['options']['epochs']} | {sum(r['epoch_s'] for r in log) / 3600:.2f} | "
-              f"{min(r['val_mae'] for r in log):.4f} | {test} |")
+              f"{params} | {len(log)}/{run['options']['epochs']} | "
+              f"{sum(r['epoch_s'] for r in log) / 3600:.2f} | {min(r['val_mae'] for r in log):.4f} | "
+              f"{row.get('test_mae', '–')} |")
 
 
 def main() -> None:
