@@ -585,11 +585,17 @@ def evaluate_cmd(
         sys.stdout.write(json.dumps({t: vars(r) for t, r in results.items()}) + "\n")
         return
     table = Table(title=f"{graphs} vs {labels}")
-    for column in ("target", "unit", "MAE", "RMSE", "R²", "count"):
+    spread = any(m.members for m in models)
+    for column in ("target", "unit", "MAE", "RMSE", "R²", "count",
+                   *(("Spearman |err|~std", "within 1 std", "within 2 std", "MAE 10% surest", "MAE 10% least sure")
+                     if spread else ())):
         table.add_column(column, justify="left" if column in ("target", "unit") else "right")
     for m in models:
         r = results[m.target]
-        table.add_row(m.target, m.unit, f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}")
+        extra = [] if not spread else ["-"] * 5 if not m.members else [
+            f"{r.spearman:.3f}", f"{r.within_1std:.3f}", f"{r.within_2std:.3f}",
+            f"{r.mae_most_confident_10pct:.4f}", f"{r.mae_least_confident_10pct:.4f}"]
+        table.add_row(m.target, m.unit, f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}", *extra)
     Console().print(table)
 
 
@@ -597,12 +603,12 @@ def evaluate_cmd(
 def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
-    """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE."""
+    """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE, ensemble members."""
     from srscreen.graph.settings import GraphSettings
     from srscreen.model.registry import pretrained_names, resolve_model
     names = list(model or []) or pretrained_names()
     table = Table(title="models")
-    for column in ("name", "target", "unit", "architecture", "parameters", "graphs", "test MAE"):
+    for column in ("name", "target", "unit", "architecture", "parameters", "graphs", "test MAE", "members"):
         table.add_column(column)
     for name in names:
         try:
@@ -614,9 +620,32 @@ def models_cmd(
         params = sum(p.numel() for p in m.build_model().parameters())
         test = (m.training.get("test") or {}).get("mae")
         graphs = GraphSettings.from_attrs(m.graph_settings)
+        members = "1" if not m.members else f"{m.n_members} (std x {m.calibration['scale']:.3g})"
         table.add_row(name, m.target, m.unit, kind, f"{params:,}", f"{graphs.rule} ({graphs.max_nbr}, {graphs.radius:g} Å)",
-                      f"{test:.4f}" if test is not None else "-")
+                      f"{test:.4f}" if test is not None else "-", members)
     Console().print(table)
+
+
+@app.command("ensemble")
+def ensemble_cmd(
+    members: list[Path] = typer.Argument(..., help="Model files of one target and architecture (e.g. seeds of one recipe)."),
+    graphs: Path = typer.Option(..., help="Graph file holding the members' validation crystals."),
+    labels: Path = typer.Option(..., help="CSV with an id column and the members' target column."),
+    out: Path = typer.Option(..., "--out", "-o", help="Ensemble model file to write."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """One model file of N members whose `predict` adds a calibrated `<target>_std` column (their spread)."""
+    from srscreen.model.model_file import ModelFile
+    from srscreen.screening.calibrate import assemble, calibrate
+    try:
+        ensemble = calibrate(assemble([ModelFile.load(p) for p in members]), graphs, labels, device=device)
+        ensemble.save(out)
+    except USAGE_ERRORS as e:
+        _fail(str(e))
+    test = ensemble.training.get("test")
+    err.print(f"wrote {out}: {ensemble.n_members} members, std scaled by {ensemble.calibration['scale']:.3g} on "
+              f"{ensemble.calibration['validation_crystals']:,} validation crystals"
+              + (f"; test MAE {test['mae']:.4f} {ensemble.unit}" if test else ""))
 
 
 @app.command("import-cgcnn")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from srscreen.data.batch import collate
-from srscreen.model.model_file import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
+from srscreen.model.model_file import SCHEMA_VERSION, SINGLE_MODEL_SCHEMA, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
 from srscreen.model.network import CrystalGraphNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_model_file_is_data_loadable_without_unpickling_code(model_file, tmp_pat
     path = tmp_path / "ef.pt"
     model_file.save(path)
     payload = torch.load(path, weights_only=True)
-    assert payload["schema_version"] == SCHEMA_VERSION
+    assert payload["schema_version"] == SINGLE_MODEL_SCHEMA  # ensembles are schema 3; single models stay readable by older srscreens
     assert payload["architecture"] == {
         "steps": 3, "shared": True, "atom_fea_len": 64, "h_fea_len": 128, "n_h": 1, "radius": 8.0, "gaussian_step": 0.2,
     }  # fmt: skip

@@ -11,6 +11,9 @@ loads with `torch.load(weights_only=True)`:
     target, unit        str, e.g. "formation_energy_per_atom", "eV/atom"
     normalizer          {"mean": float, "std": float}: prediction = output * std + mean
     training            dict, free-form: data summary, split, epochs, metrics (test MAE), command
+    ensemble            dict, only in an ensemble (schema 3): {"members": [{"state_dict", "normalizer"}, ...],
+                        "calibration": {"scale": float, ...}}; the top-level state_dict and normalizer are
+                        the first member's, so every member shares one architecture, table and target
     digest              str, "sha256:<64 hex>" of everything above (schema 2 on; see below)
 
 Damage is detected, not guessed at. `digest` is SHA-256 over a canonical encoding of the whole payload
@@ -43,9 +46,11 @@ from srscreen import __version__
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.graph.elements import load_atom_features, table_id
 from srscreen.errors import ModelFileError
+from srscreen.model.ensemble import EnsembleNet, spread
 from srscreen.model.network import CrystalGraphNet
 
-SCHEMA_VERSION = 2  # 2: `digest`
+SCHEMA_VERSION = 3  # 2: `digest`; 3: `ensemble` (single models are still written as schema 2)
+SINGLE_MODEL_SCHEMA = 2
 DIGEST_ALGORITHM = "sha256"
 _REQUIRED = (
     "schema_version",
@@ -75,6 +80,10 @@ class ModelFile:
     unit: str
     normalizer: dict
     training: dict = field(default_factory=dict)
+    # An ensemble's members ({"state_dict", "normalizer"} each, the first being the fields above) and its
+    # calibration ({"scale": float, ...}); empty for a single model.
+    members: list[dict] = field(default_factory=list, repr=False)
+    calibration: dict = field(default_factory=dict)
     srscreen_version: str = __version__
     source: str = field(default="model file", repr=False, compare=False)  # for messages only, not saved
 
@@ -123,7 +132,7 @@ class ModelFile:
             ) from exc
         try:
             model_file = cls._from_payload(payload, source)
-            model_file.build_model()  # weights and architecture must agree: fail here, not at predict time
+            model_file.build_network()  # weights and architecture must agree: fail here, not at predict time
         except ModelFileError:
             raise
         except Exception as exc:  # a schema-1 file (no digest) can be damaged into any shape: still one line
@@ -168,14 +177,24 @@ class ModelFile:
             raise fail("state_dict has no feature_table")
         if table_id(table.numpy()) != payload["feature_table_id"]:
             raise fail("feature table does not match feature_table_id (file corrupted or edited)")
-        return cls(**{k: payload[k] for k in _REQUIRED if k != "schema_version"}, source=source)
+        ensemble = payload.get("ensemble", {"members": [], "calibration": {}})
+        members, calibration = ensemble.get("members"), ensemble.get("calibration")
+        if not isinstance(members, list) or not isinstance(calibration, dict) or any(
+                not isinstance(m, dict) or not isinstance(m.get("state_dict"), dict) or
+                not all(isinstance(m.get("normalizer", {}).get(k), float) for k in ("mean", "std")) for m in members):
+            raise fail("ensemble should hold members (state_dict and normalizer each) and a calibration")
+        if members and not isinstance(calibration.get("scale"), float):
+            raise fail("ensemble calibration lacks a numeric scale")
+        return cls(**{k: payload[k] for k in _REQUIRED if k != "schema_version"}, members=members,
+                   calibration=calibration, source=source)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file then rename): a crash never leaves a half-written model."""
         path = Path(path)
         if not path.parent.is_dir():
             raise ModelFileError(f"{path}: folder {path.parent} does not exist")
-        payload = {"schema_version": SCHEMA_VERSION, **_plain(self._payload(), "model file")}
+        version = SCHEMA_VERSION if self.members else SINGLE_MODEL_SCHEMA  # older srscreens read single models
+        payload = {"schema_version": version, **_plain(self._payload(), "model file")}
         payload["digest"] = payload_digest(payload)
         with replace_when_done(path) as tmp:
             torch.save(payload, tmp)
@@ -191,20 +210,52 @@ class ModelFile:
             "unit": self.unit,
             "normalizer": self.normalizer,
             "training": self.training,
+            **({"ensemble": {"members": self.members, "calibration": self.calibration}} if self.members else {}),
         }
 
-    def build_model(self) -> CrystalGraphNet:
-        """The network with these weights, in eval mode, on CPU (move it with `.to(device)`)."""
+    @property
+    def n_members(self) -> int:
+        """1 for a single model, N for an ensemble of N."""
+        return max(1, len(self.members))
+
+    def build_model(self, state_dict: dict[str, torch.Tensor] | None = None) -> CrystalGraphNet:
+        """The network with these weights (or a member's `state_dict`), in eval mode, on CPU (move it
+        with `.to(device)`); for an ensemble, the first member."""
         try:
             model = CrystalGraphNet(feature_table=self.state_dict["feature_table"], **self.architecture)
-            model.load_state_dict(self.state_dict)
+            model.load_state_dict(self.state_dict if state_dict is None else state_dict)
         except (TypeError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelFileError(f"{self.source}: weights do not fit the architecture ({_first_line(exc)})") from exc
         return model.eval()
 
+    def build_network(self) -> CrystalGraphNet | EnsembleNet:
+        """What `predict` runs: the model, or for an ensemble all members as one batched network whose
+        output has one row per member."""
+        if not self.members:
+            return self.build_model()
+        return EnsembleNet([self.build_model(m["state_dict"]) for m in self.members])
+
     def denormalise(self, output: torch.Tensor) -> torch.Tensor:
-        """Network output -> property in `unit`."""
-        return output * self.normalizer["std"] + self.normalizer["mean"]
+        """Network output -> property in `unit`; an ensemble's (members, crystals) with each member's normaliser."""
+        if not self.members:
+            return output * self.normalizer["std"] + self.normalizer["mean"]
+        std, mean = (torch.tensor([m["normalizer"][k] for m in self.members], dtype=output.dtype,
+                                  device=output.device).unsqueeze(1) for k in ("std", "mean"))
+        return output * std + mean
+
+    def values(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Network output -> the columns this model adds to a ranking: its target, and for an ensemble
+        the members' mean and `<target>_std`, their calibrated spread."""
+        values = self.denormalise(output)
+        if not self.members:
+            return {self.target: values}
+        mean, std = spread(values, self.calibration["scale"])
+        return {self.target: mean, f"{self.target}_std": std}
+
+    @property
+    def columns(self) -> list[str]:
+        """The ranking columns `values` fills."""
+        return [self.target, *([f"{self.target}_std"] if self.members else [])]
 
 
 def convert_cgcnn_checkpoint(

@@ -1,15 +1,29 @@
-"""Model accuracy on labelled crystals: MAE, RMSE, R² per target, and a parity plot."""
+"""Model accuracy on labelled crystals: MAE, RMSE, R² per target (and for an ensemble, how well its
+spread ranks and sizes the errors), and a parity plot."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from srscreen.model.ensemble import uncertainty_metrics
 from srscreen.model.model_file import ModelFile
 from srscreen.data.labels import match, read_labels
 from srscreen.screening.predict import predict
 from srscreen.trainer.trainer import Metrics, metrics
+
+
+@dataclass
+class EnsembleMetrics(Metrics):
+    """An ensemble's metrics plus `ensemble.uncertainty_metrics` of its calibrated spread."""
+
+    spearman: float
+    within_1std: float
+    within_2std: float
+    mae_most_confident_10pct: float
+    mae_least_confident_10pct: float
 
 
 def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
@@ -24,6 +38,10 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
             raise ValueError(f"{labels_path}: no labelled {m.target} for any crystal of {graph_path}")
         pred = ranking.values[m.target][matched.positions]
         results[m.target] = metrics(pred, matched.values)
+        if m.members:
+            std = ranking.values[f"{m.target}_std"][matched.positions]
+            results[m.target] = EnsembleMetrics(**asdict(results[m.target]),
+                                                **uncertainty_metrics(pred - matched.values, std))
         pairs[m.target] = (matched.values, pred)
     if plot is not None:
         parity_plot(pairs, {m.target: m.unit for m in models}, results, plot)

@@ -96,9 +96,10 @@ def _default_batch_atoms(device: torch.device) -> int:
 
 def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
                   batch_atoms: int) -> dict[str, np.ndarray]:
-    """Every model's prediction (in its unit) for every crystal of one shard, given as its `quotient`:
-    each class of equivalent atoms is convolved once (2.3x fewer than atoms on Materials Project)."""
-    outputs: dict[str, list[torch.Tensor]] = {m.target: [] for m in models}
+    """Every model's columns (`ModelFile.values`: its prediction in its unit, and an ensemble's spread) for
+    every crystal of one shard, given as its `quotient`: each class of equivalent atoms is convolved once
+    (2.3x fewer than atoms on Materials Project)."""
+    outputs: list[list[torch.Tensor]] = [[] for _ in models]
     dense_width = int(models[0].graph_settings["max_nbr"])  # most atoms have exactly max_nbr edges (`collate`)
     node_starts = np.concatenate([[0], np.cumsum(q.n_nodes)])
     atom_starts = np.concatenate([[0], np.cumsum(q.n_atoms)])
@@ -113,9 +114,14 @@ def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile
             atoms = q.node_of_atom[atom_starts[run.start] : atom_starts[run.stop]]
             batch = with_atoms(batch, q.n_nodes[run], q.n_atoms[run], atoms)
         batch = (batch.pin_memory() if cuda else batch).to(device, non_blocking=cuda)
-        for net, m in zip(nets, models):
-            outputs[m.target].append(net(batch))  # stays on the device: no sync until the shard is done
-    return {m.target: m.denormalise(torch.cat(outputs[m.target]).cpu().double()).numpy() for m in models}
+        for net, out in zip(nets, outputs):
+            out.append(net(batch))  # stays on the device: no sync until the shard is done
+    columns: dict[str, np.ndarray] = {}
+    for m, out in zip(models, outputs):
+        # Crystals are the last axis: (crystals,) for a model, (members, crystals) for an ensemble.
+        joined = torch.cat(out, dim=-1) if out else torch.zeros((m.n_members, 0) if m.members else (0,))
+        columns.update({k: v.numpy() for k, v in m.values(joined.cpu().double()).items()})
+    return columns
 
 
 def predict(
@@ -150,7 +156,7 @@ def predict(
     energy = next((t for t in targets if t in FORMATION_ENERGY_TARGETS), None)
     if hull is not None and energy is None:
         raise ValueError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
-    outputs = [*targets, *(["e_above_hull"] if hull is not None else [])]
+    outputs = [*(c for m in models for c in m.columns), *(["e_above_hull"] if hull is not None else [])]
     sort_by = sort_by or targets[0]
     check_columns([*outputs, "n_atoms"], sort_by, where)  # before any work, even when the chosen shards are empty
     check_top(top)
@@ -164,7 +170,7 @@ def predict(
             raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
         if compile is None:
             compile = len(graphs) >= COMPILE_FROM_STRUCTURES
-        nets = [Compiled(m.build_model().to(dev).eval()) if compile else m.build_model().to(dev).eval() for m in models]
+        nets = [Compiled(m.build_network().to(dev).eval()) if compile else m.build_network().to(dev).eval() for m in models]
         parts: list[Ranking] = []
         with torch.inference_mode():
             steps = max(m.architecture["steps"] for m in models)

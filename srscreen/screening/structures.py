@@ -26,7 +26,7 @@ from srscreen.graph.settings import GraphSettings
 from srscreen.screening.predict import pick_device, predict_shard
 from srscreen.io.formats.pymatgen_json import from_pymatgen
 from srscreen.model.registry import resolve_model
-from srscreen.errors import InputError
+from srscreen.errors import InputError, OptionError
 from srscreen.graph.csr import Graphs
 
 class Model:
@@ -38,8 +38,8 @@ class Model:
         self.device = pick_device(device)
         self.settings = GraphSettings.from_attrs(model_file.graph_settings)
         self._options = FeaturizeOptions(graph=self.settings)  # featurize's policies, max_atoms included
-        self._net = model_file.build_model().to(self.device).eval()
-        self._supported = supported_numbers(self._net.feature_table.cpu().numpy())
+        self._net = model_file.build_network().to(self.device).eval()
+        self._supported = supported_numbers(model_file.state_dict["feature_table"].numpy())
 
     def __repr__(self) -> str:
         return f"Model({self.file.source}: {self.target} in {self.unit}, {self.settings.algorithm} graphs)"
@@ -48,14 +48,18 @@ class Model:
         """The prediction for one pymatgen Structure, in `self.unit`."""
         return float(self.predict_structures([structure])[0])
 
-    def predict_structures(self, structures: Sequence, batch_atoms: int | None = None) -> np.ndarray:
-        """Predictions for many pymatgen Structures, in input order, batched."""
+    def predict_structures(self, structures: Sequence, batch_atoms: int | None = None,
+                           with_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Predictions for many pymatgen Structures, in input order, batched; with `with_std` (an
+        ensemble only), also each prediction's calibrated standard deviation."""
+        if with_std and not self.file.members:
+            raise OptionError(f"`with_std=True` needs an ensemble; {self.file.source} is a single model")
         shard = self._shard(structures)
         with torch.inference_mode():
-            q = quotient(shard, self._net.steps) if self.device.type == "cpu" else unmerged(shard)
+            q = quotient(shard, self.file.architecture["steps"]) if self.device.type == "cpu" else unmerged(shard)
             values = predict_shard(q, [self._net], [self.file], self.device,
                                    batch_atoms or (1024 if self.device.type == "cpu" else 32768))
-        return values[self.target]
+        return (values[self.target], values[f"{self.target}_std"]) if with_std else values[self.target]
 
     def _shard(self, structures: Sequence) -> Graphs:
         found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))

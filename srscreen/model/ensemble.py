@@ -1,0 +1,145 @@
+"""Ensembles: N members of one architecture run as one batched network, and their calibrated spread.
+
+`EnsembleNet` runs N trained `CrystalGraphNet`s as one network M times as wide: every node and edge
+row holds all members' features side by side, so the Gaussian expansion, the gathers, the gated
+messages and their sums over neighbours, and the pooling run once for all members (the network's own
+`_evaluated_edges` does the edges), the distance and element terms are one matrix product each, and
+only the per-member products of node features are batched (`bmm`). Edge features are laid out
+[filter parts of all members | core parts of all members], so the gate's split in halves splits
+every member at once. It computes what each member's eval-mode forward computes (tests/test_ensemble.py)
+and is faster than the members one after another (README, "Ensembles and uncertainty").
+
+Spread: the members' sample standard deviation (ddof=1, the usual deep-ensemble estimate), times the
+ensemble's calibration scale. `calibration_scale` picks the scale s that maximises the Gaussian
+likelihood of the validation errors given s·std: s² = mean((error/std)²), which is also the scale that
+makes the RMS of error/(s·std) one, so the two usual criteria agree. With ddof 0 instead, s would grow
+by sqrt(N/(N-1)) and the calibrated spreads would be the same.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srscreen.data.batch import GraphBatch
+from srscreen.model.network import CrystalGraphNet, _affine, _evaluated_edges
+
+SPREAD_DDOF = 1
+
+
+class EnsembleNet(nn.Module):
+    """N members of one architecture as one network, for evaluation only: forward(batch) ->
+    (members, crystals), each member's normalised output as its own network computes it in eval mode."""
+
+    def __init__(self, members: Sequence[CrystalGraphNet]) -> None:
+        super().__init__()
+        first = members[0]
+        if any(m.architecture() != first.architecture() for m in members) or any(
+                not torch.equal(m.feature_table, first.feature_table) for m in members):
+            raise ValueError("ensemble members differ in architecture or element feature table")
+        self.n_members, self.steps, self.shared = len(members), first.steps, first.shared
+        self.gaussian_step, fea = first.gaussian_step, first.atom_fea_len
+        self.register_buffer("gaussian_centres", first.gaussian_centres.clone(), persistent=False)
+        with torch.no_grad():
+            # (elements, M*F): the element table embedded by every member, gathered per node.
+            self.register_buffer("embedded", torch.cat([m.embedding(m.feature_table) for m in members], dim=1))
+            weight_sets = range(len(first.fc_full))
+            # Edge terms u_ij W_edge + b of every member in one product: (K, G, 2MF) and (K, 2MF).
+            self.register_buffer("edge_w", torch.stack([_halves([m.fc_full[k].weight[:, 2 * fea :].t() for m in members])
+                                                        for k in weight_sets]))
+            self.register_buffer("edge_b", torch.stack([_halves([m.fc_full[k].bias for m in members])
+                                                        for k in weight_sets]))
+            # Own and neighbour terms per member: (K, M, F, 4F), columns [own filter, own core, nbr filter, nbr core].
+            self.register_buffer("node_w", torch.stack([torch.stack([m.fc_full[k].weight[:, : 2 * fea].reshape(2 * fea, 2, fea)
+                                                                     .permute(2, 1, 0).reshape(fea, 4 * fea) for m in members])
+                                                        for k in weight_sets]))
+            # Eval-mode BatchNorms as scale and shift per step: BN1 (T, 2, 2MF), BN2 (T, 2, MF).
+            self.register_buffer("bn1", torch.stack([torch.stack([_halves([_affine(m.bn1[t])[i] for m in members])
+                                                                  for i in (0, 1)]) for t in range(self.steps)]))
+            self.register_buffer("bn2", torch.stack([torch.stack([torch.cat([_affine(m.bn2[t])[i] for m in members])
+                                                                  for i in (0, 1)]) for t in range(self.steps)]))
+            layers = [lambda m: m.conv_to_fc, *(lambda m, i=i: m.fcs[i] for i in range(len(first.fcs))), lambda m: m.fc_out]
+            # The head per member: weights (M, in, out), biases (M, 1, out), layer by layer.
+            for i, layer in enumerate(layers):
+                self.register_buffer(f"head_w{i}", torch.stack([layer(m).weight.t() for m in members]))
+                self.register_buffer(f"head_b{i}", torch.stack([layer(m).bias for m in members]).unsqueeze(1))
+        self.n_layers = len(layers)
+        self.eval()
+
+    def forward(self, batch: GraphBatch) -> torch.Tensor:
+        m = self.n_members
+        v = self.embedded.index_select(0, batch.numbers)  # (N, MF)
+        n_nodes, fea = v.shape[0], v.shape[1] // m
+        gaussians = CrystalGraphNet._gaussians(self, batch.nbr_dist)  # same centres and width as each member's
+        edge_terms = [torch.addmm(b, gaussians, w) for w, b in zip(self.edge_w, self.edge_b)]
+        for t in range(self.steps):
+            k = 0 if self.shared else t
+            # (M, N, 4F) -> own and neighbour terms as (N, 2, M, F) views: [filters of all | cores of all]
+            terms = torch.bmm(v.view(n_nodes, m, fea).transpose(0, 1), self.node_w[k])
+            own, nbr = terms.view(m, n_nodes, 2, 2, fea).permute(2, 1, 3, 0, 4)
+            scale, shift = (x.view(2, m, fea) for x in self.bn1[t])
+            # BN1 folded in as in CrystalGraphNet, written node-major (out=: elementwise ops keep a permuted layout).
+            own_scaled, nbr_scaled = torch.empty(2, n_nodes, 2, m, fea, dtype=v.dtype, device=v.device)
+            torch.addcmul(shift, own, scale, out=own_scaled)
+            torch.mul(nbr, scale, out=nbr_scaled)
+            summed = _evaluated_edges(own_scaled.view(n_nodes, -1), nbr_scaled.view(n_nodes, -1), edge_terms[k],
+                                      self.bn1[t][0], batch)
+            v = F.softplus(v + torch.addcmul(self.bn2[t][1], summed, self.bn2[t][0]))
+        if batch.atom_node is not None:
+            v = v.index_select(0, batch.atom_node)
+        h = F.softplus(CrystalGraphNet._mean_per_crystal(v, batch)).view(-1, m, fea).transpose(0, 1)  # (M, C, F)
+        for i in range(self.n_layers):
+            h = torch.baddbmm(getattr(self, f"head_b{i}"), h, getattr(self, f"head_w{i}"))
+            if i < self.n_layers - 1:
+                h = F.softplus(h)
+        return h.squeeze(-1)
+
+
+def _halves(per_member: list[torch.Tensor]) -> torch.Tensor:
+    """Members' (..., 2F) tensors, each [filter | core], side by side as (..., 2MF): all filters, then all cores."""
+    filters, cores = zip(*(x.chunk(2, dim=-1) for x in per_member))
+    return torch.cat([*filters, *cores], dim=-1)
+
+
+def spread(outputs: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Members' predictions (members, crystals) in the target's unit -> (mean, calibrated std) per crystal."""
+    return outputs.mean(0), outputs.std(0, correction=SPREAD_DDOF) * scale
+
+
+def calibration_scale(errors: np.ndarray, std: np.ndarray) -> float:
+    """The s for which errors ~ N(0, (s·std)²) is most likely: s = sqrt(mean((error/std)²)).
+
+    Rows where the members agree exactly (std 0) say nothing about the scale and are left out."""
+    errors, std = np.asarray(errors, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    usable = (std > 0) & np.isfinite(std) & np.isfinite(errors)
+    if not usable.any():
+        raise ValueError("cannot calibrate: no validation crystal where the members disagree")
+    return float(np.sqrt(np.mean((errors[usable] / std[usable]) ** 2)))
+
+
+def uncertainty_metrics(errors: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """How well the spread ranks and sizes the errors (README, "Ensembles and uncertainty"):
+    Spearman correlation of |error| with std, the fractions of errors within 1 and 2 std (0.683 and
+    0.954 if the errors were Gaussian with that std), and the MAE of the 10% most and the 10% least
+    confident predictions."""
+    errors, std = np.abs(np.asarray(errors, dtype=np.float64)), np.asarray(std, dtype=np.float64)
+    tenth = max(1, len(errors) // 10)
+    by_std = np.argsort(std, kind="stable")
+    return {
+        "spearman": _spearman(errors, std),
+        "within_1std": float(np.mean(errors <= std)),
+        "within_2std": float(np.mean(errors <= 2 * std)),
+        "mae_most_confident_10pct": float(errors[by_std[:tenth]].mean()),
+        "mae_least_confident_10pct": float(errors[by_std[-tenth:]].mean()),
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their average rank), without scipy at import time."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic) if len(a) > 1 else float("nan")

@@ -1,0 +1,92 @@
+"""Ensembles from trained members: one model file holding them all, its spread calibrated on validation crystals.
+
+`assemble` puts N single models of one target, architecture, graph rule and element table into one
+file (the spread uncalibrated: scale 1). `calibrate` predicts the validation crystals the members were
+trained with (their common split; or ids given) and sets the scale that makes the spread match the
+errors there (`ensemble.calibration_scale`); on the test crystals it records the ensemble's MAE and
+how well the calibrated spread ranks and sizes its errors (`ensemble.uncertainty_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from srscreen.data.labels import match, read_labels
+from srscreen.errors import InputError, OptionError
+from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
+from srscreen.model.model_file import ModelFile
+from srscreen.screening.predict import predict
+from srscreen.trainer.trainer import metrics
+
+# What every member must share, so that one batched network and one set of graphs serve them all.
+_SHARED = ("target", "unit", "architecture", "graph_settings", "feature_table_id")
+
+
+def assemble(members: Sequence[ModelFile]) -> ModelFile:
+    """One ensemble model file of `members` (single models), its spread not yet calibrated (scale 1)."""
+    if len(members) < 2:
+        raise OptionError(f"an ensemble needs at least 2 members, got {len(members)}")
+    first = members[0]
+    for m in members:
+        if m.members:
+            raise InputError(f"{m.source}: is an ensemble already; give its single members")
+        differ = [key for key in _SHARED if getattr(m, key) != getattr(first, key)]
+        if differ:
+            raise InputError(f"{m.source}: differs from {first.source} in {', '.join(differ)}; "
+                             "members must share target, architecture, graph rule and element table")
+    splits = [m.training.get("split") for m in members]
+    return replace(
+        first,
+        training={
+            "members": [{"source": str(m.source), **{k: m.training.get(k) for k in
+                                                     ("name", "command", "epochs_run", "best_epoch", "val_mae")},
+                         "seed": (m.training.get("config") or {}).get("seed"),
+                         "test_mae": (m.training.get("test") or {}).get("mae")} for m in members],
+            "config": first.training.get("config"),
+            # The members' common split, when they share one: what `calibrate` validates and tests on.
+            "split": splits[0] if all(s == splits[0] for s in splits) else None,
+        },
+        members=[{"state_dict": m.state_dict, "normalizer": m.normalizer} for m in members],
+        calibration={"scale": 1.0},
+        source="ensemble",
+    )
+
+
+def calibrate(ensemble: ModelFile, graph_path: str | Path, labels_path: str | Path, *,
+              validation_ids: Sequence[str] | None = None, test_ids: Sequence[str] | None = None,
+              device: str = "auto") -> ModelFile:
+    """`ensemble` with its spread scaled to the errors on the validation crystals (by default the split the
+    members were trained with), and its test MAE and uncertainty figures in `training`."""
+    split = ensemble.training.get("split") or {}
+    validation_ids = list(validation_ids if validation_ids is not None else split.get("val") or [])
+    test_ids = list(test_ids if test_ids is not None else split.get("test") or [])
+    if not validation_ids:
+        raise OptionError("the members do not share a training split: give `validation_ids` to calibrate on")
+    raw = replace(ensemble, calibration={"scale": 1.0})
+    ranking = predict(graph_path, [raw], device=device)
+    labels = read_labels(labels_path, ensemble.target)
+    std_column = f"{ensemble.target}_std"
+
+    def errors_and_std(ids: Sequence[str], part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        wanted = set(ids)
+        rows = np.array([i for i, id_ in enumerate(ranking.ids) if id_ in wanted], dtype=np.int64)
+        matched = match([ranking.ids[i] for i in rows], labels)
+        if len(matched.positions) < 2:
+            raise InputError(f"{labels_path}: only {len(matched.positions)} labelled {part} crystals in {graph_path}")
+        picked = rows[matched.positions]
+        pred = ranking.values[ensemble.target][picked]
+        return pred, pred - matched.values, ranking.values[std_column][picked]
+
+    _, val_errors, val_std = errors_and_std(validation_ids, "validation")
+    scale = calibration_scale(val_errors, val_std)
+    training = {**ensemble.training, "val_mae": float(np.abs(val_errors).mean())}
+    calibration = {"scale": scale, "validation_crystals": len(val_errors)}
+    if test_ids:
+        pred, test_errors, test_std = errors_and_std(test_ids, "test")
+        training["test"] = asdict(metrics(pred, pred - test_errors))
+        training["uncertainty"] = uncertainty_metrics(test_errors, test_std * scale)
+    return replace(ensemble, training=training, calibration=calibration)
