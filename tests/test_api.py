@@ -1,4 +1,5 @@
-"""The Python API: a model loaded by name predicts pymatgen Structures as the command line does."""
+"""The Python API: the commands as functions of `srscreen`, and a model loaded by name that predicts
+pymatgen Structures as the command line does."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, build_prototypes
-from screening_data import PRETRAINED_GRAPHS, write_json_db
+from screening_data import PRETRAINED_GRAPHS, one_thread, write_json_db  # noqa: F401 - fixture
 
 import srscreen
 from srscreen.data.featurize import FeaturizeOptions, featurize
@@ -15,12 +16,49 @@ from srscreen.screening.predict import predict
 from srscreen.model.registry import resolve_model
 
 
-def test_readme_example_runs():
-    """The ```python block of README's "Python API" section, as a user would paste it."""
+def readme_python_blocks() -> list[str]:
+    """The ```python blocks of README's "Python API" section, in order."""
     text = (REPO_ROOT / "README.md").read_text()
-    section = text[text.index("## Python API"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md (Python API)", "exec"), {})
+    start = text.index("## Python API")
+    section = text[start : text.index("\n## ", start + 1)]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_readme_examples_run(tmp_path, monkeypatch, capsys, one_thread):
+    """Every ```python block of README's "Python API" section, one after the other as a user would paste
+    them into one session, from a folder that has the repository's examples/ (the README runs them
+    from the repository root; here they write their files in a temporary folder)."""
+    blocks = readme_python_blocks()
+    assert len(blocks) >= 3, "the section lost an example"
+    (tmp_path / "examples").symlink_to(REPO_ROOT / "examples")
+    monkeypatch.chdir(tmp_path)
+    session: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md (Python API, example {i + 1})", "exec"), session)
+    # The whole-path example: the top 5 by formation energy of the bundled crystals, printed in order.
+    ranking = session["ranking"]
+    ef = ranking.values["formation_energy_per_atom"]
+    assert len(ranking) == 5 and list(ef) == sorted(ef)
+    printed = capsys.readouterr().out
+    assert all(id_ in printed for id_ in ranking.ids)
+    assert (tmp_path / "my-ef.pt").exists() and session["tuned"].model_file.training["finetuned_from"] == "sr-cgcnn-ef"
+
+
+def test_top_level_names_are_the_library_functions():
+    from srscreen.data import featurize as featurize_module
+    from srscreen.screening import evaluate, predict as predict_module, structures
+    from srscreen.trainer import config, trainer
+
+    expected = {
+        "featurize": featurize_module.featurize, "predict": predict_module.predict, "evaluate": evaluate.evaluate,
+        "train": trainer.train, "finetune": trainer.finetune, "TrainConfig": config.TrainConfig,
+        "load_model": structures.load_model, "Model": structures.Model,
+    }
+    for name, value in expected.items():
+        assert getattr(srscreen, name) is value, name
+        assert name in srscreen.__all__ and name in dir(srscreen)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        srscreen.no_such_name  # noqa: B018
 
 
 def test_predictions_equal_featurize_then_predict(tmp_path):
@@ -48,10 +86,10 @@ def test_a_structure_that_cannot_be_featurized_is_named():
 
 
 def test_import_srscreen_is_light():
-    """`import srscreen` must not import torch (the API loads it on first use)."""
+    """`import srscreen` must not import torch (the API loads it on first use), nor must listing its names."""
     import subprocess
     import sys
 
-    code = "import sys, srscreen; print('torch' in sys.modules)"
+    code = "import sys, srscreen; dir(srscreen); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

@@ -37,9 +37,11 @@ from screening_data import (
     write_labels,
 )
 
+import srscreen
 import srscreen.trainer.trainer
 from srscreen.model.model_file import ModelFile
 from srscreen.data.training_set import GraphSet
+from srscreen.errors import OptionError
 from srscreen.trainer.trainer import TrainConfig, metrics, predict_positions, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -364,6 +366,32 @@ def test_finetune_from_an_unknown_model_is_refused(data, tmp_path):
     assert_usage_error(result, "no-such-model")
 
 
+def test_finetune_from_python_is_the_commands_finetune(data, base_model, tmp_path):
+    """`srscreen.finetune` with the command's settings makes the command's model, to the bit."""
+    assert finetune(data, base_model, tmp_path / "cli.pt", "--freeze-conv").exit_code == 0
+    result = srscreen.finetune(data["graphs"], data["labels"], tmp_path / "py.pt", base_model, target="band_gap",
+                               epochs=2, batch_size=8, lr=0.01, freeze_conv=True)
+    by_cli = ModelFile.load(tmp_path / "cli.pt")
+    state_dicts_close(result.model_file.state_dict, by_cli.state_dict, atol=0)
+    assert without_timing(result.history) == without_timing(log_lines(tmp_path / "cli.pt"))
+    drop = ("command", "wall_time_s")
+    assert {k: v for k, v in result.model_file.training.items() if k not in drop} == \
+        {k: v for k, v in by_cli.training.items() if k not in drop}
+    assert result.model_file.normalizer == by_cli.normalizer and result.model_file.unit == by_cli.unit
+
+
+def test_finetune_from_python_defaults_to_the_models_target_and_refuses_other_architectures(data, base_model, tmp_path):
+    tuned = srscreen.finetune(data["graphs"], data["labels"], tmp_path / "same.pt", ModelFile.load(base_model),
+                              epochs=1, batch_size=8)
+    assert tuned.model_file.target == "formation_energy_per_atom"
+    assert tuned.model_file.training["config"]["loss"] == "l1"  # fine-tuning's defaults, not training's
+    with pytest.raises(OptionError, match="`steps`.*architecture"):
+        srscreen.finetune(data["graphs"], data["labels"], tmp_path / "deeper.pt", base_model, steps=4)
+    with pytest.raises(OptionError, match="`epoch`"):
+        srscreen.finetune(data["graphs"], data["labels"], tmp_path / "typo.pt", base_model, epoch=3)
+    assert not (tmp_path / "deeper.pt").exists() and not (tmp_path / "typo.pt").exists()
+
+
 def test_resume_after_a_kill_between_log_and_checkpoint_keeps_one_line_per_epoch(data, tmp_path):
     """Each epoch's line is logged before its checkpoint is saved: a kill between the two must not
     leave the resumed log with that epoch twice."""
@@ -391,7 +419,7 @@ def test_labels_written_by_a_spreadsheet(data, tmp_path):
 def test_ema_averages_weights_and_batchnorm_statistics():
     from srscreen.graph.elements import cgcnn_feature_table
     from srscreen.model.network import CrystalGraphNet
-    from srscreen.trainer.trainer import _ema_update
+    from srscreen.trainer.ema import ema_update
 
     table = np.array(cgcnn_feature_table())
     model, ema = CrystalGraphNet(feature_table=table, steps=2), CrystalGraphNet(feature_table=table, steps=2)
@@ -400,10 +428,10 @@ def test_ema_averages_weights_and_batchnorm_statistics():
             net.fc_out.bias.fill_(value)
             net.bn1[0].running_mean.fill_(value)
         model.bn1[0].num_batches_tracked.fill_(7)
-    _ema_update(ema, model, decay=0.9, step=10**6)  # the ramp has reached 0.9
+    ema_update(ema, model, decay=0.9, step=10**6)  # the ramp has reached 0.9
     assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1]))
     assert torch.allclose(ema.bn1[0].running_mean, torch.full((128,), 0.1))  # averaged, not copied
     assert int(ema.bn1[0].num_batches_tracked) == 7
     assert torch.equal(ema.feature_table, model.feature_table)
-    _ema_update(ema, model, decay=0.9, step=0)  # early: decay (1 + 0) / 10 = 0.1, mostly the new weights
+    ema_update(ema, model, decay=0.9, step=0)  # early: decay (1 + 0) / 10 = 0.1, mostly the new weights
     assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1 * 0.1 + 0.9]))
