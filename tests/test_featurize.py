@@ -652,3 +652,17 @@ def test_inputs_holding_no_structure_are_failures_not_lost(tmp_path):
     with GraphFile(tmp_path / "out.h5") as g:
         assert sorted((f.id, f.reason) for f in g.failures()) == [
             ("comment-only", "no structure in file"), ("empty-list", "no structure in file")]
+
+
+def test_tasks_hold_a_bounded_number_of_structures():
+    """Tasks are sized in structures: chunks of a big multi-structure file (256 frames each) go one to a
+    task, not 256 to a task (which held ~400,000 structures in flight on a 10^6 JSON-lines database)."""
+    from srscreen.data.featurize import _tasks
+    from srscreen.io.sources import Item, Skipped
+
+    items = [Item(key=f"k{i}", source="s", name="n", frames=f) for i, f in enumerate([256, 256, 100, 100, 100, 1])]
+    items.insert(3, Skipped("README", "not a structure file"))
+    tasks = list(_tasks(items, 256))
+    assert [sum(getattr(i, "frames", 1) for i in t) for t in tasks] == [256, 256, 201, 101]
+    assert [i for t in tasks for i in t] == items  # every input once, in order
+    assert list(_tasks([Item(key="big", source="s", name="n", frames=1000)], 256)) == [[Item(key="big", source="s", name="n", frames=1000)]]

@@ -53,6 +53,8 @@ class Item:
     first_frame: int = 0
     error: str | None = None
     last_frame: int | None = None
+    # Structures this item holds at most (a chunk's frames or rows; 1 for a file): what a task is sized by.
+    frames: int = 1
     id_key: str | None = None
 
 
@@ -151,7 +153,7 @@ def _entry_items(source: str, name: str, stream: BinaryIO) -> Iterator[Item]:
 
 def _entry_chunk(source: str, name: str, first: int, entries: list[str]) -> Item:
     data = ("[" + ",".join(entries) + "]").encode()
-    return Item(key=f"{source}#{first}", source=source, name=name, data=data, first_frame=first)
+    return Item(key=f"{source}#{first}", source=source, name=name, data=data, first_frame=first, frames=len(entries))
 
 
 def _ase_db_items(path: str, rel: str, id_key: str | None) -> Iterator[Item]:
@@ -170,7 +172,7 @@ def _ase_db_items(path: str, rel: str, id_key: str | None) -> Iterator[Item]:
                 first, last = rows[0][0], rows[-1][0]
                 listed += len(rows)
                 yield Item(key=f"{path}#{first}", source=path, name=rel, path=path, first_frame=first,
-                           last_frame=last, id_key=id_key)
+                           last_frame=last, id_key=id_key, frames=len(rows))
         finally:
             connection.close()
     except sqlite3.Error as e:
@@ -217,7 +219,8 @@ class _ForwardOnly(io.RawIOBase):
 
 
 def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:
-    return Item(key=f"{source}#{first}", source=source, name=name, data="".join(frames).encode(), first_frame=first)
+    return Item(key=f"{source}#{first}", source=source, name=name, data="".join(frames).encode(), first_frame=first,
+                frames=len(frames))
 
 
 def _split_frames(text: io.TextIOBase, fmt: Format) -> Iterator[str]:
