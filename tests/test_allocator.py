@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from screening_data import crystals, featurize_db, subprocess_env, target_values, write_json_db, write_labels
+from helpers.screening_data import crystals, featurize_db, subprocess_env, target_values, write_json_db, write_labels
 
 from srscreen.model.allocator import reuse_freed_memory
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 from conftest import REPO_ROOT, build_prototypes
-from screening_data import PRETRAINED_GRAPHS, one_thread, write_json_db  # noqa: F401 - fixture
+from helpers.screening_data import PRETRAINED_GRAPHS, one_thread, write_json_db  # noqa: F401 - fixture
 
 import srscreen
 from srscreen.data.featurize import FeaturizeOptions, featurize
@@ -85,6 +85,7 @@ def test_a_structure_that_cannot_be_featurized_is_named():
         srscreen.load_model("sr-cgcnn-ef").predict_structures([good, overlapping])
 
 
+@pytest.mark.slow
 def test_import_srscreen_is_light():
     """`import srscreen` must not import torch (the API loads it on first use), nor must listing its names."""
     import subprocess

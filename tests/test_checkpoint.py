@@ -313,8 +313,9 @@ def test_damaged_bytes_give_the_intact_model_or_one_line(tmp_path):
     assert outcomes["digest"] >= 20 and outcomes["unreadable"] >= 20, outcomes  # both defences were exercised
 
 
+@pytest.mark.slow
 def test_damaged_model_through_the_cli_exits_2_with_one_line(tmp_path):
-    from screening_data import SRSCREEN, subprocess_env  # imports the CLI: only this test should need it
+    from helpers.screening_data import SRSCREEN, subprocess_env  # imports the CLI: only this test should need it
 
     intact = tmp_path / "tiny.pt"
     tiny_model_file().save(intact)

@@ -11,7 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from screening_data import (
+from helpers.screening_data import (
     MAX_NBR,
     RADIUS,
     SRSCREEN,

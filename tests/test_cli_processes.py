@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import graphs_in
-from mp_server import KEY
-from screening_data import RADIUS as RADIUS_SMALL
-from screening_data import SRSCREEN, cli, crystals, subprocess_env, train_tiny_pair, write_json_db
+from helpers.mp_server import KEY
+from helpers.screening_data import RADIUS as RADIUS_SMALL
+from helpers.screening_data import SRSCREEN, cli, crystals, subprocess_env, train_tiny_pair, write_json_db
 from test_checkpoint import RADIUS, CrystalGraphConvNet, cgcnn_predict
 from test_featurize import write_strained_cifs
 from test_mp_fetch import docs, server  # noqa: F401 - fixtures

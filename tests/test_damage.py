@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import build_prototypes
-from screening_data import MAX_NBR, RADIUS, assert_usage_error, cli, crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
+from helpers.screening_data import MAX_NBR, RADIUS, assert_usage_error, cli, crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
 
 from srscreen.data.featurize import FeaturizeOptions, featurize
 from srscreen.graph.settings import GraphSettings

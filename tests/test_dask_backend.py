@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from screening_data import assert_usage_error, cli
+from helpers.screening_data import assert_usage_error, cli
 
 import srscreen.io.sources as sources
 from srscreen.data.backends import compute_backend
@@ -19,6 +19,7 @@ from srscreen.data.integrity import CRC_ATTR
 from srscreen.data.graph_file import GraphFile
 
 distributed = pytest.importorskip("dask.distributed")
+pytestmark = pytest.mark.slow  # a cluster of worker processes
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from screening_data import (
+from helpers.screening_data import (
     assert_usage_error,
     cli,
     crystals,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from screening_data import PRETRAINED_FEATURIZE_FLAGS, cli
+from helpers.screening_data import PRETRAINED_FEATURIZE_FLAGS, cli
 from srscreen.model.model_file import ModelFile
 from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from srscreen.data.graph_file import GraphFile

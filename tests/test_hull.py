@@ -229,9 +229,9 @@ def test_shipped_reference():
 
 @pytest.fixture(scope="module")
 def screened(tmp_path_factory):
-    """A small built database, its graphs and a tiny Ef/Eg pair (tests/screening_data.py)."""
+    """A small built database, its graphs and a tiny Ef/Eg pair (tests/helpers/screening_data.py)."""
     from conftest import build_prototypes
-    from screening_data import crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
+    from helpers.screening_data import crystals, featurize_db, target_values, train_tiny_pair, write_json_db, write_labels
 
     root = tmp_path_factory.mktemp("hull-predict")
     items = crystals(build_prototypes())
@@ -244,7 +244,7 @@ def test_predict_hull_places_each_predicted_energy_against_the_reference(screene
     """`predict --reference` (implies --hull): e_above_hull = predicted Ef - the reference hull at that
     composition, computed here with pymatgen from the CSV's rows; an element outside the reference is a
     note; --sort and --where work on the column."""
-    from screening_data import cli
+    from helpers.screening_data import cli
 
     graphs, models = screened
     reference = [("NaCl", -2.1), ("Na2O", -1.5), ("MgO", -3.0), ("KCl", -2.2), ("NaBr", -1.9)]
@@ -275,7 +275,7 @@ def test_predict_hull_places_each_predicted_energy_against_the_reference(screene
 
 
 def test_predict_hull_needs_a_formation_energy_model(screened):
-    from screening_data import assert_usage_error, cli
+    from helpers.screening_data import assert_usage_error, cli
 
     graphs, models = screened
     assert_usage_error(cli("predict", graphs, "--model", models["eg"], "--hull", "-q"), "--hull", "formation-energy")

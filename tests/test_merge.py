@@ -12,7 +12,7 @@ import io
 import tracemalloc
 
 import pytest
-from screening_data import (
+from helpers.screening_data import (
     assert_usage_error,
     cli,
     crystals,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from compile_probe import really_compiled
+from helpers.compile_probe import really_compiled
 
 from srscreen.data.batch import GraphBatch, collate, pack_by_atoms
 from srscreen.model.network import CrystalGraphNet

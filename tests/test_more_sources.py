@@ -20,7 +20,7 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import assert_same_graph, assert_same_structure, graphs_in
-from screening_data import cli
+from helpers.screening_data import cli
 
 import srscreen.io.sources as sources
 from srscreen.data.featurize import FeaturizeOptions, featurize

@@ -4,7 +4,7 @@ The user's story: ``srscreen fetch-mp mp/ --chemsys Na-Cl`` with MP_API_KEY set;
 ``mp/structures/*.json`` and ``mp/labels.csv`` that ``featurize`` and ``train``/``finetune`` take;
 be told plainly when the key is wrong (and never see it printed); ride out rate limits and server
 errors; keep what a broken record or an interrupted run leaves, and fetch only what is missing on
-the next run. The API here is a local server on 127.0.0.1 (tests/mp_server.py): no internet.
+the next run. The API here is a local server on 127.0.0.1 (tests/helpers/mp_server.py): no internet.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_same_graph, graphs_in
-from mp_server import KEY, MPServer
-from screening_data import assert_usage_error, cli
+from helpers.mp_server import KEY, MPServer
+from helpers.screening_data import assert_usage_error, cli
 
 from srscreen.graph.settings import GraphSettings
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from compile_probe import really_compiled
-from screening_data import (
+from helpers.compile_probe import really_compiled
+from helpers.screening_data import (
     MAX_NBR,
     RADIUS,
     SRSCREEN,

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import srscreen
-from screening_data import one_thread  # noqa: F401 - fixture
+from helpers.screening_data import one_thread  # noqa: F401 - fixture
 from srscreen.model.registry import DEFAULT_MODELS, pretrained_names
 
 pytestmark = pytest.mark.skipif(not set(DEFAULT_MODELS) <= set(pretrained_names()),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from screening_data import (
+from helpers.screening_data import (
     MAX_NBR,
     RADIUS,
     SRSCREEN,
