@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from srscreen.io.atomic_write import replace_when_done
-from srscreen.errors import ModelFileError, ShardFileError, SrscreenError
+from srscreen.errors import ModelFileError, OptionError, ShardFileError, SrscreenError
 
 if TYPE_CHECKING:
     from srscreen.model.model_file import ModelFile
@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="High-throughput screening of crystals with SR-CGCNN.")
 err = Console(stderr=True)
 
-# Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback.
-USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError, ValueError)
+# Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback. srscreen's
+# own errors and the system's (a missing or unreadable file); any other exception is a bug and shows its
+# traceback.
+USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError)
 
 
 # Library parameters whose flag is not the parameter's name with dashes (`max_nbr` -> --max-nbr).
@@ -483,7 +485,7 @@ def _range(option: str, text: Optional[str]) -> Optional[tuple[float, float]]:
             raise ValueError
         return (float(low) if low.strip() else -1e9, float(high) if high.strip() else 1e9)
     except ValueError:
-        raise ValueError(f"{option} {text!r}: write MIN:MAX, e.g. 0:0.05 or 1.5: (either side may be empty)") from None
+        raise OptionError(f"{option} {text!r}: write MIN:MAX, e.g. 0:0.05 or 1.5: (either side may be empty)") from None
 
 
 def _ids(values: list[str]) -> tuple[str, ...]:
@@ -562,7 +564,7 @@ def _shard_range(text: Optional[str]) -> tuple[int, Optional[int]]:
     try:
         return int(start or 0), (int(stop) if stop else None) if sep else int(start) + 1
     except ValueError:
-        raise ValueError(f"--shards {text!r}: write I:J (shard indices, J exclusive)") from None
+        raise OptionError(f"--shards {text!r}: write I:J (shard indices, J exclusive)") from None
 
 
 @app.command("evaluate")

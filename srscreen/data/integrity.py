@@ -15,13 +15,13 @@ import zlib
 import h5py
 import numpy as np
 
-from srscreen.errors import one_line
+from srscreen.errors import ShardFileError, one_line
 
 _STR = h5py.string_dtype("utf-8")
 CRC_ATTR = "crc32"
 
 
-class DamagedDataError(ValueError):
+class DamagedDataError(ShardFileError):
     """A dataset whose contents do not match its checksum, or that cannot be read at all."""
 
 

@@ -35,7 +35,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 _STATUS = re.compile(r"status code (\d{3})|too many (\d{3}) error responses")
 
 
-class MPKeyError(ValueError):
+class MPKeyError(OptionError):
     """No API key, or one the server refuses."""
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from srscreen.data.batch import GraphBatch
+from srscreen.errors import InputError
 from srscreen.model.network import CrystalGraphNet, _affine, _evaluated_edges
 
 SPREAD_DDOF = 1
@@ -117,7 +118,7 @@ def calibration_scale(errors: np.ndarray, std: np.ndarray) -> float:
     errors, std = np.asarray(errors, dtype=np.float64), np.asarray(std, dtype=np.float64)
     usable = (std > 0) & np.isfinite(std) & np.isfinite(errors)
     if not usable.any():
-        raise ValueError("cannot calibrate: no validation crystal where the members disagree")
+        raise InputError("cannot calibrate: no validation crystal where the members disagree")
     return float(np.sqrt(np.mean((errors[usable] / std[usable]) ** 2)))
 
 

@@ -13,6 +13,7 @@ from srscreen.model.model_file import ModelFile
 from srscreen.data.labels import match, read_labels
 from srscreen.screening.predict import predict
 from srscreen.trainer.trainer import Metrics, metrics
+from srscreen.errors import InputError, OptionError
 
 
 @dataclass
@@ -35,7 +36,7 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     for m in models:
         matched = match(ranking.ids, read_labels(labels_path, m.target))
         if len(matched.positions) == 0:
-            raise ValueError(f"{labels_path}: no labelled {m.target} for any crystal of {graph_path}")
+            raise InputError(f"{labels_path}: no labelled {m.target} for any crystal of {graph_path}")
         pred = ranking.values[m.target][matched.positions]
         results[m.target] = metrics(pred, matched.values)
         if m.members:
@@ -57,7 +58,7 @@ def parity_plot(pairs: dict[str, tuple[np.ndarray, np.ndarray]], units: dict[str
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'srscreen[plot]'") from None
+        raise OptionError("--plot needs matplotlib: pip install 'srscreen[plot]'") from None
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.5 * len(pairs), 4.5), squeeze=False)
     for ax, (target, (true, pred)) in zip(axes[0], pairs.items()):
         lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))

@@ -24,6 +24,7 @@ import numpy as np
 
 from srscreen.screening.ranking import FIXED_COLUMNS, Table, best, check_columns, check_top, delimiter, sort_key
 from srscreen.screening.ranking import write_table as write_merged  # noqa: F401 - the name callers know
+from srscreen.errors import InputError, OptionError
 
 # Rows read between two top-k cuts: small next to any part, large enough that numpy does the sorting.
 CHUNK_ROWS = 1024
@@ -50,13 +51,13 @@ class Part:
                 else:
                     columns = next(csv.reader(stream, delimiter=delimiter(fmt)), [])
         except OSError as e:
-            raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
         except json.JSONDecodeError:
-            raise ValueError(f"{path}: not JSON lines as `predict --format jsonl` writes them") from None
+            raise InputError(f"{path}: not JSON lines as `predict --format jsonl` writes them") from None
         if fmt == "jsonl" and not columns:
             return cls(path, fmt, [])  # no row at all: an empty part, its columns unknown
         if tuple(columns[: len(FIXED_COLUMNS)]) != FIXED_COLUMNS:
-            raise ValueError(f"{path}: not a ranking as `predict` writes it (columns {', '.join(FIXED_COLUMNS)}, then targets)")
+            raise InputError(f"{path}: not a ranking as `predict` writes it (columns {', '.join(FIXED_COLUMNS)}, then targets)")
         return cls(path, fmt, columns)
 
     def rows(self) -> Iterator[dict | list]:
@@ -68,7 +69,7 @@ class Part:
                         try:
                             yield json.loads(line)
                         except json.JSONDecodeError:
-                            raise ValueError(f"{self.path}:{number}: not a JSON line") from None
+                            raise InputError(f"{self.path}:{number}: not a JSON line") from None
             else:
                 reader = csv.reader(stream, delimiter=delimiter(self.fmt))
                 next(reader, None)
@@ -80,7 +81,7 @@ def merge_rankings(paths: list[str | Path], *, top: int | None = None, sort_by: 
     """Merge ranked tables into the global ranking by `sort_by` (default: the first target column,
     as `predict` ranks), lowest first unless `descending`; NaN and empty values rank last."""
     if not paths:
-        raise ValueError("no ranking to merge")
+        raise OptionError("no ranking to merge")
     check_top(top)
     parts = [Part.open(p) for p in paths]
     known = [p for p in parts if p.columns]
@@ -89,12 +90,12 @@ def merge_rankings(paths: list[str | Path], *, top: int | None = None, sort_by: 
     columns, fmt = known[0].columns, known[0].fmt
     for p in parts:
         if p.fmt != fmt:
-            raise ValueError(f"{p.path}: {p.fmt} among {fmt} parts; merge parts of one format")
+            raise InputError(f"{p.path}: {p.fmt} among {fmt} parts; merge parts of one format")
         if p.columns and p.columns != columns:
-            raise ValueError(f"{p.path} has columns {','.join(p.columns)}, {known[0].path} has {','.join(columns)}")
+            raise InputError(f"{p.path} has columns {','.join(p.columns)}, {known[0].path} has {','.join(columns)}")
     targets = columns[len(FIXED_COLUMNS):]
     if not targets:
-        raise ValueError(f"{known[0].path}: no target column to rank by")
+        raise InputError(f"{known[0].path}: no target column to rank by")
     sort_by = sort_by or targets[0]
     check_columns([*targets, "n_atoms"], sort_by)
     value = _value_of(columns, fmt, sort_by)
@@ -140,7 +141,7 @@ def _check_ranked(part: Part, key, sort_by: str, descending: bool) -> None:
         k = key(row)
         if previous is not None and k < previous:
             order = "highest" if descending else "lowest"
-            raise ValueError(
+            raise InputError(
                 f"{part.path} is not ranked by {sort_by}, {order} first (row {number}): "
                 f"give --top K to merge any parts, or the --sort/--desc the parts were predicted with"
             )

@@ -26,6 +26,7 @@ from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
 from srscreen.graph.csr import Graphs
 from srscreen.screening.ranking import Condition, Ranking, check_columns, check_top
+from srscreen.errors import OptionError
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
     from srscreen.screening.hull import ReferenceHull
@@ -41,11 +42,11 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r}: write auto, cpu, cuda or cuda:N") from None
+        raise OptionError(f"--device {name!r}: write auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise OptionError(f"--device {name}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise OptionError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -56,7 +57,7 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
                          m.graph_settings, m.feature_table_id, str(graphs.attrs["feature_table_name"]))
     targets = [m.target for m in models]
     if len(set(targets)) != len(targets):
-        raise ValueError(f"two models predict the same target ({', '.join(targets)}); give each target once")
+        raise OptionError(f"two models predict the same target ({', '.join(targets)}); give each target once")
 
 
 # Structures from which compiling pays back its one-off cost on CPU: 7-12 s against ~0.07 ms saved each
@@ -151,11 +152,11 @@ def predict(
     `e_above_hull` (eV/atom), and a note for each row it cannot place (an element outside the reference).
     """
     if not models:
-        raise ValueError("no model given")
+        raise OptionError("no model given")
     targets = [m.target for m in models]
     energy = next((t for t in targets if t in FORMATION_ENERGY_TARGETS), None)
     if hull is not None and energy is None:
-        raise ValueError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
+        raise OptionError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
     outputs = [*(c for m in models for c in m.columns), *(["e_above_hull"] if hull is not None else [])]
     sort_by = sort_by or targets[0]
     check_columns([*outputs, "n_atoms"], sort_by, where)  # before any work, even when the chosen shards are empty
@@ -167,7 +168,7 @@ def predict(
         start, stop = shards
         n_shards = len(graphs.shard_names)
         if not (0 <= start <= (n_shards if stop is None else stop) <= n_shards):
-            raise ValueError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
+            raise OptionError(f"--shards {start}:{stop}: the file has shards 0:{n_shards}")
         if compile is None:
             compile = len(graphs) >= COMPILE_FROM_STRUCTURES
         nets = [Compiled(m.build_network().to(dev).eval()) if compile else m.build_network().to(dev).eval() for m in models]

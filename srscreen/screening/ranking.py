@@ -49,11 +49,11 @@ class Condition:
     def parse(cls, text: str) -> Condition:
         m = _WHERE.match(text)
         if not m:
-            raise ValueError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
+            raise OptionError(f"cannot read filter {text!r}: write COLUMN OP NUMBER, e.g. 'band_gap>=1.0' (OP: >= <= > < == !=)")
         try:
             value = float(m.group(3))
         except ValueError:  # matched the number's characters but is none, e.g. "1e" or "-"
-            raise ValueError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
+            raise OptionError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
         return cls(m.group(1), m.group(2), value)
 
     def mask(self, ranking: Ranking) -> np.ndarray:

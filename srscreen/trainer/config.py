@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from srscreen.errors import OptionError
+
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]
 # A resumed run may run longer or stop earlier than first planned; anything else must match.
@@ -45,22 +47,22 @@ class TrainConfig:
 def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train (rather than silently training something else)."""
     if config.loss not in ("mse", "l1", "huber"):
-        raise ValueError(f"--loss must be mse, l1 or huber, not {config.loss!r}")
+        raise OptionError(f"`loss` must be mse, l1 or huber, not {config.loss!r}")
     if config.schedule not in ("multistep", "cosine", "constant"):
-        raise ValueError(f"--schedule must be multistep, cosine or constant, not {config.schedule!r}")
+        raise OptionError(f"`schedule` must be multistep, cosine or constant, not {config.schedule!r}")
     if config.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, not {config.epochs}")
+        raise OptionError(f"`epochs` must be at least 1, not {config.epochs}")
     if config.batch_size < 2:
-        raise ValueError(f"--batch-size must be at least 2 (BatchNorm needs two crystals), not {config.batch_size}")
+        raise OptionError(f"`batch_size` must be at least 2 (BatchNorm needs two crystals), not {config.batch_size}")
     if not (0 <= config.val_fraction and 0 <= config.test_fraction and config.val_fraction + config.test_fraction < 1):
-        raise ValueError(
-            f"--val-fraction {config.val_fraction} and --test-fraction {config.test_fraction} must be non-negative "
+        raise OptionError(
+            f"`val_fraction` {config.val_fraction} and `test_fraction` {config.test_fraction} must be non-negative "
             "and leave a training fraction"
         )
     if config.steps < 1 or config.n_h < 1 or config.atom_fea_len < 1 or config.h_fea_len < 1:
-        raise ValueError("--steps, --n-h, --atom-fea-len and --h-fea-len must be at least 1")
+        raise OptionError("`steps`, `n_h`, `atom_fea_len` and `h_fea_len` must be at least 1")
     if config.lr <= 0 or config.warmup_epochs < 0 or config.patience < 0 or not (0 <= config.ema_decay < 1):
-        raise ValueError("--lr must be positive, --warmup-epochs and --patience non-negative, --ema-decay in [0, 1)")
+        raise OptionError("`lr` must be positive, `warmup_epochs` and `patience` non-negative, `ema_decay` in [0, 1)")
 
 
 def config_dict(config: TrainConfig) -> dict:

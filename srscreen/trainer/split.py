@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from srscreen.data.labels import Matched
+from srscreen.errors import InputError
 
 PARTS = ("train", "val", "test")
 
@@ -54,16 +55,16 @@ def read_split_file(path: Path) -> dict[str, str]:
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise ValueError(f"{path}: cannot read split file ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read split file ({e.strerror})") from None
     for line_no, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:
-            raise ValueError(f"{path}:{line_no}: expected id,split (train, val or test)")
+            raise InputError(f"{path}:{line_no}: expected id,split (train, val or test)")
         id_, part = row[0].strip(), row[1].strip()
         if part not in PARTS:
             if line_no == 1:
                 continue  # header
-            raise ValueError(f"{path}:{line_no}: split {part!r} of {id_} is not train, val or test")
+            raise InputError(f"{path}:{line_no}: split {part!r} of {id_} is not train, val or test")
         part_of[id_] = part
     return part_of

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from srscreen.data.graph_file import check_fits_model
 from srscreen.data.labels import match, read_labels
 from srscreen.data.training_set import GraphSet, batches
-from srscreen.errors import OptionError
+from srscreen.errors import InputError, OptionError
 from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
@@ -88,7 +88,7 @@ class Trainer:
         reuse_freed_memory()
         self.out = Path(out)
         if not self.out.parent.is_dir():
-            raise ValueError(f"{self.out}: folder {self.out.parent} does not exist")
+            raise OptionError(f"{self.out}: folder {self.out.parent} does not exist")
         self.ckpt_path = self.out.with_name(self.out.name + ".ckpt")
         self.log_path = self.out.with_name(self.out.name + ".log.jsonl")
         self.graph_path, self.labels_path, self.config, self.init = graph_path, labels_path, config, init
@@ -128,11 +128,11 @@ class Trainer:
         self.graphs = GraphSet.load(self.graph_path, steps=init.architecture["steps"] if init is not None else config.steps)
         self.matched = match(self.graphs.ids, read_labels(self.labels_path, config.target))
         if len(self.matched.positions) < 3:
-            raise ValueError(f"{self.labels_path}: only {len(self.matched.positions)} labelled crystals match {self.graph_path}")
+            raise InputError(f"{self.labels_path}: only {len(self.matched.positions)} labelled crystals match {self.graph_path}")
         self.split = make_split(self.graphs.ids, self.matched, config.seed, config.val_fraction, config.test_fraction,
                                 self.split_file)
         if len(self.split.train) == 0 or len(self.split.val) == 0:
-            raise ValueError("the split leaves no training or no validation crystals; give more data or other fractions")
+            raise InputError("the split leaves no training or no validation crystals; give more data or other fractions")
         self.y_all = np.full(len(self.graphs), np.nan)
         self.y_all[self.matched.positions] = self.matched.values
 
@@ -153,7 +153,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             table = cgcnn_feature_table()
             if table_id(table) != graphs.feature_table_id:
-                raise ValueError(
+                raise InputError(
                     f"{self.graph_path} was featurized with element table {graphs.feature_table_id}, not srscreen's "
                     f"built-in {table_id(table)}; to train on it, featurize with the built-in table"
                 )
@@ -172,7 +172,7 @@ class Trainer:
         state = torch.load(self.ckpt_path, weights_only=True)
         changed = sorted(k for k, v in config_dict(self.config).items() if state["config"].get(k) != v and k not in EXTENSIBLE)
         if changed:
-            raise ValueError(f"{self.ckpt_path} was made with other {', '.join(changed)}; rerun without --resume to start over")
+            raise OptionError(f"{self.ckpt_path} was made with other {', '.join(changed)}; rerun without --resume to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
