@@ -104,7 +104,7 @@ def tree_cpu(root: int) -> dict[int, float]:
 
 
 def run_featurize(source: Path, out: Path, jobs: int) -> dict:
-    from srscreen.data.featurize import featurize
+    from srscreen import featurize
     from srscreen.data.graph_file import GraphFile
 
     me = os.getpid()
@@ -138,7 +138,7 @@ def run_featurize(source: Path, out: Path, jobs: int) -> dict:
 
 def warm_up(files: list[Path], tmp: Path, jobs: int) -> None:
     """Start (and keep) the worker pool and import everything, so the timing is the steady state."""
-    from srscreen.data.featurize import featurize
+    from srscreen import featurize
 
     folder = tmp / "warm"
     if not folder.exists():
@@ -232,7 +232,7 @@ def child_main(source: str, out: str, jobs: int) -> None:
     Peaks are VmHWM from /proc, which starts afresh at exec; getrusage's ru_maxrss does not (it keeps
     the RSS the process had as a fork of its parent), so it would charge the benchmark's own memory.
     """
-    from srscreen.data.featurize import featurize
+    from srscreen import featurize
 
     summary = featurize(source, out, jobs=jobs, overwrite=True)
     me = os.getpid()

@@ -123,7 +123,7 @@ def main() -> None:
         if graphs_path is None:
             if not (SHARED / "structures").exists():
                 raise SystemExit(f"no data: {SHARED / 'structures'} is absent; pass --graphs FILE")
-            from srscreen.data.featurize import featurize
+            from srscreen import featurize
 
             graphs_path = tmp / "mp.h5"
             featurize(SHARED / "structures", graphs_path, jobs=-1)

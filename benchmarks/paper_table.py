@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from srscreen.model.model_file import ModelFile
-from srscreen.data.featurize import featurize
+from srscreen import featurize
 from srscreen.data.labels import match, read_labels
 from srscreen.data.graph_file import GraphFile
-from srscreen.trainer.trainer import TrainConfig, train
+from srscreen import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "datasets" / "mp-cgcnn"

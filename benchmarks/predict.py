@@ -33,10 +33,11 @@ from srscreen.data.batch import collate, pack_by_atoms
 from srscreen.model.model_file import ModelFile
 from srscreen.graph.elements import cgcnn_feature_table
 from srscreen.graph.equivalent_atoms import quotient, unmerged
-from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen import featurize
+from srscreen.data.featurize import FeaturizeOptions
 from srscreen.graph.settings import ALGORITHMS, GraphSettings
 from srscreen.model.network import CrystalGraphNet
-from srscreen.screening.predict import predict
+from srscreen import predict
 from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from srscreen.data.graph_file import GraphFile
 

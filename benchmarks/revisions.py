@@ -49,11 +49,14 @@ def srscreen(source: Path) -> tuple[list[str], dict]:
 
 def speed_models(source: Path, graphs: Path, out: Path, env: dict) -> list[str]:
     """The shipped pair re-saved for `graphs`' settings: the architecture predict runs, whatever the rule."""
-    code = (  # the tree's own files: an editable install would map srscreen.pretrained to this checkout
-        "import sys; from srscreen.model.model_file import ModelFile; from srscreen.data.graph_file import GraphFile\n"
+    code = (  # the tree's own files, in its own layout (flat modules and pretrained/, or srscreen/pretrained/vN/)
+        "import glob, sys\n"
+        "try:\n    from srscreen.model.model_file import ModelFile\n    from srscreen.data.graph_file import GraphFile\n"
+        "except ImportError:\n    from srscreen.checkpoint import ModelFile\n    from srscreen.shards import GraphFile\n"
         "with GraphFile(sys.argv[1]) as g: settings = g.graph_settings\n"
         "for name in ('sr-cgcnn-ef', 'sr-cgcnn-eg'):\n"
-        "    m = ModelFile.load('pretrained/' + name + '.pt'); m.graph_settings = settings\n"
+        "    found = sorted(glob.glob('srscreen/pretrained/v*/' + name + '.pt'), key=lambda p: int(p.split('/')[2][1:]))\n"
+        "    m = ModelFile.load(found[-1] if found else 'pretrained/' + name + '.pt'); m.graph_settings = settings\n"
         "    m.save(sys.argv[2] + '/' + name + '.pt')\n"
     )
     subprocess.run([sys.executable, "-c", code, str(graphs), str(out)], check=True, env=env, cwd=source)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.data.training_set import GraphSet, batches
 from srscreen.graph.elements import cgcnn_feature_table
-from srscreen.data.featurize import featurize
+from srscreen import featurize
 from srscreen.model.network import CrystalGraphNet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
