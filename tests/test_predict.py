@@ -341,3 +341,15 @@ def test_a_model_from_before_the_knn_ties_rule_takes_cgcnn_graphs_only(data, tmp
     result = cli("predict", cgcnn, "--model", tmp_path / "old.pt", "--threads", "1", "--quiet")
     assert result.exit_code == 0, result.stderr
     assert len(result.stdout.splitlines()) == len(data["items"]) + 1
+
+
+def test_shards_merged_in_pieces_predict_what_whole_shards_predict(data, monkeypatch):
+    """On CPU the reader merges equivalent atoms piece by piece of a shard; the ranking is the same."""
+    models = [ModelFile.load(data[m]) for m in ("ef", "eg")]
+    whole = predict(data["graphs"], models, device="cpu")
+    monkeypatch.setattr(predict_module, "MERGE_PIECE", 3)  # shards of 7 crystals: pieces of 3, 3 and 1
+    seen: list[int] = []
+    pieces = predict(data["graphs"], models, device="cpu", on_shard=seen.append)
+    assert pieces.ids == whole.ids and sum(seen) == len(whole.ids) and max(seen) == 3
+    for target in whole.values:
+        np.testing.assert_allclose(pieces.values[target], whole.values[target], rtol=1e-5, atol=1e-6)

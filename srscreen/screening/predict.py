@@ -64,6 +64,9 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
 # (benchmarks/predict.py, Ef + Eg, 2 threads).
 COMPILE_FROM_STRUCTURES = 150_000
 
+# Crystals per piece that the reader thread merges and hands to the model on CPU.
+MERGE_PIECE = 1024
+
 T = TypeVar("T")
 
 
@@ -144,7 +147,8 @@ def predict(
     """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
 
     `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
-    `on_shard(n_structures)` is called after each shard. A damaged shard raises `DamagedShardError`,
+    `on_shard(n_structures)` is called after each shard (on CPU, each piece of `MERGE_PIECE` crystals).
+    A damaged shard raises `DamagedShardError`,
     unless `on_damaged` is given: then it is skipped and handed to `on_damaged` with the ids it held
     (when those are intact), so nothing is lost silently. `compile` runs the models through
     torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
@@ -176,7 +180,10 @@ def predict(
         with torch.inference_mode():
             steps = max(m.architecture["steps"] for m in models)
             merge = (lambda s: quotient(s, steps)) if dev.type == "cpu" else unmerged
-            for index, shard, q in _prefetch(_read_shards(graphs, start, stop, merge, on_damaged is not None)):
+            # On CPU the reader thread merges equivalent atoms; in pieces, the model waits for one piece's
+            # merge at the start, not a whole shard's (1.5-1.7 s of a 7 s run of 20,000 structures).
+            piece = MERGE_PIECE if dev.type == "cpu" else None
+            for index, shard, q in _prefetch(_read_shards(graphs, start, stop, merge, on_damaged is not None, piece)):
                 if isinstance(shard, DamagedShardError):
                     on_damaged(DamagedShard(shard.shard, shard.reason, graphs.shard_ids(index)))
                     continue
@@ -204,8 +211,10 @@ class DamagedShard:
     ids: list[str] | None
 
 
-def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Graphs], Graphs], skip: bool):
-    """(index, shard, quotient) per shard; with `skip`, a damaged shard comes as (index, error, None)."""
+def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Graphs], Graphs], skip: bool,
+                 piece: int | None = None):
+    """(index, graphs, quotient) per shard, or per `piece` crystals of it; with `skip`, a damaged shard comes
+    as (index, error, None)."""
     for index in range(start, len(graphs.shard_names) if stop is None else stop):
         try:
             shard = graphs.read_shard(index)
@@ -214,4 +223,9 @@ def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callabl
                 raise
             yield index, e, None
             continue
-        yield index, shard, merge(shard)
+        if piece is None or len(shard.ids) <= piece:
+            yield index, shard, merge(shard)
+            continue
+        for start in range(0, len(shard.ids), piece):  # the model starts on the first piece, not the whole shard
+            part = shard.take(np.arange(start, min(start + piece, len(shard.ids))))
+            yield index, part, merge(part)
