@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -36,8 +37,69 @@ if TYPE_CHECKING:
 # Each command imports what it needs when it runs: torch and pymatgen's heavier parts cost ~1.5 s of
 # start-up, which `--help`, `info`, `merge` and `featurize` never need.
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="High-throughput screening of crystals with SR-CGCNN.")
-err = Console(stderr=True)
+
+
+def _plain_params(params: list) -> list:
+    """No type beside a switch: typer shows `--quiet <bool>`, as if it took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    """A command whose help reads `srscreen featurize [OPTIONS] SOURCE OUT` (typer: `{source} {out}`)."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name).upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return _plain_params(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: typer.Context) -> list:
+        return _plain_params(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """Every command of the app gets `_Command`'s help."""
+
+    def command(self, *args, **kwargs):
+        return super().command(*args, cls=kwargs.pop("cls", _Command), **kwargs)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich wraps lines at 80 columns where its stream is not a terminal, so a message piped into a log
+    breaks mid-sentence: there, lines are as long as their text (tables as wide as their cells)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = 100_000
+    return console
+
+
+app = _App(add_completion=False, no_args_is_help=True, cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
+           help="High-throughput screening of crystals with SR-CGCNN.")
+err = _console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from srscreen import __version__
+        typer.echo(f"srscreen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """High-throughput screening of crystals with SR-CGCNN."""
 
 # Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback. srscreen's
 # own errors and the system's (a missing or unreadable file); any other exception is a bug and shows its
@@ -259,6 +321,14 @@ def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict]
     return progress, on_epoch
 
 
+def _label_notes(labels: Path, targets: list[str]) -> None:
+    """Say what the labels of each target lose or count once (`LabelReport.notes`) before a run uses them."""
+    from srscreen.data.labels import read_labels
+    for target in targets:
+        for note in read_labels(labels, target).report.notes():
+            err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
+
+
 def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *, init_model: Optional[str],
                   split: Optional[Path], resume: bool, unit: Optional[str], threads: int, compile: Optional[bool],
                   quiet: bool) -> None:
@@ -270,6 +340,8 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
         torch.set_num_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
     try:
+        if not quiet:
+            _label_notes(labels, list(config.targets))
         init = resolve_model(init_model) if init_model else None
         with progress:
             try:
@@ -280,19 +352,23 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
                 raise
     except USAGE_ERRORS as e:
         _fail(str(e))
-    t = result.model_file.training
-    test = t["test"]
-    err.print(
-        f"wrote {out}: best epoch {t['best_epoch']}, val MAE {t['val_mae']:.4f}"
-        + (f", test MAE {test['mae']:.4f} {result.model_file.unit} on {test['count']} crystals" if test else "")
-    )
+    m = result.model_file
+    t = m.training
+    test = t.get("test") or {}
+    score = "val MAE" if len(m.targets) == 1 else "val score (mean MAE/std over targets)"
+    err.print(f"wrote {out}: best epoch {t['best_epoch']} of {t['epochs_run']}, {score} {t['val_mae']:.4f}"
+              + "".join(f"; {target} test MAE {test[target]['mae']:.4f} {m.unit_of(target)} on {test[target]['count']:,} crystals"
+                        for target in m.targets if target in test),
+              soft_wrap=True)
 
 
 @app.command("train")
 def train_cmd(
     graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
     labels: Path = typer.Option(..., help="CSV with an id column (id, material_id or the first) and target columns."),
-    target: str = typer.Option(..., help="Column of the labels file to learn."),
+    target: list[str] = typer.Option(..., help="Column of the labels file to learn; repeat it for one network with a head per target."),
+    target_weight: list[float] = typer.Option([], help="Weight of each target's loss, in --target order (default 1 each)."),
+    scale_head: bool = typer.Option(False, "--scale-head", help="Add a head per target that learns the size of its errors: predictions get a calibrated <target>_std (and, with --hull, p_stable) at almost no cost."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
     steps: int = typer.Option(3, help="Message-passing steps."),
     shared: bool = typer.Option(True, "--shared/--stacked", help="SR-CGCNN (weights tied across steps) or CGCNN."),
@@ -322,7 +398,7 @@ def train_cmd(
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
     from srscreen.trainer.trainer import TrainConfig
     config = TrainConfig(
-        target=target, steps=steps, shared=shared, atom_fea_len=atom_fea_len, h_fea_len=h_fea_len, n_h=n_h,
+        target=tuple(target), target_weights=tuple(target_weight), scale_head=scale_head, steps=steps, shared=shared, atom_fea_len=atom_fea_len, h_fea_len=h_fea_len, n_h=n_h,
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss, schedule=schedule,
         milestones=tuple(milestone), warmup_epochs=warmup_epochs, ema_decay=ema_decay, seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, patience=patience,
@@ -335,7 +411,8 @@ def train_cmd(
 def finetune_cmd(
     graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
     labels: Path = typer.Option(..., help="CSV with an id column and target columns."),
-    target: str = typer.Option(..., help="Column of the labels file to learn."),
+    target: list[str] = typer.Option([], help="Column of the labels file to learn, repeatable; default: the model's own targets. The result predicts these targets only."),
+    new_head: bool = typer.Option(False, "--new-head", help="Allow a --target the model does not predict: its head starts from random weights (the trunk is the model's)."),
     from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
     freeze_conv: bool = typer.Option(False, help="Train only the head; embedding and convolutions stay as they are."),
@@ -356,8 +433,14 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""
     from srscreen.trainer.trainer import TrainConfig
+    if not target:
+        from srscreen.model.registry import resolve_model
+        try:
+            target = resolve_model(from_model).targets
+        except USAGE_ERRORS as e:
+            _fail(str(e))
     config = TrainConfig(
-        target=target, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
+        target=tuple(target), new_heads=new_head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
         schedule="constant", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, freeze_conv=freeze_conv,
     )
@@ -370,14 +453,19 @@ def _models(names: list[str]) -> list[ModelFile]:
     return [resolve_model(n) for n in (names or DEFAULT_MODELS)]
 
 
+WHERE_HELP = ("Filter COLUMN OP NUMBER (OP: >= <= > < == !=), e.g. 'band_gap>=1.0', 'n_atoms<50'; values are compared "
+              "as printed (6 significant digits); repeats combine as AND.")
+
+
 @app.command("predict")
 def predict_cmd(
     graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
     top: Optional[int] = typer.Option(None, help="Keep the best K rows (bounded memory); default: every structure."),
     sort: Optional[str] = typer.Option(None, help="Column to rank by (a model target); default: the first model's."),
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
-    where: list[str] = typer.Option([], help="Filter, repeatable: 'band_gap>=1.0', 'n_atoms<50' (>= <= > < == !=)."),
+    where: list[str] = typer.Option([], help=WHERE_HELP),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
+    fast: bool = typer.Option(False, "--fast", help="Skip the spread: each model's first member alone, without scale heads, so no *_std or p_stable columns (an ensemble of N members runs ~N times faster; a model with scale heads, a few % faster)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
@@ -404,7 +492,7 @@ def predict_cmd(
     try:
         conditions = [Condition.parse(w) for w in where]
         span = _shard_range(shards)
-        models = _models(model)
+        models = [m.fast() for m in _models(model)] if fast else _models(model)
         reference_hull = None
         if hull or reference is not None:
             from srscreen.screening.hull import ReferenceHull, default_reference
@@ -580,24 +668,26 @@ def evaluate_cmd(
     from srscreen.screening.evaluate import evaluate
     try:
         models = _models(model)
+        _label_notes(labels, list(dict.fromkeys(t for m in models for t in m.targets)))
         results = evaluate(graphs, labels, models, device=device, plot=plot)
     except USAGE_ERRORS as e:
         _fail(str(e))
     if as_json:
-        sys.stdout.write(json.dumps({t: vars(r) for t, r in results.items()}) + "\n")
+        sys.stdout.write(json.dumps({name: {t: vars(r) for t, r in per.items()} for name, per in results.items()}) + "\n")
         return
     table = Table(title=f"{graphs} vs {labels}")
-    spread = any(m.members for m in models)
-    for column in ("target", "unit", "MAE", "RMSE", "R²", "count",
+    spread = any(hasattr(r, "spearman") for per in results.values() for r in per.values())
+    for column in ("model", "target", "unit", "MAE", "RMSE", "R²", "count",
                    *(("Spearman |err|~std", "within 1 std", "within 2 std", "MAE 10% surest", "MAE 10% least sure")
                      if spread else ())):
-        table.add_column(column, justify="left" if column in ("target", "unit") else "right")
-    for m in models:
-        r = results[m.target]
-        extra = [] if not spread else ["-"] * 5 if not m.members else [
-            f"{r.spearman:.3f}", f"{r.within_1std:.3f}", f"{r.within_2std:.3f}",
-            f"{r.mae_most_confident_10pct:.4f}", f"{r.mae_least_confident_10pct:.4f}"]
-        table.add_row(m.target, m.unit, f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}", *extra)
+        table.add_column(column, justify="left" if column in ("model", "target", "unit") else "right")
+    for m, (name, per) in zip(models, results.items()):
+        for target, r in per.items():
+            extra = [] if not spread else ["-"] * 5 if not hasattr(r, "spearman") else [
+                f"{r.spearman:.3f}", f"{r.within_1std:.3f}", f"{r.within_2std:.3f}",
+                f"{r.mae_most_confident_10pct:.4f}", f"{r.mae_least_confident_10pct:.4f}"]
+            table.add_row(name, target, m.unit_of(target), f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}",
+                          *extra)
     Console().print(table)
 
 
@@ -640,7 +730,9 @@ def ensemble_cmd(
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.calibrate import assemble, calibrate
     try:
-        ensemble = calibrate(assemble([ModelFile.load(p) for p in members]), graphs, labels, device=device)
+        ensemble = assemble([ModelFile.load(p) for p in members])
+        _label_notes(labels, ensemble.targets)
+        ensemble = calibrate(ensemble, graphs, labels, device=device)
         ensemble.save(out)
     except USAGE_ERRORS as e:
         _fail(str(e))

@@ -12,6 +12,7 @@ from pymatgen.core import Composition, Lattice, Structure
 
 import srscreen.screening.hull as hull_module
 from srscreen.screening.hull import ReferenceFileError, ReferenceHull, default_reference
+from srscreen.screening.ranking import printed, shown
 from srscreen.screening.reference_hull import build_reference, write_reference
 
 # Li-O, Fe-O and Li-Fe-O with made-up formation energies (eV/atom), a polymorph above its twin,
@@ -268,10 +269,11 @@ def test_predict_hull_places_each_predicted_energy_against_the_reference(screene
         assert row["hull_note"] == ""
         placed += 1
     assert placed >= 5 and placed < len(rows)
-    cut = float(np.median([row["e_above_hull"] for row in rows if row["e_above_hull"] is not None]))
+    cut = printed(float(np.median([row["e_above_hull"] for row in rows if row["e_above_hull"] is not None])))
     sorted_rows = cli(*args, "--sort", "e_above_hull", "--where", f"e_above_hull<={cut}")
     values = [json.loads(line)["e_above_hull"] for line in sorted_rows.stdout.splitlines()]
-    assert values == sorted(values) and all(v <= cut for v in values) and len(values) >= placed // 2
+    # --where compares values as printed
+    assert values == sorted(values) and all(shown(v) <= float(cut) for v in values) and len(values) >= placed // 2
 
 
 def test_predict_hull_needs_a_formation_energy_model(screened):

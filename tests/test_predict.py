@@ -41,6 +41,7 @@ from srscreen.model.model_file import ModelFile
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.neighbours import build_graph
 from srscreen.screening.predict import predict
+from srscreen.screening.ranking import printed, shown
 from srscreen.data.graph_file import GraphFile
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -148,13 +149,13 @@ def test_sort_by_band_gap_descending(data, full):
 
 def test_where_filters_keep_the_order_of_the_full_ranking(data, full):
     gaps = sorted(r["band_gap"] for r in full)
-    x = gaps[len(gaps) // 2]  # half the crystals pass
-    table = rows(run(data, "--where", f"band_gap>={x!r}", "--where", "n_atoms<4").stdout)
-    want = [r for r in full if r["band_gap"] >= x and r["n_atoms"] < 4]
+    x = printed(gaps[len(gaps) // 2])  # half the crystals pass; --where compares values as printed
+    table = rows(run(data, "--where", f"band_gap>={x}", "--where", "n_atoms<4").stdout)
+    want = [r for r in full if shown(r["band_gap"]) >= float(x) and r["n_atoms"] < 4]
     assert 0 < len(want) < len(full)
     assert [r["id"] for r in table] == [r["id"] for r in want]
     assert [int(r["rank"]) for r in table] == list(range(1, len(want) + 1))
-    top = rows(run(data, "--where", f"band_gap>={x!r}", "--where", "n_atoms<4", "--top", "2").stdout)
+    top = rows(run(data, "--where", f"band_gap>={x}", "--where", "n_atoms<4", "--top", "2").stdout)
     assert [r["id"] for r in top] == [r["id"] for r in want[:2]]
 
 

@@ -57,3 +57,23 @@ def test_writer_header_first_and_atomic_file(tmp_path):
         write_output(Table(["rank", "id", "formula", "n_atoms"], "csv", failing()), out)
     assert out.read_text().startswith('{"rank": 1'), "a failed write leaves the old file whole"
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_where_compares_values_as_printed():
+    """0.2650819 prints as 0.265082, so `<0.265082` drops it: what a user sees is what was filtered."""
+    from srscreen.screening.ranking import Condition
+
+    r = Ranking(["a", "b", "c"], ["X", "Y", "Z"], np.array([1, 1, 1]), {"e": np.array([0.2650819, 0.26508, 0.2650826])})
+    assert [row[4] for row in r.table().rows] == ["0.265082", "0.26508", "0.265083"]
+    assert r.where([Condition.parse("e<0.265082")]).ids == ["b"]
+    assert r.where([Condition.parse("e==0.265082")]).ids == ["a"]
+    assert r.where([Condition.parse("e>=0.265082"), Condition.parse("e<0.265083")]).ids == ["a"]
+
+
+@pytest.mark.parametrize("text", ["band_gap>nan", "band_gap!=-nan"])
+def test_a_filter_against_nan_is_refused(text):
+    from srscreen.errors import OptionError
+    from srscreen.screening.ranking import Condition
+
+    with pytest.raises(OptionError, match="nan"):
+        Condition.parse(text)

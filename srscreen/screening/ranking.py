@@ -6,6 +6,9 @@ the rows came in), cut with one top-k, and write through one writer: CSV or TSV 
 or JSON lines; on stdout, where a reader closing the pipe (`| head`) ends the output quietly, or to a
 file that appears whole or not at all.
 
+`--where` reads each value as CSV shows it (`shown`: 6 significant digits), in every format: a row
+shown as 0.265082 fails `<0.265082`, whatever digits lie beyond, so what a user sees is what was filtered.
+
 Columns: rank, id, formula, n_atoms, then one per value (a model's target; beside it `<target>_std`
 for an ensemble; e_above_hull with --hull), then hull_note with --hull.
 """
@@ -34,7 +37,23 @@ FORMATS = ("csv", "tsv", "jsonl")
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
 }
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|nan|inf)\s*$")
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+0-9.eE]+|[-+]?inf|[-+]?nan)\s*$")
+SIGNIFICANT_DIGITS = 6
+
+
+def printed(value: float) -> str:
+    """A value as CSV and TSV write it (6 significant digits; nan, inf, -inf)."""
+    return f"{value:.{SIGNIFICANT_DIGITS}g}"
+
+
+def shown(value: float) -> float:
+    """A value as the CSV shows it, read back: the number `--where` compares."""
+    return float(printed(value))
+
+
+def as_shown(values: np.ndarray) -> np.ndarray:
+    """`shown` for an array."""
+    return np.array([shown(v) for v in values.tolist()], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -54,11 +73,14 @@ class Condition:
             value = float(m.group(3))
         except ValueError:  # matched the number's characters but is none, e.g. "1e" or "-"
             raise OptionError(f"cannot read filter {text!r}: {m.group(3)!r} is not a number") from None
+        if math.isnan(value):  # every comparison with NaN is false (`!=` true): the filter would mean nothing
+            raise OptionError(f"cannot use filter {text!r}: nothing compares with nan; to drop rows without a value, "
+                              f"write '{m.group(1)}>-inf'")
         return cls(m.group(1), m.group(2), value)
 
     def mask(self, ranking: Ranking) -> np.ndarray:
-        """Rows that pass; NaN passes no comparison but `!=`."""
-        return _OPS[self.op](ranking.column(self.column), self.value)
+        """Rows that pass, comparing values as shown; NaN passes no comparison but `!=`."""
+        return _OPS[self.op](ranking.shown(self.column), self.value)
 
 
 def check_columns(columns: Sequence[str], sort_by: str, where: Sequence[Condition] = ()) -> None:
@@ -117,8 +139,12 @@ class Ranking:
         return [*FIXED_COLUMNS, *self.values, *([NOTE_COLUMN] if self.notes is not None else [])]
 
     def column(self, name: str) -> np.ndarray:
-        """A value column, or n_atoms: what a sort or a filter reads."""
+        """A value column, or n_atoms: what a sort reads."""
         return self.n_atoms if name == "n_atoms" else self.values[name]
+
+    def shown(self, name: str) -> np.ndarray:
+        """A value column as the CSV shows it, or n_atoms: what a filter reads."""
+        return self.n_atoms.astype(np.float64) if name == "n_atoms" else as_shown(self.values[name])
 
     def where(self, conditions: Sequence[Condition]) -> Ranking:
         """The rows that pass every condition."""
@@ -158,7 +184,7 @@ class Ranking:
                 values = [None if math.isnan(v[i]) else float(v[i]) for v in self.values.values()]
                 yield dict(zip(columns, [*fixed, *values, *note]))
             else:
-                yield [*fixed, *(f"{v[i]:.6g}" for v in self.values.values()), *note]
+                yield [*fixed, *(printed(v[i]) for v in self.values.values()), *note]
 
 
 @dataclass(frozen=True)
