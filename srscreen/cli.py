@@ -168,12 +168,15 @@ def featurize_cmd(
         _fail(f"--on-isolated-atoms must be 'fail' or 'pad', not {on_isolated_atoms!r}")
     if graph_rule not in ALGORITHMS:
         _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
-    if radius <= 0 or max_nbr < 1 or shard_size < 1 or max_atoms < 1 or jobs == 0 or tie_tolerance < 0:
-        _fail("--radius, --max-nbr, --shard-size and --max-atoms must be positive, --tie-tolerance not negative, "
-              "and --jobs non-zero")
+    if shard_size < 1 or max_atoms < 1 or jobs == 0:
+        _fail("--shard-size and --max-atoms must be positive, and --jobs non-zero")
+    try:  # the graph settings check their own values (--radius nan or inf is refused there)
+        graph = GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance,
+                              on_isolated_atoms=on_isolated_atoms, rule=graph_rule, tie_tolerance=tie_tolerance)
+    except USAGE_ERRORS as e:
+        _fail(str(e))
     options = FeaturizeOptions(
-        graph=GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance, on_isolated_atoms=on_isolated_atoms,
-                            rule=graph_rule, tie_tolerance=tie_tolerance),
+        graph=graph,
         max_atoms=max_atoms,
         on_disorder=on_disorder,
         shard_size=shard_size,

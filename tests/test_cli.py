@@ -211,6 +211,10 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"],
          ["--on-isolated-atoms", "drop", "'fail' or 'pad'"]),
         (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere", "no such file or folder"]),
+        *((["featurize", data["clean"], tmp_path / "x.h5", "--radius", r], ["--radius", "positive, finite", r])
+          for r in ("nan", "inf", "-1")),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--tie-tolerance", "nan"], ["--tie-tolerance", "nan"]),
+        (["predict", g, "--model", ef, "--where", "band_gap>nan"], ["band_gap>nan", "nothing compares with nan"]),
         (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1", "COLUMN OP NUMBER"]),
         (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large", "COLUMN OP NUMBER"]),
         (["predict", g, "--model", ef, "--where", "density>1"], ["'density': no such column"]),
@@ -245,7 +249,8 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
 
 
 CASES = [
-    "featurize-on-disorder", "featurize-on-isolated", "featurize-missing-source",
+    "featurize-on-disorder", "featurize-on-isolated", "featurize-missing-source", "radius-nan", "radius-inf",
+    "radius-negative", "tie-tolerance-nan", "where-nan",
     "where-operator", "where-words", "where-unknown-column", "where-unknown-column-no-shard", "where-not-a-number",
     "unknown-model-name", "missing-model-file",
     "not-a-model-file", "two-models-one-target", "sort-unknown", "top-zero", "format", "shards-reversed",

@@ -11,11 +11,13 @@ the comparison is exact; the cgcnn rule must reproduce CGCNN's pick within a cut
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
 from conftest import build_prototypes, cu_slab, require_shared_mp
 
+from srscreen.errors import OptionError
 from srscreen.graph.settings import GraphError, GraphSettings
 
 from srscreen.graph.neighbours import build_graph
@@ -406,3 +408,13 @@ def test_gemmi_reader_agrees_with_pymatgen_cifparser(mp_sample):
     # Snapping is not a no-op on real data: some sites really move by more than 1e-6 Å.
     assert snapped_moved > 0, "expected pymatgen's default snapping to move some MP sites"
 
+
+
+@pytest.mark.parametrize("settings", [
+    {"radius": math.nan}, {"radius": math.inf}, {"radius": -1.0}, {"radius": 0.0}, {"tie_tolerance": math.nan},
+    {"tie_tolerance": -1e-4}, {"min_distance": math.nan}, {"max_nbr": 0},
+])
+def test_graph_settings_refuse_values_that_build_no_graph(settings):
+    """NaN fails every comparison, so a check written `radius <= 0` would let `--radius nan` through."""
+    with pytest.raises(OptionError, match=next(iter(settings))):
+        GraphSettings(**settings)

@@ -7,6 +7,7 @@ documents what each builds. A graph file and a model file fit when their setting
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,8 +45,15 @@ class GraphSettings:
     def __post_init__(self) -> None:
         if self.rule not in ALGORITHMS:
             raise OptionError(f"`rule` must be one of {', '.join(ALGORITHMS)}, not {self.rule!r}")
-        if self.radius <= 0 or self.max_nbr < 1 or self.tie_tolerance < 0:
-            raise OptionError(f"`radius` must be positive, `tie_tolerance` non-negative and `max_nbr` at least 1, not {self}")
+        # `not` of the comparison: NaN fails every comparison, so `nan <= 0` would let it through
+        if not (math.isfinite(self.radius) and self.radius > 0):
+            raise OptionError(f"`radius` must be a positive, finite number of Å, not {self.radius}")
+        if not (math.isfinite(self.tie_tolerance) and self.tie_tolerance >= 0):
+            raise OptionError(f"`tie_tolerance` must be a finite number of Å, 0 or more, not {self.tie_tolerance}")
+        if not (math.isfinite(self.min_distance) and self.min_distance >= 0):
+            raise OptionError(f"`min_distance` must be a finite number of Å, 0 or more, not {self.min_distance}")
+        if self.max_nbr < 1:
+            raise OptionError(f"`max_nbr` must be at least 1, not {self.max_nbr}")
 
     @property
     def algorithm(self) -> str:
