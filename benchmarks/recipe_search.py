@@ -94,14 +94,24 @@ def record(run: dict) -> None:
 
     model = ModelFile.load(RESULTS / f"{run['name']}.pt")
     log = log_of(run)
-    params = sum(t.numel() for k, t in model.state_dict.items()
-                 if not k.startswith(("feature_table", "bn")) and t.dtype.is_floating_point)
     row = {"name": run["name"], "target": run["target"], "seed": run["seed"], "options": run["options"],
-           "parameters": params, "epochs": len(log), "best_epoch": model.training["best_epoch"],
+           "parameters": parameters(run["options"]), "epochs": len(log), "best_epoch": model.training["best_epoch"],
            "compute_h": round(sum(r["epoch_s"] for r in log) / 3600, 3), "val_mae": round(model.training["val_mae"], 4),
            "test_mae": round(model.training["test"]["mae"], 4), "test_count": model.training["test"]["count"]}
     with (RESULTS / "summary.jsonl").open("a") as out:
         out.write(json.dumps(row) + "\n")
+
+
+def parameters(options: dict) -> int:
+    """Trainable parameters of a run's network, counted as `srscreen models` counts them (every one, the
+    per-step BatchNorms included; summary lines written before this function counted those out)."""
+    import torch
+
+    from srscreen.model.network import CrystalGraphNet
+
+    net = CrystalGraphNet(feature_table=torch.zeros(100, 92), steps=options["steps"], shared=True,
+                          atom_fea_len=options["atom-fea-len"])
+    return sum(p.numel() for p in net.parameters())
 
 
 def write_split(path: Path) -> None:
@@ -141,7 +151,7 @@ def report() -> None:
             continue
         row = done.get(run["name"], {})
         changes = ", ".join(f"{k} {v}" for k, v in run["options"].items() if BASE.get(k) != v) or "shipped recipe"
-        params = f"{row['parameters']:,}" if row else "–"
+        params = f"{parameters(run['options']):,}"
         print(f"| {run['name']} | {run['target']} | {run['options']['atom-fea-len']} | {run['options']['steps']} | {changes} | "
               f"{params} | {len(log)}/{run['options']['epochs']} | "
               f"{sum(r['epoch_s'] for r in log) / 3600:.2f} | {min(r['val_mae'] for r in log):.4f} | "
