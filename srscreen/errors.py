@@ -26,6 +26,15 @@ class ShardFileError(SrscreenError):
     """A graph file that cannot be used (missing, damaged, wrong format or schema, unfit for a model)."""
 
 
+class DiskFullError(SrscreenError):
+    """A file could not be written: no space left on its device (or the quota is spent). What was being
+    written is removed, never left half-written; `path` is the file that was being written."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class ModelFileError(SrscreenError):
     """A model file that cannot be used; the message is one line naming the file and the reason."""
 

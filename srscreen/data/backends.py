@@ -2,14 +2,23 @@
 
 Both are joblib backends behind one `parallel_config`, so the pipeline is the same code either way:
 tasks go out, results stream back in input order to the one writer in this process.
+
+Local workers never outlive the run: an error or a SIGTERM in the parent stops them (SIGTERM raises
+`SystemExit(143)` while the run holds the workers, so it unwinds like any error), and each worker ends
+itself within a second of its parent's death, however the parent died (SIGKILL, a crash).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Generator, Iterator
 
-from joblib import parallel_config
+from joblib import cpu_count, parallel_config
 
 from srscreen.errors import OptionError
 
@@ -37,7 +46,7 @@ def compute_backend(backend: str = "local", *, jobs: int = -1, scheduler: str | 
                     connect_timeout: float = 30.0) -> Iterator[None]:
     """Run the joblib `Parallel` calls inside on `backend`.
 
-    `local`: `jobs` worker processes on this machine (-1: one per core).
+    `local`: `jobs` worker processes on this machine (-1: one per core; see `local_workers`).
     `dask`: the workers of the dask.distributed scheduler at `scheduler` (``tcp://host:8786``);
     `jobs` caps the tasks in flight (-1: one per worker thread). The workers must be able to
     import srscreen and to read the input paths (a shared file system), archives and dump chunks
@@ -45,7 +54,8 @@ def compute_backend(backend: str = "local", *, jobs: int = -1, scheduler: str | 
     """
     check_backend(backend, scheduler)
     if backend == "local":
-        with parallel_config(n_jobs=jobs):
+        with parallel_config(backend="loky", n_jobs=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),)), \
+                _sigterm_unwinds():
             yield
         return
     from dask.distributed import Client
@@ -59,3 +69,61 @@ def compute_backend(backend: str = "local", *, jobs: int = -1, scheduler: str | 
             yield
     finally:
         client.close()
+
+
+def local_workers(jobs: int) -> int:
+    """The worker processes `jobs` asks for on this machine, capped at its cores (those this process may
+    use): featurize is CPU-bound, so more processes would only add memory. -1 is one per core, -2 all
+    but one, and so on, as in joblib."""
+    cores = cpu_count()
+    wanted = cores + 1 + jobs if jobs < 0 else jobs
+    return max(1, min(wanted, cores))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker once `parent` is gone (the worker is then re-parented), so a
+    killed or crashed run leaves no process behind. A daemon thread looks once a second."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="srscreen-exit-with-parent", daemon=True).start()
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises SystemExit(143) in the main thread instead of ending the
+    process on the spot: the run then stops its workers and removes its temporary files as on any error.
+    Left alone when this is not the main thread or someone else already handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _exit_143)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _exit_143(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_workers(results: Generator) -> None:
+    """Close joblib's generator of results: unfinished (an error stopped the run), that kills the workers
+    now. Quietly: joblib's "tasks were cancelled" warning, and the traceback loky's manager thread can
+    print while its workers are killed (KeyError in add_call_item_to_queue), would bury the error line."""
+    hook = threading.excepthook
+
+    def ignore_loky_manager(args: threading.ExceptHookArgs) -> None:
+        if args.thread is None or args.thread.name != "ExecutorManagerThread":
+            hook(args)
+
+    threading.excepthook = ignore_loky_manager
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results.close()
+    finally:
+        threading.excepthook = hook

@@ -2,22 +2,87 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from srscreen.errors import DiskFullError
+
+# errnos that mean the device (or the user's quota) is full.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A failed writer that gives no errno (torch.save's C++ writer says "unexpected pos 576 vs 534") is
+# taken for a full disk when less than this is left free beside the file it was writing.
+_FULL_BELOW_BYTES = 1 << 20
+
 
 @contextmanager
 def replace_when_done(path: Path) -> Iterator[Path]:
-    """Yield PATH.tmp to write; rename it over `path` only if the block finishes, else remove it.
+    """Yield a temporary file beside `path` to write; rename it over `path` only if the block finishes,
+    else remove it.
 
-    A crash or a kill mid-write leaves `path` as it was (a killed process may leave PATH.tmp, which
-    the next write replaces). The rename is atomic on POSIX file systems.
+    The temporary name is unique to this call (`.NAME.XXXXXXXX.tmp`, made with mkstemp), so two
+    processes writing the same `path` never write into one file: each renames a whole file, the last
+    one wins. A crash or a kill mid-write leaves `path` as it was (a killed process may leave its
+    hidden .tmp file). The rename is atomic on POSIX file systems, and the file is flushed to its device
+    first (fsync), so a write error the system reports late is caught before the rename, not after.
+
+    A full device (or quota), however the writer reports it, raises `DiskFullError` naming `path`,
+    with the temporary file removed.
     """
-    tmp = path.with_name(path.name + ".tmp")
+    path = Path(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if is_disk_full(e, path.parent):
+            raise _no_space(path) from e
+        raise
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the result gets what open() would give it
+        finally:
+            os.close(fd)
+        try:
+            yield tmp
+            _sync(tmp)
+            os.replace(tmp, path)
+        except DiskFullError:
+            raise
+        except Exception as e:
+            if is_disk_full(e, path.parent):
+                raise _no_space(path) from e
+            raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error`, raised while writing into `folder`, means its device (or quota) is full."""
+    if isinstance(error, OSError):
+        return error.errno in _FULL_ERRNOS
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BELOW_BYTES
+
+
+def _no_space(path: Path) -> DiskFullError:
+    return DiskFullError(f"{path}: no space left on device", path)
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
