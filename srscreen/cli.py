@@ -215,6 +215,9 @@ def featurize_cmd(
         err.print(table)
         if summary.failed:
             err.print(f"failures by reason: srscreen info {out}")
+    if summary.structures == 0:  # a graph file of no structure: a run that did nothing must not look like one that did
+        _fail(f"no structure featurized from {source} ({summary.failed:,} failed, {summary.skipped:,} not structure "
+              f"files); the reasons: srscreen info {out}", 1)
     if strict and summary.failed:
         raise typer.Exit(1)
 

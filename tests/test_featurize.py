@@ -474,6 +474,35 @@ def test_missing_source_leaves_nothing_behind(tmp_path):
     assert not out.exists() and not partial_dir(out).exists()
 
 
+def test_an_empty_source_folder_is_refused_and_writes_nothing(tmp_path):
+    """No file at all (OUT inside the folder aside): one line and exit 2, not an empty graph file."""
+    from helpers.screening_data import assert_usage_error, cli
+
+    (tmp_path / "db" / "sub").mkdir(parents=True)
+    out = tmp_path / "graphs.h5"
+    assert_usage_error(cli("featurize", tmp_path / "db", out, "-j", "1", "-q"), "db: no file in this folder")
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_nothing_featurized_is_an_error_with_the_failures_kept(prototypes, tmp_path):
+    """A single file that is no structure, or a folder of only folders named like structure files:
+    each input is a failure with its reason, and the command says nothing was featurized and exits 1."""
+    from helpers.screening_data import cli
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    db = tmp_path / "db"
+    (db / "x.cif").mkdir(parents=True)
+    for source, reason in [(notes, "not a structure file"), (db, "a folder named like a structure file")]:
+        out = tmp_path / f"{source.name}.h5"
+        result = cli("featurize", source, out, "-j", "1", "-q")
+        assert result.exit_code == 1, (result.stdout, result.stderr, result.exception)
+        assert result.stderr.strip() == (f"error: no structure featurized from {source} (1 failed, 0 not structure "
+                                         f"files); the reasons: srscreen info {out}")
+        with GraphFile(out) as g:
+            assert len(g) == 0 and [reason in f.reason for f in g.failures()] == [True]
+
+
 def test_long_multi_structure_files_keep_global_frame_numbers(prototypes, tmp_path, monkeypatch):
     """Files cut into chunks of frames number every frame by its place in the whole file."""
     import srscreen.io.sources as sources

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_structure, cif_text, extxyz_text, poscar_text
 
+from srscreen.errors import InputError
 from srscreen.io.parsed import Parsed, ParseFailure
 from srscreen.io.readers import detect_format, parse_bytes
 from srscreen.io.sources import Item, Skipped, iter_inputs
@@ -395,6 +396,41 @@ def test_archives_give_the_same_ids_and_structures(database, archive):
 def test_missing_source_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         list(iter_inputs(tmp_path / "nowhere"))
+
+
+def test_folders_named_like_structures_and_links_to_folders_are_failures(tmp_path, prototypes):
+    """Neither passes unseen: a folder `x.cif/` is a failure (its files are still read, each on its own),
+    and so is a link to a folder (not followed: it may lead back up the tree)."""
+    (tmp_path / "x.cif").mkdir()
+    (tmp_path / "x.cif" / "inside.cif").write_text(cif_text(prototypes["NaCl"]))
+    (tmp_path / "empty.zip").mkdir()
+    (tmp_path / "POSCARS").mkdir()  # a folder of POSCARs: an ordinary folder
+    (tmp_path / "POSCARS" / "POSCAR").write_text(poscar_text(prototypes["NaCl"]))
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "far.cif").write_text(cif_text(prototypes["NaCl"]))
+    (tmp_path / "link").symlink_to(elsewhere)
+    entries = {e.name: e for e in iter_inputs(tmp_path)}
+    assert set(entries) == {"x.cif/", "x.cif/inside.cif", "empty.zip/", "link/", "POSCARS/POSCAR"}
+    assert "a folder named like a structure file" in entries["x.cif/"].error
+    assert "a folder named like a structure file" in entries["empty.zip/"].error
+    assert "a link to a folder, not followed" in entries["link/"].error
+    assert entries["x.cif/inside.cif"].error is None and entries["POSCARS/POSCAR"].error is None
+
+
+def test_a_folder_without_files_is_refused(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="no file in this folder"):
+        list(iter_inputs(tmp_path / "empty"))
+
+
+def test_a_file_named_as_the_source_is_meant_as_structures(tmp_path):
+    """In a folder an unknown file is skipped (a README); named on its own, it is a failure with its reason."""
+    (tmp_path / "notes.txt").write_text("hello")
+    [entry] = iter_inputs(tmp_path / "notes.txt")
+    assert isinstance(entry, Item) and entry.error == "not a structure file (unknown extension)"
+    [entry] = iter_inputs(tmp_path)
+    assert isinstance(entry, Skipped)
 
 
 def test_empty_multi_structure_file_is_an_input_that_fails(tmp_path):

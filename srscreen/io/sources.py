@@ -19,9 +19,10 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote
 
+from srscreen.errors import InputError
 from srscreen.io.jsonstream import WholeDocument, iter_elements
 from srscreen.io.readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
 
@@ -32,6 +33,7 @@ _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # smaller ones go to a worker whole. Compressed files are compared after a typical 8x expansion.
 STREAM_JSON_BYTES = 32 << 20
 _COMPRESSION_RATIO = 8
+UNKNOWN_KIND = "not a structure file (unknown extension)"
 
 
 @dataclass(frozen=True)
@@ -68,35 +70,80 @@ def is_archive(name: str) -> bool:
     return name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-def iter_inputs(source: str | os.PathLike, *, id_key: str | None = None) -> Iterator[Item | Skipped]:
-    """Every input under `source`, in a deterministic order; `id_key` names ASE database rows."""
+def iter_inputs(source: str | os.PathLike, *, id_key: str | None = None,
+                ignore: Callable[[str], bool] | None = None) -> Iterator[Item | Skipped]:
+    """Every input under `source`, in a deterministic order; `id_key` names ASE database rows; `ignore`
+    as in `walk_files`."""
     root = Path(source)
     if root.is_dir():
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            folder = Path(dirpath)
-            # Per folder, not per file: pathlib costs ~10 µs a call, a database has millions of files.
-            prefix = str(folder)
-            prefix = "" if prefix == "." else prefix if prefix.endswith("/") else prefix + "/"
-            rel = folder.relative_to(root).as_posix()
-            rel = "" if rel == "." else rel + "/"
-            for filename in sorted(filenames):
-                yield from _file_inputs(prefix + filename, rel + filename, folder, id_key)
+        for path, rel, folder in walk_files(root, ignore):
+            yield from _file_inputs(path, rel, folder, id_key)
     elif root.is_file():
-        yield from _file_inputs(str(root), root.name, root.parent, id_key)
+        yield from _file_inputs(str(root), root.name, root.parent, id_key, named=True)
     else:
         raise FileNotFoundError(f"{source}: no such file or folder")
 
 
-def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None = None) -> Iterator[Item | Skipped]:
-    """The inputs of one file: `path` is str(folder / name), `rel` its path under the source."""
+def walk_files(root: Path, ignore: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str, Path]]:
+    """(path, path relative to `root` with '/', folder) of every file under the folder `root`, names sorted.
+
+    `ignore(real path)` leaves out a file or folder (featurize's own output when it lies inside the
+    source: OUT, OUT.partial/, its lock and temporary files). Two kinds of folder are listed too, their
+    paths ending in '/', so that they are recorded as failures rather than pass unseen: a folder named
+    like a structure file or archive (`x.cif/`; its files are still listed, each on its own), and a
+    link to a folder (not followed: a link may lead back up the tree). A folder holding no file at
+    all is refused: it would give an empty graph file without a word.
+    """
+    listed = False
+    for dirpath, dirnames, filenames in os.walk(root):
+        if ignore is not None:
+            real = os.path.realpath(dirpath)
+            dirnames[:] = [d for d in dirnames if not ignore(os.path.join(real, d))]
+            filenames = [f for f in filenames if not ignore(os.path.join(real, f))]
+        dirnames.sort()
+        odd = [d + "/" for d in dirnames if _looks_like_a_file(d) or os.path.islink(os.path.join(dirpath, d))]
+        filenames = sorted(filenames + odd) if odd else filenames
+        folder = Path(dirpath)
+        # Per folder, not per file: pathlib costs ~10 µs a call, a database has millions of files.
+        prefix = str(folder)
+        prefix = "" if prefix == "." else prefix if prefix.endswith("/") else prefix + "/"
+        rel = folder.relative_to(root).as_posix()
+        rel = "" if rel == "." else rel + "/"
+        for filename in sorted(filenames):
+            listed = True
+            yield prefix + filename, rel + filename, folder
+    if not listed:
+        raise InputError(f"{root}: no file in this folder, nothing to featurize")
+
+
+def _looks_like_a_file(name: str) -> bool:
+    """A folder name that ends like a structure file or archive (`x.cif`, `x.json.gz`, `x.zip`; not `POSCARS`)."""
+    return is_archive(name) or detect_format("x" + (name[name.find("."):] if "." in name else ""))[0] is not None
+
+
+def _folder_reason(path: str) -> str:
+    """Why a folder listed by `walk_files` (its path ends in '/') is no input."""
+    if os.path.islink(path.rstrip("/")):
+        return "a link to a folder, not followed (give the folder it leads to as a source of its own)"
+    return "a folder named like a structure file, not a file (any files inside are read on their own)"
+
+
+def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None = None,
+                 named: bool = False) -> Iterator[Item | Skipped]:
+    """The inputs of one file: `path` is str(folder / name), `rel` its path under the source. A file
+    the user `named` as the source is meant as structures: an unknown kind is a failure, not a skip."""
+    if path.endswith("/"):
+        yield Item(key=path, source=path, name=rel, error=_folder_reason(path))
+        return
     if is_archive(rel):
         yield from _archive_inputs(folder / rel.rpartition("/")[2])
         return
     fmt, _ = detect_format(rel)
     suffix = os.path.splitext(path)[1].lower()
-    if fmt is None:
-        yield Skipped(path, "not a structure file (unknown extension)")
+    if fmt is None and named:
+        yield Item(key=path, source=path, name=rel, error=UNKNOWN_KIND)
+    elif fmt is None:
+        yield Skipped(path, UNKNOWN_KIND)
     elif fmt == "asedb" and suffix not in _OPENERS:
         yield from _ase_db_items(path, rel, id_key)
     elif fmt in MULTI_STRUCTURE_FORMATS or (fmt == "json" and _is_large(path, suffix)):
@@ -267,7 +314,7 @@ def _member_inputs(archive: Path, member_name: str, member: BinaryIO, size: int 
     fmt, _ = detect_format(member_name)
     suffix = Path(member_name).suffix.lower()
     if fmt is None:
-        yield Skipped(source, "not a structure file (unknown extension)")
+        yield Skipped(source, UNKNOWN_KIND)
     elif fmt in MULTI_STRUCTURE_FORMATS and suffix not in _OPENERS:
         yield from _frame_items(source, member_name, fmt, member)
     elif fmt == "json" and suffix not in _OPENERS and _is_large(source, suffix, size):
