@@ -1,47 +1,17 @@
 """The Python API: the commands as functions of `srscreen`, and a model loaded by name that predicts
-pymatgen Structures as the command line does."""
+pymatgen Structures as the command line does. (The examples of docs/api.md and README run in test_docs.)"""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, build_prototypes
-from helpers.screening_data import PRETRAINED_GRAPHS, one_thread, write_json_db  # noqa: F401 - fixture
+from conftest import build_prototypes
+from helpers.screening_data import PRETRAINED_GRAPHS, write_json_db
 
 import srscreen
 from srscreen.data.featurize import FeaturizeOptions, featurize
 from srscreen.screening.predict import predict
 from srscreen.model.registry import resolve_model
-
-
-def readme_python_blocks() -> list[str]:
-    """The ```python blocks of README's "Python API" section, in order."""
-    text = (REPO_ROOT / "README.md").read_text()
-    start = text.index("## Python API")
-    section = text[start : text.index("\n## ", start + 1)]
-    return re.findall(r"```python\n(.*?)```", section, re.S)
-
-
-def test_readme_examples_run(tmp_path, monkeypatch, capsys, one_thread):
-    """Every ```python block of README's "Python API" section, one after the other as a user would paste
-    them into one session, from a folder that has the repository's examples/ (the README runs them
-    from the repository root; here they write their files in a temporary folder)."""
-    blocks = readme_python_blocks()
-    assert len(blocks) >= 3, "the section lost an example"
-    (tmp_path / "examples").symlink_to(REPO_ROOT / "examples")
-    monkeypatch.chdir(tmp_path)
-    session: dict = {}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"README.md (Python API, example {i + 1})", "exec"), session)
-    # The whole-path example: the top 5 by formation energy of the bundled crystals, printed in order.
-    ranking = session["ranking"]
-    ef = ranking.values["formation_energy_per_atom"]
-    assert len(ranking) == 5 and list(ef) == sorted(ef)
-    printed = capsys.readouterr().out
-    assert all(id_ in printed for id_ in ranking.ids)
-    assert (tmp_path / "my-ef.pt").exists() and session["tuned"].model_file.training["finetuned_from"] == "sr-cgcnn-ef"
 
 
 def test_top_level_names_are_the_library_functions():
