@@ -446,3 +446,30 @@ def test_empty_multi_structure_file_is_an_input_that_fails(tmp_path):
     assert sorted(r.id for r in results) == ["empty", "empty"]
     for r in results:
         assert_failure(r, "empty")
+
+
+@pytest.mark.parametrize("isotope", ["D", "T"])
+@pytest.mark.parametrize("fmt", ["cif", "json", "poscar", "extxyz"])
+def test_hydrogen_isotopes_are_refused_not_read_as_hydrogen(fmt, isotope):
+    """gemmi reads D as H (T as no element), pymatgen both as H, ASE neither: one policy for every format,
+    a failure that names the isotope and says to write H."""
+    import re
+
+    from pymatgen.core import Lattice, Structure
+
+    lih = Structure(Lattice.cubic(4.0), ["Li", "H"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    name, text = {
+        "cif": ("LiH.cif", cif_text(lih)),
+        "json": ("LiH.json", json.dumps(lih.as_dict())),
+        "poscar": ("POSCAR", poscar_text(lih)),
+        "extxyz": ("LiH.extxyz", extxyz_text([lih])),
+    }[fmt]
+    assert list(parse_one(name, text).numbers) == [3, 1], "written with H, it is hydrogen"
+    swapped = {
+        "cif": lambda t: re.sub(r"(?m)^(\s*)H(\s+)H1\b", rf"\g<1>{isotope}\g<2>{isotope}1", t),
+        "json": lambda t: t.replace('"element": "H"', f'"element": "{isotope}"'),
+        "poscar": lambda t: re.sub(r"(?m)^Li H$", f"Li {isotope}", t),
+        "extxyz": lambda t: re.sub(r"(?m)^H(\s)", rf"{isotope}\1", t),
+    }[fmt](text)
+    assert swapped != text
+    assert_failure(parse_one(name, swapped), f"'{isotope}'", "hydrogen isotope", "write H")

@@ -23,6 +23,11 @@ OCCUPANCY_TOL = 1e-3
 
 _MAX_Z = 118
 
+# Hydrogen's isotopes as files write them. gemmi and pymatgen read D (pymatgen also T) as hydrogen without a
+# word; srscreen refuses them with the reason instead of changing a crystal's elements behind the user's back.
+# (The element features are per element, so a crystal meant as hydrogen is written with H.)
+ISOTOPES = {"D": "deuterium", "T": "tritium"}
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,23 @@ def checked(id_: str, lattice, frac, numbers) -> Parsed:
     if ((numbers <= 0) | (numbers > _MAX_Z)).any():
         raise ReadError("site without a chemical element (dummy or unknown species)")
     return Parsed(id_, lattice, frac, numbers)
+
+
+
+def isotope_reason(symbol: str) -> str | None:
+    """Why a site written as D or T (`ISOTOPES`) is refused; None for any other symbol."""
+    name = ISOTOPES.get(symbol)
+    if name is None:
+        return None
+    return (f"site {symbol!r} is {name}, a hydrogen isotope: srscreen does not read it as hydrogen silently; "
+            "write H to featurize the crystal with hydrogen")
+
+
+
+def check_not_isotope(symbol: str) -> None:
+    reason = isotope_reason(symbol)
+    if reason is not None:
+        raise ReadError(reason)
 
 
 

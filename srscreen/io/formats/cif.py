@@ -6,6 +6,7 @@ near-special values (pymatgen moves fractional coordinates within 1e-4 of 1/3, 1
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterator
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from srscreen.io.cell import cell_parameters_fault
 from srscreen.errors import one_line
 from srscreen.io.formats.pymatgen_json import from_pymatgen
-from srscreen.io.parsed import DisorderPolicy, OCCUPANCY_TOL, ParseFailure, Parsed, ReadError, checked, symbol_numbers, volume_checked
+from srscreen.io.parsed import DisorderPolicy, OCCUPANCY_TOL, ParseFailure, Parsed, ReadError, check_not_isotope, checked, symbol_numbers, volume_checked
 
 
 def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -42,6 +43,9 @@ def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed |
             sites = small.get_all_unit_cell_sites()
             if not sites:
                 raise ReadError("no atom sites in CIF block")
+            for s in sites:
+                if s.element.atomic_number <= 1:  # gemmi reads D as hydrogen and T as no element
+                    check_not_isotope(re.match(r"[A-Za-z]*", s.type_symbol or s.label).group())
             partial = [s for s in sites if s.occ < 1.0 - OCCUPANCY_TOL]
             if partial and policy == "fail":
                 raise ReadError(

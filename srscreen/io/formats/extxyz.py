@@ -8,7 +8,7 @@ from typing import Iterator
 
 
 from srscreen.errors import one_line
-from srscreen.io.parsed import ParseFailure, Parsed, ReadError, check_lattice, checked
+from srscreen.io.parsed import ParseFailure, Parsed, ReadError, check_lattice, checked, isotope_reason
 
 
 def parse_extxyz_frames(stem: str, text: str, first: int) -> Iterator[Parsed | ParseFailure]:
@@ -42,5 +42,8 @@ def parse_extxyz_frames(stem: str, text: str, first: int) -> Iterator[Parsed | P
             yield checked(id_, atoms.cell.array, atoms.get_scaled_positions(wrap=False), atoms.numbers)
         except ReadError as e:
             yield ParseFailure(id_, str(e))
+        except KeyError as e:  # ASE knows no D or T: the symbol is the key it missed
+            isotope = isotope_reason(e.args[0]) if e.args and isinstance(e.args[0], str) else None
+            yield ParseFailure(id_, isotope or f"invalid extxyz frame: {one_line(e)}")
         except Exception as e:  # noqa: BLE001 - ASE raises many types on malformed frames
             yield ParseFailure(id_, f"invalid extxyz frame: {one_line(e)}")

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from srscreen.errors import one_line
 from srscreen.io.formats.pymatgen_json import from_pymatgen
-from srscreen.io.parsed import DisorderPolicy, ParseFailure, Parsed, ReadError
+from srscreen.io.parsed import DisorderPolicy, ParseFailure, Parsed, ReadError, check_not_isotope
 
 
 def parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -18,6 +18,7 @@ def parse_poscar(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parse
 
     try:
         _check_poscar_scale(text)
+        _check_poscar_symbols(text)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Poscar.from_str(text).structure
@@ -42,6 +43,16 @@ def _check_poscar_scale(text: str) -> None:
         return  # pymatgen names what it cannot read
     if zero:
         raise ReadError("POSCAR scale factor (line 2) is 0: it multiplies the lattice, so the cell would be a point")
+
+
+
+def _check_poscar_symbols(text: str) -> None:
+    """A ReadError for D or T on the element line (line 6, VASP 5): pymatgen reads both as hydrogen."""
+    lines = text.split("\n", 6)
+    tokens = lines[5].split("#")[0].split() if len(lines) > 5 else []
+    if tokens and all(t.isalpha() for t in tokens):
+        for symbol in tokens:
+            check_not_isotope(symbol)
 
 
 

@@ -10,7 +10,7 @@ from typing import Iterator
 import orjson
 
 from srscreen.errors import one_line
-from srscreen.io.parsed import DisorderPolicy, ParseFailure, Parsed, ReadError, checked, species_number
+from srscreen.io.parsed import DisorderPolicy, ParseFailure, Parsed, ReadError, check_not_isotope, checked, species_number
 
 
 def from_pymatgen(id_: str, structure, policy: DisorderPolicy) -> Parsed | ParseFailure:
@@ -59,6 +59,7 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
 
 
 def _element_number(element_class, symbol: str) -> int:
+    check_not_isotope(symbol)
     try:
         return element_class(symbol).Z
     except ValueError:
