@@ -27,7 +27,9 @@ from srscreen.model.registry import DEFAULT_MODELS, resolve_model
 from srscreen.screening.calibrate import assemble
 from srscreen.screening.predict import predict_shard
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
+from common import MP_CIFS  # benchmarks/common.py
+
+SHARED = MP_CIFS
 RESULTS = Path(__file__).resolve().parent / "results" / "ensemble.json"
 
 

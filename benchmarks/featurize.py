@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import MP_CIFS, link_folder, memory_kib, tree_cpu, tree_pids  # benchmarks/common.py
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mp-cgcnn" / "structures"
+DEFAULT_DATA = MP_CIFS
 RESULTS = REPO / "benchmarks" / "results" / "featurize.json"
 QUICK_FILES = 5000
 CGCNN_FILES = 300
@@ -55,49 +57,6 @@ def cif_files(data: Path) -> list[Path]:
 
 def subset(files: list[Path], n: int, seed: int) -> list[Path]:
     return sorted(random.Random(seed).sample(files, n)) if n < len(files) else list(files)
-
-
-def link_folder(files: list[Path], folder: Path) -> Path:
-    """A folder of symlinks: featurize takes a folder, and a subset must not copy 100 MB."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        (folder / f.name).symlink_to(f.resolve())
-    return folder
-
-
-# ----------------------------------------------------------------------------- CPU accounting
-
-
-def _tree_pids(root: int) -> list[int]:
-    """root and all its descendants (loky workers are children of the benchmark process)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def tree_cpu(root: int) -> dict[int, float]:
-    return {pid: _cpu_seconds(pid) for pid in _tree_pids(root)}
 
 
 # ----------------------------------------------------------------------------- (a) srscreen
@@ -214,18 +173,6 @@ def max_distance_difference(out: Path, reference: dict) -> tuple[float, int, int
 # ----------------------------------------------------------------------------- (c) peak memory
 
 
-def _status_kib(pid: int, field: str) -> int:
-    """A memory field of /proc/PID/status in KiB (0 when the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def child_main(source: str, out: str, jobs: int) -> None:
     """Run in a fresh process: featurize, then report peak RSS (MiB) of itself and its workers as JSON.
 
@@ -236,10 +183,10 @@ def child_main(source: str, out: str, jobs: int) -> None:
 
     summary = featurize(source, out, jobs=jobs, overwrite=True)
     me = os.getpid()
-    workers = [_status_kib(pid, "VmHWM") for pid in _tree_pids(me) if pid != me]  # loky workers, still alive
+    workers = [memory_kib(pid).get("VmHWM", 0) for pid in tree_pids(me) if pid != me]  # loky workers, still alive
     print(json.dumps({
         "structures": summary.structures,
-        "parent_peak_mib": _status_kib(me, "VmHWM") / 1024,
+        "parent_peak_mib": memory_kib(me).get("VmHWM", 0) / 1024,
         "largest_worker_peak_mib": max(workers, default=0) / 1024,
     }))
 
@@ -254,7 +201,7 @@ def peak_rss(source: Path, out: Path, jobs: int) -> dict:
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], sum(_status_kib(p, "VmRSS") for p in _tree_pids(proc.pid)))
+            peak[0] = max(peak[0], sum(memory_kib(p).get("VmRSS", 0) for p in tree_pids(proc.pid)))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -41,7 +41,9 @@ from srscreen import predict
 from srscreen.model.registry import DEFAULT_MODELS, pretrained_names, resolve_model
 from srscreen.data.graph_file import GraphFile
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
+from common import MP_CIFS  # benchmarks/common.py
+
+SHARED = MP_CIFS
 
 
 def models(tmp: Path) -> tuple[list[str], str]:

@@ -30,8 +30,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from common import MP_CIFS  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets" / "mp-cgcnn" / "structures"
+SHARED = MP_CIFS
 
 
 def run(cmd: list[str], env: dict, cwd: Path) -> float:

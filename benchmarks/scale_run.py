@@ -40,11 +40,11 @@ import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli import PausedTrainings, busy_jiffies, clear, srscreen_command, wait_quiet  # noqa: E402  (benchmarks/cli.py)
-from featurize import _tree_pids as tree_pids  # noqa: E402  (benchmarks/featurize.py)
+from cli import clear, srscreen_command  # noqa: E402  (benchmarks/cli.py)
+from common import MP_CIFS, PausedTrainings, busy_jiffies, memory_kib, tree_pids, wait_quiet  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "mp-cgcnn" / "structures"
+DEFAULT_DATA = MP_CIFS
 RESULTS = ROOT / "benchmarks" / "results" / "scale_run.json"
 SYMBOLS: list[str] = []
 
@@ -146,18 +146,6 @@ def generate(args, db: Path) -> dict:
 # ----------------------------------------------------------------------------- measuring a command
 
 
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out[line.split(":")[0]] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
-
-
 def _role(pid: int, root: int) -> str:
     if pid == root:
         return "command"
@@ -187,7 +175,7 @@ def measure(cmd: list[str], interval: float, progress: Path | None, pauser: Paus
         while proc.poll() is None:
             total = 0
             for pid in tree_pids(proc.pid):
-                st = _status(pid)
+                st = memory_kib(pid)
                 if not st:
                     continue
                 entry = peaks.setdefault(pid, {"role": _role(pid, proc.pid), "peak_rss_kib": 0, "hwm_kib": 0})

@@ -33,7 +33,9 @@ from srscreen.graph.elements import cgcnn_feature_table
 from srscreen import featurize
 from srscreen.model.network import CrystalGraphNet
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "structures"
+from common import MP_CIFS  # benchmarks/common.py
+
+SHARED = MP_CIFS
 TRAIN_CRYSTALS = 26452
 STEPS = 3
 
