@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from srscreen.errors import ShardFileError, one_line
+from srscreen.io.names import printable
 
 _STR = h5py.string_dtype("utf-8")
 CRC_ATTR = "crc32"
@@ -32,11 +33,12 @@ def _crc(values: np.ndarray | list[str]) -> int:
 
 
 def write_checked(group: h5py.Group, name: str, values: np.ndarray | list[str]) -> None:
-    """Write an array, or a list of strings, with its checksum."""
+    """Write an array, or a list of strings, with its checksum. Strings are stored `printable`: HDF5
+    holds UTF-8 only, and a name that is not UTF-8 must not stop the run (its bytes become \\xNN)."""
     if isinstance(values, np.ndarray) and values.dtype != object:
         ds = group.create_dataset(name, data=values)
     else:
-        values = list(values)
+        values = [printable(v) for v in values]
         ds = group.create_dataset(name, data=np.array(values, dtype=object), dtype=_STR, shape=(len(values),))
     ds.attrs[CRC_ATTR] = np.uint32(_crc(values))
 

@@ -14,7 +14,7 @@ import json
 from typing import Iterator
 
 BLOCK_CHARS = 1 << 20
-MAX_ELEMENT_CHARS = 256 << 20  # an element larger than this is taken for a malformed file
+MAX_ELEMENT_CHARS = 256 << 20  # by default, an element larger than this is taken for a malformed file
 
 _DECODER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
@@ -28,8 +28,8 @@ class _Cursor:
     """A window on a text stream: `buf[pos:]` is what has not been consumed yet; `buf[anchor:]` is
     kept (when `anchor` is set) so that a value being scanned can be handed over whole."""
 
-    def __init__(self, text: io.TextIOBase, block: int) -> None:
-        self.text, self.block = text, block
+    def __init__(self, text: io.TextIOBase, block: int, max_chars: int) -> None:
+        self.text, self.block, self.max_chars = text, block, max_chars
         self.buf, self.pos, self.eof = "", 0, False
         self.anchor: int | None = None
 
@@ -37,6 +37,8 @@ class _Cursor:
         """Read another block (at least as much as is held, so a huge element costs O(size))."""
         if self.eof:
             return False
+        if self.anchor is not None and len(self.buf) - self.anchor > self.max_chars:  # a whole document held
+            raise ValueError(f"malformed JSON, or a document over {self.max_chars / (1 << 20):g} MB")
         data = self.text.read(max(self.block, len(self.buf) - self.pos))
         if not data:
             self.eof = True
@@ -75,8 +77,8 @@ class _Cursor:
             try:
                 _, end = _DECODER.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as e:
-                if len(self.buf) - self.pos > MAX_ELEMENT_CHARS:
-                    raise ValueError(f"malformed JSON, or an entry over {MAX_ELEMENT_CHARS >> 20}M characters") from None
+                if len(self.buf) - self.pos > self.max_chars:
+                    raise ValueError(f"malformed JSON, or an entry over {self.max_chars / (1 << 20):g} MB") from None
                 if not self.more():
                     raise ValueError(f"malformed JSON: {e.msg}") from None
                 continue
@@ -87,14 +89,15 @@ class _Cursor:
             return text
 
 
-def iter_elements(text: io.TextIOBase, block: int = BLOCK_CHARS) -> Iterator[str]:
+def iter_elements(text: io.TextIOBase, block: int = BLOCK_CHARS, max_chars: int = MAX_ELEMENT_CHARS) -> Iterator[str]:
     """The text of each element of the top-level array, or of the array under the top-level
     "entries" key (Alexandria's layout). A top-level object without "entries" is one structure:
     it is yielded whole, once, as a `WholeDocument`.
 
-    Raises ValueError, after yielding every element before the fault, when the file is malformed.
+    Raises ValueError, after yielding every element before the fault, when the file is malformed or
+    an element (or the whole document) holds more than `max_chars`.
     """
-    cursor = _Cursor(text, block)
+    cursor = _Cursor(text, block, max_chars)
     first = cursor.peek()
     if first == "[":
         cursor.pos += 1

@@ -16,13 +16,12 @@ of those numbers.
 
 from __future__ import annotations
 
-import lzma
 from pathlib import PurePosixPath
 from typing import Iterator, Literal
 
 
 from srscreen.errors import one_line
-from srscreen.io.compression import COMPRESSION, decompress, text_of
+from srscreen.io.compression import COMPRESSION, DECOMPRESSION_ERRORS, MAX_STRUCTURE_BYTES, decompress, text_of
 from srscreen.io.formats.cif import parse_cif
 from srscreen.io.formats.extxyz import parse_extxyz_frames
 from srscreen.io.formats.poscar import parse_poscar
@@ -75,26 +74,39 @@ def detect_format(name: str) -> tuple[Format | None, str]:
 
 
 
-def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail") -> Iterator[Parsed | ParseFailure]:
+def parse_bytes(name: str, data: bytes, policy: DisorderPolicy = "fail",
+                max_bytes: int = MAX_STRUCTURE_BYTES) -> Iterator[Parsed | ParseFailure]:
     """Every structure in one file's content; the format comes from the name."""
-    yield from parse_content(*detect_format(name), name, data, policy)
+    yield from parse_content(*detect_format(name), name, data, policy, max_bytes)
 
 
 
-def parse_content(fmt: Format | None, stem: str, name: str, data: bytes,
-                  policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
-    """Every structure in a file's content whose format and stem `detect_format(name)` gave: the one
-    dispatch from a format to its parser."""
+def parse_content(fmt: Format | None, stem: str, name: str, data: bytes, policy: DisorderPolicy,
+                  max_bytes: int = MAX_STRUCTURE_BYTES) -> Iterator[Parsed | ParseFailure]:
+    """Every structure in a file's content as the file holds it (compressed when its name says so), whose
+    format and stem `detect_format(name)` gave; a failure when it holds more than `max_bytes` once
+    decompressed (never inflated further)."""
+    try:
+        plain = decompress(name, data, max_bytes)
+    except ReadError as e:
+        yield ParseFailure(stem, str(e))
+        return
+    except (OSError, *DECOMPRESSION_ERRORS) as e:
+        yield ParseFailure(stem, f"cannot decompress: {one_line(e)}")
+        return
+    yield from parse_plain(fmt, stem, plain, policy)
+
+
+
+def parse_plain(fmt: Format | None, stem: str, data: bytes, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
+    """Every structure in a file's decompressed content: the one dispatch from a format to its parser."""
     if fmt == "asedb":  # SQLite needs a file on disk: sources hands plain .db files over by path and row range
         yield ParseFailure(stem, "an ASE database is read only as a plain file (not compressed, not in an archive)")
         return
     try:
-        text = text_of(decompress(name, data))
+        text = text_of(data)
     except ReadError as e:
         yield ParseFailure(stem, str(e))
-        return
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        yield ParseFailure(stem, f"cannot decompress: {one_line(e)}")
         return
     if fmt == "cif":
         yield from parse_cif(stem, text, policy)

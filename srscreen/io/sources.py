@@ -17,13 +17,16 @@ import os
 import sqlite3
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from itertools import islice
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote
 
 from srscreen.errors import InputError
+from srscreen.io.compression import MAX_STRUCTURE_BYTES, TooLargeError, not_regular, read_bounded, too_large
 from srscreen.io.jsonstream import WholeDocument, iter_elements
+from srscreen.io.names import printable
 from srscreen.io.readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
 
 FRAMES_PER_ITEM = 256
@@ -71,17 +74,42 @@ def is_archive(name: str) -> bool:
 
 
 def iter_inputs(source: str | os.PathLike, *, id_key: str | None = None,
-                ignore: Callable[[str], bool] | None = None) -> Iterator[Item | Skipped]:
+                ignore: Callable[[str], bool] | None = None,
+                max_bytes: int = MAX_STRUCTURE_BYTES) -> Iterator[Item | Skipped]:
     """Every input under `source`, in a deterministic order; `id_key` names ASE database rows; `ignore`
-    as in `walk_files`."""
+    as in `walk_files`; `max_bytes` is the per-structure limit after decompression (what is larger is
+    a failure, read no further than that).
+
+    A FIFO, socket or device (a link to one too) is a failure, never opened. Keys, sources and names
+    are `names.printable` (a file name that is not UTF-8 gets `\\xNN` escapes); `path` stays the real one.
+    """
+    check_source(source)
     root = Path(source)
     if root.is_dir():
-        for path, rel, folder in walk_files(root, ignore):
-            yield from _file_inputs(path, rel, folder, id_key)
-    elif root.is_file():
-        yield from _file_inputs(str(root), root.name, root.parent, id_key, named=True)
+        inputs = (x for path, rel, folder in walk_files(root, ignore) for x in _file_inputs(path, rel, folder, id_key, max_bytes))
     else:
+        inputs = _file_inputs(str(root), root.name, root.parent, id_key, max_bytes, named=True)
+    for x in inputs:
+        yield _printable(x)
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """Refuse a source that is neither a folder nor a regular file (or a link to one), in one line."""
+    if os.path.isdir(source):
+        return
+    reason = not_regular(source)
+    if reason is not None:
+        raise InputError(f"{source}: {reason}")
+    if not os.path.isfile(source):
         raise FileNotFoundError(f"{source}: no such file or folder")
+
+
+def _printable(x: Item | Skipped) -> Item | Skipped:
+    if isinstance(x, Skipped):
+        return x if x.source.isascii() else Skipped(printable(x.source), x.reason)
+    fields = {"key": x.key, "source": x.source, "name": x.name, "error": x.error}
+    shown = {k: printable(v) for k, v in fields.items() if v is not None and not v.isascii()}
+    return replace(x, **shown) if any(shown[k] != fields[k] for k in shown) else x
 
 
 def walk_files(root: Path, ignore: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str, Path]]:
@@ -128,15 +156,19 @@ def _folder_reason(path: str) -> str:
     return "a folder named like a structure file, not a file (any files inside are read on their own)"
 
 
-def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None = None,
+def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None, max_bytes: int,
                  named: bool = False) -> Iterator[Item | Skipped]:
     """The inputs of one file: `path` is str(folder / name), `rel` its path under the source. A file
     the user `named` as the source is meant as structures: an unknown kind is a failure, not a skip."""
     if path.endswith("/"):
         yield Item(key=path, source=path, name=rel, error=_folder_reason(path))
         return
+    odd = not_regular(path)
+    if odd is not None:  # a FIFO would block the run for ever, a device never end
+        yield Item(key=path, source=path, name=rel, error=odd)
+        return
     if is_archive(rel):
-        yield from _archive_inputs(folder / rel.rpartition("/")[2])
+        yield from _archive_inputs(folder / rel.rpartition("/")[2], max_bytes)
         return
     fmt, _ = detect_format(rel)
     suffix = os.path.splitext(path)[1].lower()
@@ -146,36 +178,39 @@ def _file_inputs(path: str, rel: str, folder: Path, id_key: str | None = None,
         yield Skipped(path, UNKNOWN_KIND)
     elif fmt == "asedb" and suffix not in _OPENERS:
         yield from _ase_db_items(path, rel, id_key)
-    elif fmt in MULTI_STRUCTURE_FORMATS or (fmt == "json" and _is_large(path, suffix)):
+    elif fmt in MULTI_STRUCTURE_FORMATS or (fmt == "json" and _is_large(path, suffix, max_bytes)):
         opener = _OPENERS.get(suffix, open)
         try:
             with opener(path, "rb") as stream:
                 if fmt == "json":
-                    yield from _entry_items(path, rel, stream)
+                    yield from _entry_items(path, rel, stream, max_bytes)
                 else:
-                    yield from _frame_items(path, rel, fmt, stream)
+                    yield from _frame_items(path, rel, fmt, stream, max_bytes)
         except (OSError, EOFError, lzma.LZMAError) as e:
             yield Item(key=path, source=path, name=rel, error=f"unreadable: {e}")
     else:
         yield Item(key=path, source=path, name=rel, path=path)
 
 
-def _is_large(path: str, suffix: str, size: int | None = None) -> bool:
+def _is_large(path: str, suffix: str, max_bytes: int, size: int | None = None) -> bool:
+    """Whether a JSON file is read as a stream of entries: from STREAM_JSON_BYTES on, or from the
+    per-structure limit on (whole, it would be one input over the limit)."""
     try:
         size = os.stat(path).st_size if size is None else size
     except OSError:
         return False  # the worker reports why it cannot read the file
-    return size * (_COMPRESSION_RATIO if suffix in _OPENERS else 1) >= STREAM_JSON_BYTES
+    return size * (_COMPRESSION_RATIO if suffix in _OPENERS else 1) >= min(STREAM_JSON_BYTES, max_bytes)
 
 
-def _entry_items(source: str, name: str, stream: BinaryIO) -> Iterator[Item]:
+def _entry_items(source: str, name: str, stream: BinaryIO, max_bytes: int) -> Iterator[Item]:
     """Chunks of FRAMES_PER_ITEM entries of a JSON list, each chunk a JSON array; a file holding one
-    object is one whole item. A fault in the file ends it with a failure after the entries before it."""
+    object is one whole item. A fault in the file (an entry over `max_bytes` too) ends it with a failure
+    after the entries before it."""
     text = io.TextIOWrapper(io.BufferedReader(_ForwardOnly(stream)), encoding="utf-8", errors="replace")
     entries: list[str] = []
     first = 0
     try:
-        for element in iter_elements(text):
+        for element in iter_elements(text, max_chars=max_bytes):
             if isinstance(element, WholeDocument):  # held decompressed: named without the compression suffix
                 plain = name[: -len(os.path.splitext(name)[1])] if os.path.splitext(name)[1].lower() in _OPENERS else name
                 yield Item(key=source, source=source, name=plain, data=element.encode())
@@ -229,12 +264,21 @@ def _ase_db_items(path: str, rel: str, id_key: str | None) -> Iterator[Item]:
         yield Item(key=f"{path}#", source=path, name=rel, error="empty ASE database: no rows")
 
 
-def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO) -> Iterator[Item]:
-    """Chunks of FRAMES_PER_ITEM frames, cut without parsing: bounded memory for any file size."""
+def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO, max_bytes: int) -> Iterator[Item]:
+    """Chunks of FRAMES_PER_ITEM frames, cut without parsing: bounded memory for any file size. A frame
+    of more than `max_bytes` is a failure of its own (its text read past, never held)."""
     text = io.TextIOWrapper(io.BufferedReader(_ForwardOnly(stream)), encoding="utf-8", errors="replace")
     frames: list[str] = []
     first = 0
-    for frame in _split_frames(text, fmt):
+    for frame in _split_frames(text, fmt, max_bytes):
+        if frame is None:  # too large: the chunk so far, then the frame's failure, then on after it
+            if frames:
+                yield _chunk(source, name, first, frames)
+                first += len(frames)
+                frames = []
+            yield Item(key=f"{source}#{first}", source=source, name=name, error=f"frame {first}: {too_large(max_bytes)}")
+            first += 1
+            continue
         frames.append(frame)
         if len(frames) == FRAMES_PER_ITEM:
             yield _chunk(source, name, first, frames)
@@ -270,54 +314,82 @@ def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:
                 frames=len(frames))
 
 
-def _split_frames(text: io.TextIOBase, fmt: Format) -> Iterator[str]:
+def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[str | None]:
+    """The text of each frame (a JSON line, an extxyz frame), or None for one over `max_chars`: no line or
+    frame is held whole past the limit, whatever the file says (an endless line, a header of 10^12 atoms)."""
+    lines = _bounded_lines(text, max_chars)
     if fmt == "jsonl":
-        yield from (line if line.endswith("\n") else line + "\n" for line in text if line.strip())
+        yield from (None if line is None else line if line.endswith("\n") else line + "\n"
+                    for line in lines if line is None or line.strip())
         return
-    while True:
-        head = text.readline()
-        if not head:
-            return
+    for head in lines:
+        if head is None:
+            yield None
+            continue
         if not head.strip():
             continue
         try:
             n = int(head.split()[0])
         except ValueError:
-            # Not a frame header: hand the rest over whole so the parser records the failure.
-            yield head + text.read()
+            # Not a frame header: hand the rest over (up to the limit) so the parser records the failure.
+            rest = text.read(max_chars + 1)
+            yield None if len(head) + len(rest) > max_chars else head + rest
             return
-        yield head + "".join(text.readline() for _ in range(n + 1))
+        frame, size = [head], len(head)
+        for line in islice(lines, max(n, 0) + 1):
+            size += max_chars + 1 if line is None else len(line)
+            if size <= max_chars:
+                frame.append(line)
+        yield "".join(frame) if size <= max_chars else None
 
 
-def _archive_inputs(path: Path) -> Iterator[Item | Skipped]:
-    """Members of a tar or zip archive, read in archive order without unpacking to disk."""
+def _bounded_lines(text: io.TextIOBase, max_chars: int) -> Iterator[str | None]:
+    """The lines of `text`, or None for one over `max_chars` (read past in pieces, never held)."""
+    while True:
+        line = text.readline(max_chars + 1)
+        if not line:
+            return
+        if len(line) <= max_chars:
+            yield line
+            continue
+        while line and not line.endswith("\n"):
+            line = text.readline(1 << 20)
+        yield None
+
+
+def _archive_inputs(path: Path, max_bytes: int) -> Iterator[Item | Skipped]:
+    """Members of a tar or zip archive, read in archive order without unpacking to disk, none past `max_bytes`."""
     try:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 for info in archive.infolist():
                     if not info.is_dir():
                         with archive.open(info) as member:
-                            yield from _member_inputs(path, info.filename, member, info.file_size)
+                            yield from _member_inputs(path, info.filename, member, max_bytes, info.file_size)
         else:
             with tarfile.open(path, "r|*") as archive:
                 for info in archive:
                     if info.isfile():
                         member = archive.extractfile(info)
                         if member is not None:
-                            yield from _member_inputs(path, info.name, member, info.size)
+                            yield from _member_inputs(path, info.name, member, max_bytes, info.size)
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError) as e:
         yield Item(key=f"{path}::", source=str(path), name=path.name, error=f"unreadable archive: {e}")
 
 
-def _member_inputs(archive: Path, member_name: str, member: BinaryIO, size: int = 0) -> Iterator[Item | Skipped]:
+def _member_inputs(archive: Path, member_name: str, member: BinaryIO, max_bytes: int,
+                   size: int = 0) -> Iterator[Item | Skipped]:
     source = f"{archive}::{member_name}"
     fmt, _ = detect_format(member_name)
     suffix = Path(member_name).suffix.lower()
     if fmt is None:
         yield Skipped(source, UNKNOWN_KIND)
     elif fmt in MULTI_STRUCTURE_FORMATS and suffix not in _OPENERS:
-        yield from _frame_items(source, member_name, fmt, member)
-    elif fmt == "json" and suffix not in _OPENERS and _is_large(source, suffix, size):
-        yield from _entry_items(source, member_name, member)
+        yield from _frame_items(source, member_name, fmt, member, max_bytes)
+    elif fmt == "json" and suffix not in _OPENERS and _is_large(source, suffix, max_bytes, size):
+        yield from _entry_items(source, member_name, member, max_bytes)
     else:
-        yield Item(key=source, source=source, name=member_name, data=member.read())
+        try:  # a zip member inflating to gigabytes is read one byte past the limit, no further
+            yield Item(key=source, source=source, name=member_name, data=read_bounded(member, max_bytes))
+        except TooLargeError as e:
+            yield Item(key=source, source=source, name=member_name, error=str(e))
