@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from srscreen.data.batch import collate
-from srscreen.model.model_file import SCHEMA_VERSION, SINGLE_MODEL_SCHEMA, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
+from srscreen.model.model_file import SCHEMA_VERSION, ModelFile, ModelFileError, convert_cgcnn_checkpoint, payload_digest
 from srscreen.model.network import CrystalGraphNet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +62,9 @@ def model_file() -> ModelFile:
     return ModelFile.from_model(
         model,
         graph_settings={"radius": RADIUS, "max_nbr": MAX_NBR},
-        target="formation_energy_per_atom",
-        unit="eV/atom",
-        normalizer={"mean": np.float64(-1.5), "std": 0.9},
+        targets=["formation_energy_per_atom"],
+        units=["eV/atom"],
+        normalizers=[{"mean": np.float64(-1.5), "std": 0.9}],
         training={
             "epochs": 3,
             "split": [0.8, 0.1, 0.1],
@@ -79,15 +79,34 @@ def test_round_trip_predicts_the_same(model_file, tmp_path):
     model_file.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["ef.pt"]  # no temporary file left behind
     loaded = ModelFile.load(path)
-    for name in ("architecture", "feature_table_id", "graph_settings", "target", "unit", "normalizer", "training"):
+    for name in ("architecture", "feature_table_id", "graph_settings", "targets", "units", "normalizers", "training"):
         assert getattr(loaded, name) == getattr(model_file, name), name
     assert loaded.state_dict.keys() == model_file.state_dict.keys()
     assert loaded.normalizer == {"mean": -1.5, "std": 0.9}
     assert loaded.training["metrics"]["test_mae"] == pytest.approx(0.05)
     batch = batch_of(small_graphs([3, 5], seed=1, elements=[8, 14, 26]))
     with torch.no_grad():
-        before = model_file.denormalise(model_file.build_model()(batch))
-        after = loaded.denormalise(loaded.build_model()(batch))
+        before = model_file.values(model_file.build_model()(batch))
+        after = loaded.values(loaded.build_model()(batch))
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_legacy_one_target_files_load_as_the_same_model(model_file, tmp_path):
+    """A schema 1-3 file (target, unit, normalizer; the head as conv_to_fc/fcs/fc_out) predicts what it did."""
+    model_file.save(tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    legacy = {k: v for k, v in payload.items() if k not in ("targets", "units", "normalizers", "digest")}
+    legacy["architecture"] = {k: v for k, v in legacy["architecture"].items() if k not in ("n_targets", "scale_head")}
+    legacy["state_dict"] = {k.removeprefix("heads.0."): v for k, v in legacy["state_dict"].items()}
+    legacy.update(schema_version=2, target="formation_energy_per_atom", unit="eV/atom", normalizer={"mean": -1.5, "std": 0.9})
+    assert any(k.startswith("fc_out") for k in legacy["state_dict"])
+    _edited(legacy, tmp_path / "legacy.pt")
+    loaded = ModelFile.load(tmp_path / "legacy.pt")
+    assert (loaded.target, loaded.unit, loaded.normalizer) == ("formation_energy_per_atom", "eV/atom", {"mean": -1.5, "std": 0.9})
+    batch = batch_of(small_graphs([3, 5], seed=1, elements=[8, 14, 26]))
+    with torch.no_grad():
+        before = model_file.values(model_file.build_model()(batch))["formation_energy_per_atom"]
+        after = loaded.values(loaded.build_model()(batch))["formation_energy_per_atom"]
     torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
@@ -95,12 +114,13 @@ def test_model_file_is_data_loadable_without_unpickling_code(model_file, tmp_pat
     path = tmp_path / "ef.pt"
     model_file.save(path)
     payload = torch.load(path, weights_only=True)
-    assert payload["schema_version"] == SINGLE_MODEL_SCHEMA  # ensembles are schema 3; single models stay readable by older srscreens
+    assert payload["schema_version"] == SCHEMA_VERSION
     assert payload["architecture"] == {
         "steps": 3, "shared": True, "atom_fea_len": 64, "h_fea_len": 128, "n_h": 1, "radius": 8.0, "gaussian_step": 0.2,
+        "n_targets": 1, "scale_head": False,
     }  # fmt: skip
     assert payload["graph_settings"] == {"radius": 8.0, "max_nbr": 12}
-    assert payload["target"] == "formation_energy_per_atom" and payload["unit"] == "eV/atom"
+    assert payload["targets"] == ["formation_energy_per_atom"] and payload["units"] == ["eV/atom"]
     assert payload["feature_table_id"].startswith("sha256:")
     assert payload["digest"].startswith("sha256:") and payload["digest"] == payload_digest(payload)
 
@@ -133,8 +153,8 @@ def _load_error(path: Path) -> str:
 
 def test_missing_keys_are_named(model_file, tmp_path):
     payload = _saved_payload(model_file, tmp_path)
-    del payload["normalizer"], payload["graph_settings"]
-    assert "missing keys: graph_settings, normalizer" in _load_error(_edited(payload, tmp_path / "m.pt"))
+    del payload["normalizers"], payload["graph_settings"]
+    assert "missing keys: graph_settings, normalizers" in _load_error(_edited(payload, tmp_path / "m.pt"))
 
 
 def test_newer_schema_asks_for_an_upgrade(model_file, tmp_path):
@@ -188,11 +208,11 @@ def test_digest_is_saved_and_checked(model_file, tmp_path):
 @pytest.mark.parametrize(
     "change",
     [
-        lambda p: p["state_dict"]["fc_out.weight"].view(-1)[0].add_(1e-6),  # one weight, a little
-        lambda p: p["state_dict"].update({"fc_out.bias": p["state_dict"]["fc_out.bias"].double()}),  # dtype only
-        lambda p: p["normalizer"].update(mean=-1.25),
+        lambda p: p["state_dict"]["heads.0.fc_out.weight"].view(-1)[0].add_(1e-6),  # one weight, a little
+        lambda p: p["state_dict"].update({"heads.0.fc_out.bias": p["state_dict"]["heads.0.fc_out.bias"].double()}),  # dtype only
+        lambda p: p["normalizers"][0].update(mean=-1.25),
         lambda p: p["training"].update(epochs=4.0),  # 3 -> 4.0: type and value
-        lambda p: p.update(unit="meV/atom"),
+        lambda p: p.update(units=["meV/atom"]),
         lambda p: p.update(extra=1),  # keys no srscreen reads are covered too
     ],
     ids=["weight", "dtype", "normalizer", "training", "unit", "extra key"],
@@ -247,9 +267,9 @@ def tiny_model_file() -> ModelFile:
     return ModelFile.from_model(
         model,
         graph_settings={"radius": RADIUS, "max_nbr": MAX_NBR},
-        target="formation_energy_per_atom",
-        unit="eV/atom",
-        normalizer={"mean": -1.5, "std": 0.9},
+        targets=["formation_energy_per_atom"],
+        units=["eV/atom"],
+        normalizers=[{"mean": -1.5, "std": 0.9}],
         training={"epochs": 2, "split": {"test": ["mp-1", "mp-22"]}, "metrics": {"test_mae": 0.05}},
     )
 
@@ -278,7 +298,7 @@ def _damaged_copies(intact: Path, folder: Path, seed: int) -> list[tuple[int, Pa
 
 
 def _same_model(a: ModelFile, b: ModelFile, batch) -> bool:
-    fields = ("architecture", "feature_table_id", "graph_settings", "target", "unit", "normalizer", "training",
+    fields = ("architecture", "feature_table_id", "graph_settings", "targets", "units", "normalizers", "training",
               "srscreen_version")  # fmt: skip
     if any(getattr(a, f) != getattr(b, f) for f in fields) or a.state_dict.keys() != b.state_dict.keys():
         return False
@@ -287,7 +307,8 @@ def _same_model(a: ModelFile, b: ModelFile, batch) -> bool:
         if tensor.dtype != other.dtype or tensor.shape != other.shape or not torch.equal(tensor, other):
             return False
     with torch.no_grad():
-        return torch.equal(a.denormalise(a.build_model()(batch)), b.denormalise(b.build_model()(batch)))
+        return all(torch.equal(x, y) for x, y in zip(a.values(a.build_model()(batch)).values(),
+                                                     b.values(b.build_model()(batch)).values()))
 
 
 def test_damaged_bytes_give_the_intact_model_or_one_line(tmp_path):
@@ -463,7 +484,7 @@ def test_converted_cgcnn_checkpoint_predicts_what_cgcnn_predicts(name, target, u
 
     graphs = small_graphs([2, 8, 5], seed=4, elements=[3, 8, 14, 26, 29, 56])
     with torch.no_grad():
-        ours = model_file.denormalise(model_file.build_model()(batch_of(graphs))).numpy()
+        ours = model_file.values(model_file.build_model()(batch_of(graphs)))[target].numpy()
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     want = cgcnn_predict(checkpoint, json.loads(atom_init_path.read_text()), graphs)
     np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5)

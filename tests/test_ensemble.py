@@ -132,18 +132,17 @@ def test_ensemble_file_holds_every_member_and_its_calibration(data):
     for stored, member in zip(ensemble.members, members):
         for key, tensor in member.state_dict.items():
             assert torch.equal(stored["state_dict"][key], tensor)
-        assert stored["normalizer"] == member.normalizer
-    assert ensemble.calibration["scale"] > 0 and ensemble.calibration["validation_crystals"] >= 2
-    assert set(ensemble.training["uncertainty"]) >= {"spearman", "within_1std", "within_2std"}
-    assert torch.load(data["ensemble"], weights_only=True)["schema_version"] == 3
-    assert torch.load(data["members"][0], weights_only=True)["schema_version"] == 2  # single files stay readable
+        assert stored["normalizers"] == member.normalizers
+    assert ensemble.calibration["scale"][EF] > 0 and ensemble.calibration["validation_crystals"][EF] >= 2
+    assert set(ensemble.training["uncertainty"][EF]) >= {"spearman", "within_1std", "within_2std"}
+    assert torch.load(data["ensemble"], weights_only=True)["schema_version"] == 4
 
 
 def test_predict_writes_the_mean_and_the_calibrated_spread(data):
     rows = {r["id"]: r for r in predicted(data, "--model", data["ensemble"])}
     assert list(next(iter(rows.values()))) == ["rank", "id", "formula", "n_atoms", EF, f"{EF}_std"]
     per_member = [{r["id"]: float(r[EF]) for r in predicted(data, "--model", p)} for p in data["members"]]
-    scale = ModelFile.load(data["ensemble"]).calibration["scale"]
+    scale = ModelFile.load(data["ensemble"]).calibration["scale"][EF]
     for id_, row in rows.items():
         values = np.array([member[id_] for member in per_member])
         assert float(row[EF]) == pytest.approx(values.mean(), abs=2e-5)
@@ -169,7 +168,8 @@ def test_models_and_evaluate_show_members_calibration_and_uncertainty(data):
     assert "3 (std x" in result.stdout
     result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ensemble"], "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
-    assert {"mae", "spearman", "within_1std", "mae_least_confident_10pct"} <= set(json.loads(result.stdout)[EF])
+    (figures,) = json.loads(result.stdout).values()
+    assert {"mae", "spearman", "within_1std", "mae_least_confident_10pct"} <= set(figures[EF])
 
 
 def test_python_api_gives_the_spread(data, prototypes):
@@ -178,7 +178,7 @@ def test_python_api_gives_the_spread(data, prototypes):
     mean, std = model.predict_structures(structures, with_std=True)
     assert mean.shape == std.shape == (3,) and np.all(std >= 0)
     np.testing.assert_allclose(mean, model.predict_structures(structures))
-    with pytest.raises(OptionError, match="needs an ensemble"):
+    with pytest.raises(OptionError, match="needs a model with a spread"):
         srscreen.load_model(data["members"][0]).predict_structures(structures, with_std=True)
 
 

@@ -102,10 +102,11 @@ def plain_forward(model: CrystalGraphNet, batch: GraphBatch) -> torch.Tensor:
         summed = torch.stack([m.sum(dim=0) for m in messages.split(edges_per_atom)])
         v = F.softplus(v + model.bn2[t](summed))
     pooled = torch.stack([v[batch.crystal == c].mean(dim=0) for c in range(batch.n_crystals)])
-    h = F.softplus(model.conv_to_fc(F.softplus(pooled)))
-    for fc in model.fcs:
+    head = model.heads[0]
+    h = F.softplus(head.conv_to_fc(F.softplus(pooled)))
+    for fc in head.fcs:
         h = F.softplus(fc(h))
-    return model.fc_out(h).squeeze(-1)
+    return head.fc_out(h)
 
 
 def test_parameter_budget_matches_the_paper():
@@ -194,7 +195,7 @@ def test_batch_predictions_equal_one_by_one_and_ignore_batch_mates(rule):
         together = model(collate(**graphs))
         alone = torch.cat([model(collate(**crystal(graphs, i))) for i in range(5)])
         with_strangers = model(collate(**concat(others, crystal(graphs, 1), crystal(others, 0))))
-    assert together.shape == (5,)
+    assert together.shape == (5, 1)
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(with_strangers[2], together[1], rtol=1e-5, atol=1e-6)
 

@@ -103,7 +103,7 @@ def test_split_is_saved_disjoint_and_sized_by_the_fractions(data, tmp_path):
     assert sum(len(s) for s in sets.values()) == n  # no id twice
     assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
     assert sets["train"] | sets["val"] | sets["test"] == set(labelled)
-    assert m.training["test"]["count"] == len(split["test"])
+    assert m.test_metrics()["band_gap"]["count"] == len(split["test"])
 
 
 def test_normaliser_is_fitted_on_the_training_targets_only(data, tmp_path):
@@ -118,7 +118,7 @@ def test_normaliser_is_fitted_on_the_training_targets_only(data, tmp_path):
 
 def test_labels_missing_on_either_side_are_counted(data, tmp_path):
     m = run_train(data, tmp_path / "m.pt", "--epochs", "1")
-    summary = m.training["data"]
+    summary = {k: v["band_gap"] for k, v in m.training["data"].items() if isinstance(v, dict)}
     n_graphs = len(data["items"])
     assert summary["missing_in_labels"] == len(DROPPED)
     assert summary["missing_in_graphs"] == len(EXTRA)
@@ -126,8 +126,8 @@ def test_labels_missing_on_either_side_are_counted(data, tmp_path):
     assert summary["labelled"] == n_graphs - len(DROPPED) - len(BLANK) == len(labelled_band_gap(data))
     # The other target has no blanks: the counts are per target.
     ef = run_train(data, tmp_path / "ef.pt", "--epochs", "1", target="formation_energy_per_atom")
-    assert ef.training["data"]["not_finite"] == 0
-    assert ef.training["data"]["labelled"] == n_graphs - len(DROPPED)
+    assert ef.training["data"]["not_finite"] == {"formation_energy_per_atom": 0}
+    assert ef.training["data"]["labelled"] == {"formation_energy_per_atom": n_graphs - len(DROPPED)}
     assert ef.unit == "eV/atom" and m.unit == "eV"
 
 
@@ -173,12 +173,12 @@ def test_best_epoch_by_validation_mae_is_kept_and_each_epoch_logged(data, tmp_pa
     graphs = GraphSet.load(data["graphs"])
     where = {id_: p for p, id_ in enumerate(graphs.ids)}
     val_ids = m.training["split"]["val"]
-    pred = predict_positions(m.build_model(), graphs, np.array([where[i] for i in val_ids]))
+    pred = predict_positions(m.build_model(), graphs, np.array([where[i] for i in val_ids]))[:, 0]
     pred = pred * m.normalizer["std"] + m.normalizer["mean"]
     true = np.array([labelled_band_gap(data)[i] for i in val_ids])
     assert metrics(pred, true).mae == pytest.approx(val[best], abs=1e-5)
     final = torch.load(out.with_name("m.pt.ckpt"), weights_only=True)["model"]
-    assert not torch.equal(final["fc_out.weight"], m.state_dict["fc_out.weight"]), "the last epoch's weights were kept"
+    assert not torch.equal(final["heads.0.fc_out.weight"], m.state_dict["heads.0.fc_out.weight"]), "the last epoch's weights were kept"
 
 
 def test_stacked_cgcnn_trains_and_predicts(data, tmp_path):
@@ -297,9 +297,17 @@ def base_model(data):
 
 
 def finetune(data, base: Path, out: Path, *args, graphs: Path | None = None, target: str = "band_gap"):
-    return cli("finetune", graphs or data["graphs"], "--labels", data["labels"], "--target", target,
+    """The base model predicts formation energy: fine-tuning it to the band gap is a new head (--new-head)."""
+    return cli("finetune", graphs or data["graphs"], "--labels", data["labels"], "--target", target, "--new-head",
                "--from", base, "-o", out, "--epochs", "2", "--batch-size", "8", "--lr", "0.01", "--threads", "1", "-q",
                *args)
+
+
+def test_finetune_to_a_target_the_model_lacks_needs_a_new_head(data, base_model, tmp_path):
+    result = cli("finetune", data["graphs"], "--labels", data["labels"], "--target", "band_gap", "--from", base_model,
+                 "-o", tmp_path / "tuned.pt", "--epochs", "1", "-q")
+    assert_usage_error(result, "predicts formation_energy_per_atom, not band_gap", "--new-head")
+    assert not (tmp_path / "tuned.pt").exists()
 
 
 CONV = ("embedding.", "fc_full.", "bn1.", "bn2.")
@@ -319,7 +327,7 @@ def test_finetune_from_a_model_file(data, base_model, tmp_path, freeze):
     assert tuned.normalizer["mean"] == pytest.approx(train_y.mean(), abs=1e-12)
     assert tuned.normalizer["std"] == pytest.approx(train_y.std(), abs=1e-12)
     conv_same = [torch.equal(base.state_dict[k], tuned.state_dict[k]) for k in base.state_dict if k.startswith(CONV)]
-    head_same = [torch.equal(base.state_dict[k], tuned.state_dict[k]) for k in base.state_dict if k.startswith(("conv_to_fc", "fc_out"))]
+    head_same = [torch.equal(base.state_dict[k], tuned.state_dict[k]) for k in base.state_dict if k.startswith("heads.")]
     if freeze:
         assert all(conv_same), "frozen embedding / convolution weights (or BatchNorm statistics) changed"
     else:
@@ -370,7 +378,7 @@ def test_finetune_from_python_is_the_commands_finetune(data, base_model, tmp_pat
     """`srscreen.finetune` with the command's settings makes the command's model, to the bit."""
     assert finetune(data, base_model, tmp_path / "cli.pt", "--freeze-conv").exit_code == 0
     result = srscreen.finetune(data["graphs"], data["labels"], tmp_path / "py.pt", base_model, target="band_gap",
-                               epochs=2, batch_size=8, lr=0.01, freeze_conv=True)
+                               epochs=2, batch_size=8, lr=0.01, freeze_conv=True, new_heads=True)
     by_cli = ModelFile.load(tmp_path / "cli.pt")
     state_dicts_close(result.model_file.state_dict, by_cli.state_dict, atol=0)
     assert without_timing(result.history) == without_timing(log_lines(tmp_path / "cli.pt"))
@@ -413,7 +421,7 @@ def test_labels_written_by_a_spreadsheet(data, tmp_path):
     labels = tmp_path / "excel.csv"
     labels.write_bytes(b"\xef\xbb\xbf" + text.encode())
     m = run_train(data, tmp_path / "m.pt", "--epochs", "1", labels=labels)
-    assert m.training["data"]["labelled"] == len(ids)
+    assert m.training["data"]["labelled"] == {"band_gap": len(ids)}
 
 
 def test_ema_averages_weights_and_batchnorm_statistics():
@@ -425,13 +433,13 @@ def test_ema_averages_weights_and_batchnorm_statistics():
     model, ema = CrystalGraphNet(feature_table=table, steps=2), CrystalGraphNet(feature_table=table, steps=2)
     with torch.no_grad():
         for net, value in ((model, 1.0), (ema, 0.0)):
-            net.fc_out.bias.fill_(value)
+            net.heads[0].fc_out.bias.fill_(value)
             net.bn1[0].running_mean.fill_(value)
         model.bn1[0].num_batches_tracked.fill_(7)
     ema_update(ema, model, decay=0.9, step=10**6)  # the ramp has reached 0.9
-    assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1]))
+    assert torch.allclose(ema.heads[0].fc_out.bias, torch.tensor([0.1]))
     assert torch.allclose(ema.bn1[0].running_mean, torch.full((128,), 0.1))  # averaged, not copied
     assert int(ema.bn1[0].num_batches_tracked) == 7
     assert torch.equal(ema.feature_table, model.feature_table)
     ema_update(ema, model, decay=0.9, step=0)  # early: decay (1 + 0) / 10 = 0.1, mostly the new weights
-    assert torch.allclose(ema.fc_out.bias, torch.tensor([0.1 * 0.1 + 0.9]))
+    assert torch.allclose(ema.heads[0].fc_out.bias, torch.tensor([0.1 * 0.1 + 0.9]))

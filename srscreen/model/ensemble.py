@@ -9,8 +9,8 @@ only the per-member products of node features are batched (`bmm`). Edge features
 every member at once. It computes what each member's eval-mode forward computes (tests/test_ensemble.py)
 and is faster than the members one after another (README, "Ensembles and uncertainty").
 
-Spread: the members' sample standard deviation (ddof=1, the usual deep-ensemble estimate), times the
-ensemble's calibration scale. `calibration_scale` picks the scale s that maximises the Gaussian
+Spread (`ModelFile.values` computes it): the members' sample standard deviation (ddof=1, the usual
+deep-ensemble estimate), with any scale heads' variance added, times the model's calibration scale. `calibration_scale` picks the scale s that maximises the Gaussian
 likelihood of the validation errors given s·std: s² = mean((error/std)²), which is also the scale that
 makes the RMS of error/(s·std) one, so the two usual criteria agree. With ddof 0 instead, s would grow
 by sqrt(N/(N-1)) and the calibrated spreads would be the same.
@@ -34,7 +34,7 @@ SPREAD_DDOF = 1
 
 class EnsembleNet(nn.Module):
     """N members of one architecture as one network, for evaluation only: forward(batch) ->
-    (members, crystals), each member's normalised output as its own network computes it in eval mode."""
+    (members, crystals, heads), each member's normalised outputs as its own network computes them in eval mode."""
 
     def __init__(self, members: Sequence[CrystalGraphNet]) -> None:
         super().__init__()
@@ -63,12 +63,13 @@ class EnsembleNet(nn.Module):
                                                                   for i in (0, 1)]) for t in range(self.steps)]))
             self.register_buffer("bn2", torch.stack([torch.stack([torch.cat([_affine(m.bn2[t])[i] for m in members])
                                                                   for i in (0, 1)]) for t in range(self.steps)]))
-            layers = [lambda m: m.conv_to_fc, *(lambda m, i=i: m.fcs[i] for i in range(len(first.fcs))), lambda m: m.fc_out]
-            # The head per member: weights (M, in, out), biases (M, 1, out), layer by layer.
-            for i, layer in enumerate(layers):
-                self.register_buffer(f"head_w{i}", torch.stack([layer(m).weight.t() for m in members]))
-                self.register_buffer(f"head_b{i}", torch.stack([layer(m).bias for m in members]).unsqueeze(1))
-        self.n_layers = len(layers)
+            # Every head of every member, member-major (M*H of them): weights (M*H, in, out), biases
+            # (M*H, 1, out), layer by layer.
+            heads = [head.layers() for m in members for head in m.heads]
+            for i in range(len(heads[0])):
+                self.register_buffer(f"head_w{i}", torch.stack([layers[i].weight.t() for layers in heads]))
+                self.register_buffer(f"head_b{i}", torch.stack([layers[i].bias for layers in heads]).unsqueeze(1))
+        self.n_layers, self.n_heads = len(heads[0]), len(first.heads)
         self.eval()
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
@@ -93,22 +94,18 @@ class EnsembleNet(nn.Module):
         if batch.atom_node is not None:
             v = v.index_select(0, batch.atom_node)
         h = F.softplus(CrystalGraphNet._mean_per_crystal(v, batch)).view(-1, m, fea).transpose(0, 1)  # (M, C, F)
+        h = h.repeat_interleave(self.n_heads, dim=0)  # (M*H, C, F): each member's features for each of its heads
         for i in range(self.n_layers):
             h = torch.baddbmm(getattr(self, f"head_b{i}"), h, getattr(self, f"head_w{i}"))
             if i < self.n_layers - 1:
                 h = F.softplus(h)
-        return h.squeeze(-1)
+        return h.view(m, self.n_heads, -1).transpose(1, 2)  # (M, C, H), each member as its own forward gives it
 
 
 def _halves(per_member: list[torch.Tensor]) -> torch.Tensor:
     """Members' (..., 2F) tensors, each [filter | core], side by side as (..., 2MF): all filters, then all cores."""
     filters, cores = zip(*(x.chunk(2, dim=-1) for x in per_member))
     return torch.cat([*filters, *cores], dim=-1)
-
-
-def spread(outputs: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Members' predictions (members, crystals) in the target's unit -> (mean, calibrated std) per crystal."""
-    return outputs.mean(0), outputs.std(0, correction=SPREAD_DDOF) * scale
 
 
 def calibration_scale(errors: np.ndarray, std: np.ndarray) -> float:

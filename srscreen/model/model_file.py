@@ -4,17 +4,24 @@ One `torch.save` file of a dict holding only tensors, str, int, float, bool, Non
 loads with `torch.load(weights_only=True)`:
     schema_version      int, SCHEMA_VERSION
     srscreen_version    str, the version that wrote it
-    architecture        dict, CrystalGraphNet constructor arguments (steps, shared, widths, Gaussians)
+    architecture        dict, CrystalGraphNet constructor arguments (steps, shared, widths, Gaussians,
+                        n_targets, scale_head)
     state_dict          dict of tensors, including the element feature table (`feature_table`)
     feature_table_id    str, elements.table_id of that table (checked on load)
     graph_settings      dict, {"radius": Å, "max_nbr": int, ...} of the graphs the model expects
-    target, unit        str, e.g. "formation_energy_per_atom", "eV/atom"
-    normalizer          {"mean": float, "std": float}: prediction = output * std + mean
-    training            dict, free-form: data summary, split, epochs, metrics (test MAE), command
-    ensemble            dict, only in an ensemble (schema 3): {"members": [{"state_dict", "normalizer"}, ...],
-                        "calibration": {"scale": float, ...}}; the top-level state_dict and normalizer are
-                        the first member's, so every member shares one architecture, table and target
+    targets, units      lists of str, one per head, e.g. ["formation_energy_per_atom", "band_gap"], ["eV/atom", "eV"]
+    normalizers         list of {"mean": float, "std": float}, one per target: prediction = output * std + mean
+    training            dict, free-form: data summary, split, epochs, metrics (test MAE per target), command
+    calibration         dict, where the model gives a spread (an ensemble, or a scale head): {"scale": {target:
+                        float}, ...}, the factor that turns its raw spread into a calibrated standard deviation
+    ensemble            dict, only in an ensemble: {"members": [{"state_dict", "normalizers"}, ...]}; the
+                        top-level state_dict and normalizers are the first member's, so every member shares
+                        one architecture, table and targets
     digest              str, "sha256:<64 hex>" of everything above (schema 2 on; see below)
+
+Schema 4 added several targets per file and the calibration of scale heads. Files of schemas 1-3 (one
+target: `target`, `unit`, `normalizer`; the head's weights as conv_to_fc, fcs, fc_out; an ensemble's
+calibration inside `ensemble`) load as one-target models of the same weights (`_upgrade_legacy`).
 
 Damage is detected, not guessed at. `digest` is SHA-256 over a canonical encoding of the whole payload
 except `digest` itself (`payload_digest`): dicts in sorted key order, each value tagged with its type
@@ -36,7 +43,7 @@ import hashlib
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +52,11 @@ import torch
 from srscreen import __version__
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.graph.elements import load_atom_features, table_id
-from srscreen.errors import ModelFileError
-from srscreen.model.ensemble import EnsembleNet, spread
+from srscreen.errors import ModelFileError, OptionError
+from srscreen.model.ensemble import SPREAD_DDOF, EnsembleNet
 from srscreen.model.network import CrystalGraphNet
 
-SCHEMA_VERSION = 3  # 2: `digest`; 3: `ensemble` (single models are still written as schema 2)
-SINGLE_MODEL_SCHEMA = 2
+SCHEMA_VERSION = 4  # 2: `digest`; 3: `ensemble`; 4: several targets, `calibration` of any spread
 DIGEST_ALGORITHM = "sha256"
 _REQUIRED = (
     "schema_version",
@@ -59,11 +65,13 @@ _REQUIRED = (
     "state_dict",
     "feature_table_id",
     "graph_settings",
-    "target",
-    "unit",
-    "normalizer",
+    "targets",
+    "units",
+    "normalizers",
     "training",
 )
+# A legacy (schema 1-3) head's weights, which schema 4 keeps as the first of `heads`.
+_LEGACY_HEAD = re.compile(r"^(conv_to_fc|fcs|fc_out)\.")
 
 
 
@@ -76,13 +84,15 @@ class ModelFile:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     feature_table_id: str
     graph_settings: dict
-    target: str
-    unit: str
-    normalizer: dict
+    targets: list[str]
+    units: list[str]
+    normalizers: list[dict]
     training: dict = field(default_factory=dict)
-    # An ensemble's members ({"state_dict", "normalizer"} each, the first being the fields above) and its
-    # calibration ({"scale": float, ...}); empty for a single model.
+    # An ensemble's members ({"state_dict", "normalizers"} each, the first being the fields above); empty
+    # for a single model.
     members: list[dict] = field(default_factory=list, repr=False)
+    # How the raw spread (an ensemble's, a scale head's, or both) becomes a standard deviation:
+    # {"scale": {target: float}, ...}; empty for a model without a spread.
     calibration: dict = field(default_factory=dict)
     srscreen_version: str = __version__
     source: str = field(default="model file", repr=False, compare=False)  # for messages only, not saved
@@ -93,23 +103,51 @@ class ModelFile:
         model: CrystalGraphNet,
         *,
         graph_settings: dict,
-        target: str,
-        unit: str,
-        normalizer: dict,
+        targets: list[str],
+        units: list[str],
+        normalizers: list[dict],
         training: dict | None = None,
+        calibration: dict | None = None,
     ) -> ModelFile:
         """Snapshot a model (weights copied to CPU) with what a later `predict` needs to use it."""
+        if not len(targets) == len(units) == len(normalizers) == model.n_targets:
+            raise ValueError(f"{model.n_targets} heads need as many targets, units and normalizers")
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return cls(
             architecture=model.architecture(),
             state_dict=state,
             feature_table_id=table_id(state["feature_table"].numpy()),
             graph_settings=_plain(graph_settings, "graph_settings"),
-            target=target,
-            unit=unit,
-            normalizer={"mean": float(normalizer["mean"]), "std": float(normalizer["std"])},
+            targets=list(targets),
+            units=list(units),
+            normalizers=[{"mean": float(n["mean"]), "std": float(n["std"])} for n in normalizers],
             training=_plain(training or {}, "training"),
+            calibration=_plain(calibration or {}, "calibration"),
         )
+
+    @property
+    def target(self) -> str:
+        """The target of a one-target model (`targets` lists a multi-target model's)."""
+        return self._only(self.targets, "target")
+
+    @property
+    def unit(self) -> str:
+        """The unit of a one-target model's target (`units` for a multi-target model)."""
+        return self._only(self.units, "unit")
+
+    @property
+    def normalizer(self) -> dict:
+        """The normaliser of a one-target model's head (`normalizers` for a multi-target model)."""
+        return self._only(self.normalizers, "normalizer")
+
+    def _only(self, values: list, what: str):
+        if len(values) != 1:
+            raise OptionError(f"{self.source} predicts {len(values)} targets ({', '.join(self.targets)}): "
+                              f"use its `{what}s`")
+        return values[0]
+
+    def unit_of(self, target: str) -> str:
+        return self.units[self.targets.index(target)]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelFile:
@@ -161,15 +199,24 @@ class ModelFile:
             raise fail(f"damaged model file ({damage})")
         if not isinstance(version, int) or version < 1:
             raise fail(f"invalid schema_version {version!r}")
+        if version < 4:
+            payload = _upgrade_legacy(payload)
         missing = [k for k in _REQUIRED if k not in payload]
         if missing:
             raise fail(f"missing keys: {', '.join(missing)}")
         for key in _REQUIRED[1:]:
-            kind = str if key in ("srscreen_version", "feature_table_id", "target", "unit") else dict
+            kind = (str if key in ("srscreen_version", "feature_table_id") else
+                    list if key in ("targets", "units", "normalizers") else dict)
             if not isinstance(payload[key], kind):
                 raise fail(f"{key} should be a {kind.__name__}, got {type(payload[key]).__name__}")
-        for key, sub in (("normalizer", ("mean", "std")), ("graph_settings", ("radius", "max_nbr"))):
-            absent = [s for s in sub if not isinstance(payload[key].get(s), (int, float))]
+        targets, units, normalizers = payload["targets"], payload["units"], payload["normalizers"]
+        n_targets = payload["architecture"].get("n_targets", 1)
+        if not (len(targets) == len(units) == len(normalizers) == n_targets >= 1) or len(set(targets)) != len(targets) \
+                or not all(isinstance(t, str) for t in [*targets, *units]):
+            raise fail(f"targets, units and normalizers should be {n_targets} distinct names, units and normalizers")
+        for key, sub in [*(("normalizers", n) for n in normalizers), ("graph_settings", payload["graph_settings"])]:
+            absent = [k for k in (("mean", "std") if key == "normalizers" else ("radius", "max_nbr"))
+                      if not isinstance(sub, dict) or not isinstance(sub.get(k), (int, float))]
             if absent:
                 raise fail(f"{key} lacks numeric {', '.join(absent)}")
         table = payload["state_dict"].get("feature_table")
@@ -177,14 +224,17 @@ class ModelFile:
             raise fail("state_dict has no feature_table")
         if table_id(table.numpy()) != payload["feature_table_id"]:
             raise fail("feature table does not match feature_table_id (file corrupted or edited)")
-        ensemble = payload.get("ensemble", {"members": [], "calibration": {}})
-        members, calibration = ensemble.get("members"), ensemble.get("calibration")
-        if not isinstance(members, list) or not isinstance(calibration, dict) or any(
+        members = payload.get("ensemble", {"members": []}).get("members")
+        calibration = payload.get("calibration", {})
+        if not isinstance(members, list) or any(
                 not isinstance(m, dict) or not isinstance(m.get("state_dict"), dict) or
-                not all(isinstance(m.get("normalizer", {}).get(k), float) for k in ("mean", "std")) for m in members):
-            raise fail("ensemble should hold members (state_dict and normalizer each) and a calibration")
-        if members and not isinstance(calibration.get("scale"), float):
-            raise fail("ensemble calibration lacks a numeric scale")
+                not isinstance(m.get("normalizers"), list) or len(m["normalizers"]) != len(targets) or
+                not all(isinstance(n.get(k), float) for n in m["normalizers"] for k in ("mean", "std")) for m in members):
+            raise fail("ensemble should hold members (state_dict and normalizers each)")
+        scales = calibration.get("scale") if isinstance(calibration, dict) else None
+        if calibration and (not isinstance(scales, dict) or sorted(scales) != sorted(targets) or
+                            not all(isinstance(v, float) for v in scales.values())):
+            raise fail("calibration should give a numeric scale per target")
         return cls(**{k: payload[k] for k in _REQUIRED if k != "schema_version"}, members=members,
                    calibration=calibration, source=source)
 
@@ -193,8 +243,7 @@ class ModelFile:
         path = Path(path)
         if not path.parent.is_dir():
             raise ModelFileError(f"{path}: folder {path.parent} does not exist")
-        version = SCHEMA_VERSION if self.members else SINGLE_MODEL_SCHEMA  # older srscreens read single models
-        payload = {"schema_version": version, **_plain(self._payload(), "model file")}
+        payload = {"schema_version": SCHEMA_VERSION, **_plain(self._payload(), "model file")}
         payload["digest"] = payload_digest(payload)
         with replace_when_done(path) as tmp:
             torch.save(payload, tmp)
@@ -206,11 +255,12 @@ class ModelFile:
             "state_dict": self.state_dict,
             "feature_table_id": self.feature_table_id,
             "graph_settings": self.graph_settings,
-            "target": self.target,
-            "unit": self.unit,
-            "normalizer": self.normalizer,
+            "targets": self.targets,
+            "units": self.units,
+            "normalizers": self.normalizers,
             "training": self.training,
-            **({"ensemble": {"members": self.members, "calibration": self.calibration}} if self.members else {}),
+            **({"calibration": self.calibration} if self.calibration else {}),
+            **({"ensemble": {"members": self.members}} if self.members else {}),
         }
 
     @property
@@ -235,27 +285,59 @@ class ModelFile:
             return self.build_model()
         return EnsembleNet([self.build_model(m["state_dict"]) for m in self.members])
 
-    def denormalise(self, output: torch.Tensor) -> torch.Tensor:
-        """Network output -> property in `unit`; an ensemble's (members, crystals) with each member's normaliser."""
-        if not self.members:
-            return output * self.normalizer["std"] + self.normalizer["mean"]
-        std, mean = (torch.tensor([m["normalizer"][k] for m in self.members], dtype=output.dtype,
-                                  device=output.device).unsqueeze(1) for k in ("std", "mean"))
-        return output * std + mean
+    @property
+    def has_std(self) -> bool:
+        """Whether the model gives a spread: an ensemble, or a scale head."""
+        return bool(self.members) or bool(self.architecture.get("scale_head"))
+
+    def test_metrics(self) -> dict[str, dict]:
+        """Test metrics per target as training recorded them ({} if none); files of schemas 1-3 kept one
+        target's metrics unkeyed."""
+        test = self.training.get("test") or {}
+        return {self.targets[0]: test} if "mae" in test else test
+
+    @property
+    def n_heads(self) -> int:
+        """Outputs per crystal of the network: a head per target, and a scale head per target if any."""
+        return len(self.targets) * (2 if self.architecture.get("scale_head") else 1)
+
+    def fast(self) -> ModelFile:
+        """The same predictions of the targets at the least cost: the first member alone, without scale
+        heads, so no `<target>_std` columns (what `predict --fast` runs)."""
+        arch = {**self.architecture, "scale_head": False}
+        n = len(self.targets)
+        kept = {k: v for k, v in self.state_dict.items()
+                if not k.startswith("heads.") or int(k.split(".")[1]) < n}
+        return replace(self, architecture=arch, state_dict=kept, members=[], calibration={})
 
     def values(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Network output -> the columns this model adds to a ranking: its target, and for an ensemble
-        the members' mean and `<target>_std`, their calibrated spread."""
-        values = self.denormalise(output)
-        if not self.members:
-            return {self.target: values}
-        mean, std = spread(values, self.calibration["scale"])
-        return {self.target: mean, f"{self.target}_std": std}
+        """Network output -> the columns this model adds to a ranking (`columns`): each target in its unit,
+        and where the model gives a spread, `<target>_std`, its calibrated standard deviation.
+
+        `output` is (crystals, heads), or (members, crystals, heads) for an ensemble. The raw spread
+        combines what the model has: the members' disagreement (sample variance, ddof 1) and the
+        scale heads' Laplace variance 2b², averaged over members; `calibration` scales it per target."""
+        members = output if self.members else output.unsqueeze(0)
+        normalizers = [m["normalizers"] for m in self.members] or [self.normalizers]
+        std, mean = (torch.tensor([[n[k] for n in member] for member in normalizers], dtype=output.dtype,
+                                  device=output.device).unsqueeze(1) for k in ("std", "mean"))
+        n = len(self.targets)
+        values = members[..., :n] * std + mean  # (members, crystals, targets)
+        columns = {t: values[..., i].mean(0) for i, t in enumerate(self.targets)}
+        if not self.has_std:
+            return columns
+        variance = values.var(0, correction=SPREAD_DDOF) if self.members else torch.zeros_like(values[0])
+        if self.architecture.get("scale_head"):
+            variance = variance + (2 * (members[..., n:].exp() * std).square()).mean(0)
+        scales = self.calibration.get("scale", {})
+        for i, t in enumerate(self.targets):
+            columns[f"{t}_std"] = variance[..., i].sqrt() * scales.get(t, 1.0)
+        return columns
 
     @property
     def columns(self) -> list[str]:
         """The ranking columns `values` fills."""
-        return [self.target, *([f"{self.target}_std"] if self.members else [])]
+        return [*self.targets, *(f"{t}_std" for t in self.targets if self.has_std)]
 
 
 def convert_cgcnn_checkpoint(
@@ -293,7 +375,8 @@ def convert_cgcnn_checkpoint(
         radius=radius,
         gaussian_step=gaussian_step,
     )
-    renamed = {re.sub(r"^convs\.(\d+)\.(fc_full|bn1|bn2)\.", r"\2.\1.", k): v for k, v in weights.items()}
+    renamed = _legacy_head_keys({re.sub(r"^convs\.(\d+)\.(fc_full|bn1|bn2)\.", r"\2.\1.", k): v
+                                 for k, v in weights.items()})
     state = model.state_dict()
     for key, value in renamed.items():
         if key not in state or state[key].shape != value.shape:
@@ -307,9 +390,9 @@ def convert_cgcnn_checkpoint(
     return ModelFile.from_model(
         model,
         graph_settings={"radius": radius, "max_nbr": max_nbr},
-        target=target,
-        unit=unit,
-        normalizer=normalizer,
+        targets=[target],
+        units=[unit],
+        normalizers=[normalizer],
         training={
             "origin": "CGCNN pretrained model (Xie & Grossman, PRL 120, 145301, 2018), converted",
             "checkpoint": Path(checkpoint_path).name,
@@ -319,6 +402,32 @@ def convert_cgcnn_checkpoint(
             "args": args,
         },
     )
+
+
+def _legacy_head_keys(state: dict) -> dict:
+    """One-head weights named as CGCNN and schemas 1-3 name them (conv_to_fc, fcs, fc_out) as `heads.0`."""
+    return {_LEGACY_HEAD.sub(r"heads.0.\1.", k): v for k, v in state.items()}
+
+
+def _upgrade_legacy(payload: dict) -> dict:
+    """A schema 1-3 payload (one target) in schema 4's layout; its digest was checked before."""
+    if not all(k in payload for k in ("target", "unit", "normalizer", "state_dict")):
+        return payload  # the missing keys are reported as schema 4's
+    upgraded = {k: v for k, v in payload.items() if k not in ("target", "unit", "normalizer", "ensemble")}
+    upgraded.update(targets=[payload["target"]], units=[payload["unit"]], normalizers=[payload["normalizer"]],
+                    state_dict=_legacy_head_keys(payload["state_dict"]))
+    ensemble = payload.get("ensemble")
+    if isinstance(ensemble, dict):
+        members = ensemble.get("members")
+        upgraded["ensemble"] = {"members": [
+            {"state_dict": _legacy_head_keys(m["state_dict"]), "normalizers": [m["normalizer"]]}
+            if isinstance(m, dict) and isinstance(m.get("state_dict"), dict) and "normalizer" in m else m
+            for m in members] if isinstance(members, list) else members}
+        calibration = ensemble.get("calibration")
+        scale = calibration.get("scale") if isinstance(calibration, dict) else None
+        upgraded["calibration"] = {**calibration, "scale": {payload["target"]: scale}} if isinstance(scale, float) \
+            else calibration
+    return upgraded
 
 
 def payload_digest(payload: dict) -> str:

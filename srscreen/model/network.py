@@ -4,6 +4,12 @@ The maths is CGCNN's (txie-93/cgcnn model.py), step t for atom i with neighbours
     z_ij = [v_i, v_j, u_ij] W_t + b_t
     v_i <- softplus(v_i + BN2_t(sum_j sigmoid(BN1_t(z_ij)_filter) * softplus(BN1_t(z_ij)_core)))
 With shared=True one (W, b) serves every step; each step keeps its own BN1_t, BN2_t.
+
+Several targets share the trunk (embedding and convolutions) and pool once; each target has its own
+CGCNN head (conv_to_fc, fcs, fc_out), so one forward serves every column (MT-CGCNN's layout). With
+`scale_head`, each target also has a second head of the same shape that predicts the log of a Laplace
+scale of its error; it reads the pooled features detached, so learning it never moves the trunk or the
+mean heads (a model trained with it predicts exactly what it would without it).
 """
 
 from __future__ import annotations
@@ -19,12 +25,33 @@ from srscreen.model.batch_norm import batch_norm
 from srscreen.model.edge_block import GatedEdges, gate, gate_sum
 
 
+class Head(nn.Module):
+    """CGCNN's head for one output: pooled features -> conv_to_fc -> n_h - 1 hidden layers -> one number."""
+
+    def __init__(self, atom_fea_len: int, h_fea_len: int, n_h: int) -> None:
+        super().__init__()
+        self.conv_to_fc = nn.Linear(atom_fea_len, h_fea_len)
+        self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
+        self.fc_out = nn.Linear(h_fea_len, 1)
+
+    def layers(self) -> list[nn.Linear]:
+        return [self.conv_to_fc, *self.fcs, self.fc_out]
+
+    def forward(self, crystal_fea: torch.Tensor) -> torch.Tensor:
+        h = F.softplus(self.conv_to_fc(crystal_fea))
+        for fc in self.fcs:
+            h = F.softplus(fc(h))
+        return self.fc_out(h).squeeze(-1)
+
+
 class CrystalGraphNet(nn.Module):
-    """SR-CGCNN (`shared=True`) or CGCNN (`shared=False`) regressing one property per crystal.
+    """SR-CGCNN (`shared=True`) or CGCNN (`shared=False`) regressing `n_targets` properties per crystal.
 
     The element feature table is a buffer, so a saved model carries the features it was trained with.
-    Parameter names follow CGCNN's where the two coincide (embedding, conv_to_fc, fcs, fc_out);
-    convolution weights live in `fc_full.k` (one entry when shared), normalisation in `bn1.t`, `bn2.t`.
+    Parameter names follow CGCNN's where the two coincide (embedding; each head's conv_to_fc, fcs,
+    fc_out, in `heads.k`); convolution weights live in `fc_full.k` (one entry when shared),
+    normalisation in `bn1.t`, `bn2.t`. Heads 0..n_targets-1 give the targets, normalised; with
+    `scale_head`, heads n_targets..2*n_targets-1 give the log of each one's normalised Laplace scale.
     """
 
     def __init__(
@@ -38,16 +65,20 @@ class CrystalGraphNet(nn.Module):
         n_h: int = 1,
         radius: float = 8.0,
         gaussian_step: float = 0.2,
+        n_targets: int = 1,
+        scale_head: bool = False,
     ) -> None:
         super().__init__()
-        if steps < 1 or n_h < 1:
-            raise OptionError(f"`steps` and `n_h` must be at least 1, not steps={steps}, n_h={n_h}")
+        if steps < 1 or n_h < 1 or n_targets < 1:
+            raise OptionError(f"`steps`, `n_h` and the number of targets must be at least 1, not steps={steps}, "
+                              f"n_h={n_h}, n_targets={n_targets}")
         table = torch.as_tensor(feature_table).detach().to("cpu", torch.float32)
         if table.ndim != 2:
             raise ValueError(f"feature_table must be 2-D (element, feature), got shape {tuple(table.shape)}")
         self.steps, self.shared = steps, shared
         self.atom_fea_len, self.h_fea_len, self.n_h = atom_fea_len, h_fea_len, n_h
         self.radius, self.gaussian_step = radius, gaussian_step
+        self.n_targets, self.scale_head = n_targets, scale_head
 
         self.register_buffer("feature_table", table.clone())
         # CGCNN's GaussianDistance: centres np.arange(0, radius + step, step), width = step.
@@ -60,9 +91,7 @@ class CrystalGraphNet(nn.Module):
         self.fc_full = nn.ModuleList(nn.Linear(2 * fea + n_gaussians, 2 * fea) for _ in range(1 if shared else steps))
         self.bn1 = nn.ModuleList(nn.BatchNorm1d(2 * fea) for _ in range(steps))
         self.bn2 = nn.ModuleList(nn.BatchNorm1d(fea) for _ in range(steps))
-        self.conv_to_fc = nn.Linear(fea, h_fea_len)
-        self.fcs = nn.ModuleList(nn.Linear(h_fea_len, h_fea_len) for _ in range(n_h - 1))
-        self.fc_out = nn.Linear(h_fea_len, 1)
+        self.heads = nn.ModuleList(Head(fea, h_fea_len, n_h) for _ in range(n_targets * (2 if scale_head else 1)))
         self.gated_edges = GatedEdges()
 
     def compile_training(self) -> None:
@@ -79,6 +108,8 @@ class CrystalGraphNet(nn.Module):
             "n_h": self.n_h,
             "radius": self.radius,
             "gaussian_step": self.gaussian_step,
+            "n_targets": self.n_targets,
+            "scale_head": self.scale_head,
         }
 
     def conv_parameter_count(self) -> int:
@@ -87,7 +118,8 @@ class CrystalGraphNet(nn.Module):
         return sum(p.numel() for m in modules for p in m.parameters())
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
-        """Normalised prediction per crystal, shape (n_crystals,)."""
+        """Normalised outputs per crystal, shape (n_crystals, heads): the targets, then (with
+        `scale_head`) the log of their scales."""
         fea = self.atom_fea_len
         # Embedding the ~100-row table then indexing equals embedding each atom's features, and is cheaper.
         v = self.embedding(self.feature_table).index_select(0, batch.numbers)
@@ -118,11 +150,10 @@ class CrystalGraphNet(nn.Module):
         if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
             v = v.index_select(0, batch.atom_node)
 
-        crystal_fea = self._mean_per_crystal(v, batch)
-        h = F.softplus(self.conv_to_fc(F.softplus(crystal_fea)))
-        for fc in self.fcs:
-            h = F.softplus(fc(h))
-        return self.fc_out(h).squeeze(-1)
+        crystal_fea = F.softplus(self._mean_per_crystal(v, batch))
+        targets = [head(crystal_fea) for head in self.heads[: self.n_targets]]
+        scales = [head(crystal_fea.detach()) for head in self.heads[self.n_targets :]]
+        return torch.stack([*targets, *scales], dim=1)
 
     def _gaussians(self, distances: torch.Tensor) -> torch.Tensor:
         """CGCNN's GaussianDistance, exp(-(d - mu)^2 / step^2), expanded on the distances' device.

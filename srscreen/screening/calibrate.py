@@ -1,6 +1,6 @@
 """Ensembles from trained members: one model file holding them all, its spread calibrated on validation crystals.
 
-`assemble` puts N single models of one target, architecture, graph rule and element table into one
+`assemble` puts N single models of the same targets, architecture, graph rule and element table into one
 file (the spread uncalibrated: scale 1). `calibrate` predicts the validation crystals the members were
 trained with (their common split; or ids given) and sets the scale that makes the spread match the
 errors there (`ensemble.calibration_scale`); on the test crystals it records the ensemble's MAE and
@@ -23,7 +23,7 @@ from srscreen.screening.predict import predict
 from srscreen.trainer.trainer import metrics
 
 # What every member must share, so that one batched network and one set of graphs serve them all.
-_SHARED = ("target", "unit", "architecture", "graph_settings", "feature_table_id")
+_SHARED = ("targets", "units", "architecture", "graph_settings", "feature_table_id")
 
 
 def assemble(members: Sequence[ModelFile]) -> ModelFile:
@@ -37,7 +37,7 @@ def assemble(members: Sequence[ModelFile]) -> ModelFile:
         differ = [key for key in _SHARED if getattr(m, key) != getattr(first, key)]
         if differ:
             raise InputError(f"{m.source}: differs from {first.source} in {', '.join(differ)}; "
-                             "members must share target, architecture, graph rule and element table")
+                             "members must share targets, architecture, graph rule and element table")
     splits = [m.training.get("split") for m in members]
     return replace(
         first,
@@ -45,13 +45,13 @@ def assemble(members: Sequence[ModelFile]) -> ModelFile:
             "members": [{"source": str(m.source), **{k: m.training.get(k) for k in
                                                      ("name", "command", "epochs_run", "best_epoch", "val_mae")},
                          "seed": (m.training.get("config") or {}).get("seed"),
-                         "test_mae": (m.training.get("test") or {}).get("mae")} for m in members],
+                         "test": m.training.get("test")} for m in members],
             "config": first.training.get("config"),
             # The members' common split, when they share one: what `calibrate` validates and tests on.
             "split": splits[0] if all(s == splits[0] for s in splits) else None,
         },
-        members=[{"state_dict": m.state_dict, "normalizer": m.normalizer} for m in members],
-        calibration={"scale": 1.0},
+        members=[{"state_dict": m.state_dict, "normalizers": m.normalizers} for m in members],
+        calibration={"scale": {t: 1.0 for t in first.targets}},
         source="ensemble",
     )
 
@@ -66,27 +66,28 @@ def calibrate(ensemble: ModelFile, graph_path: str | Path, labels_path: str | Pa
     test_ids = list(test_ids if test_ids is not None else split.get("test") or [])
     if not validation_ids:
         raise OptionError("the members do not share a training split: give `validation_ids` to calibrate on")
-    raw = replace(ensemble, calibration={"scale": 1.0})
+    raw = replace(ensemble, calibration={"scale": {t: 1.0 for t in ensemble.targets}})
     ranking = predict(graph_path, [raw], device=device)
-    labels = read_labels(labels_path, ensemble.target)
-    std_column = f"{ensemble.target}_std"
+    row_of = {id_: i for i, id_ in enumerate(ranking.ids)}
+    scales, counts, tests, uncertainty = {}, {}, {}, {}
+    for t in ensemble.targets:
+        labels = read_labels(labels_path, t)
 
-    def errors_and_std(ids: Sequence[str], part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        wanted = set(ids)
-        rows = np.array([i for i, id_ in enumerate(ranking.ids) if id_ in wanted], dtype=np.int64)
-        matched = match([ranking.ids[i] for i in rows], labels)
-        if len(matched.positions) < 2:
-            raise InputError(f"{labels_path}: only {len(matched.positions)} labelled {part} crystals in {graph_path}")
-        picked = rows[matched.positions]
-        pred = ranking.values[ensemble.target][picked]
-        return pred, pred - matched.values, ranking.values[std_column][picked]
+        def errors_and_std(ids: Sequence[str], part: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            rows = np.array([row_of[id_] for id_ in ids if id_ in row_of], dtype=np.int64)
+            matched = match([ranking.ids[i] for i in rows], labels)
+            if len(matched.positions) < 2:
+                raise InputError(f"{labels_path}: only {len(matched.positions)} {part} crystals labelled with {t} "
+                                 f"in {graph_path}")
+            picked = rows[matched.positions]
+            pred = ranking.values[t][picked]
+            return pred, pred - matched.values, ranking.values[f"{t}_std"][picked]
 
-    _, val_errors, val_std = errors_and_std(validation_ids, "validation")
-    scale = calibration_scale(val_errors, val_std)
-    training = {**ensemble.training, "val_mae": float(np.abs(val_errors).mean())}
-    calibration = {"scale": scale, "validation_crystals": len(val_errors)}
-    if test_ids:
-        pred, test_errors, test_std = errors_and_std(test_ids, "test")
-        training["test"] = asdict(metrics(pred, pred - test_errors))
-        training["uncertainty"] = uncertainty_metrics(test_errors, test_std * scale)
-    return replace(ensemble, training=training, calibration=calibration)
+        _, val_errors, val_std = errors_and_std(validation_ids, "validation")
+        scales[t], counts[t] = calibration_scale(val_errors, val_std), len(val_errors)
+        if test_ids:
+            pred, test_errors, test_std = errors_and_std(test_ids, "test")
+            tests[t] = asdict(metrics(pred, pred - test_errors))
+            uncertainty[t] = uncertainty_metrics(test_errors, test_std * scales[t])
+    training = {**ensemble.training, **({"test": tests, "uncertainty": uncertainty} if tests else {})}
+    return replace(ensemble, training=training, calibration={"scale": scales, "validation_crystals": counts})

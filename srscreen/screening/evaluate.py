@@ -1,9 +1,9 @@
-"""Model accuracy on labelled crystals: MAE, RMSE, R² per target (and for an ensemble, how well its
-spread ranks and sizes the errors), and a parity plot."""
+"""Model accuracy on labelled crystals: MAE, RMSE, R² per model and target (and for a model with a
+spread, how well it ranks and sizes the errors), and a parity plot."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,41 +12,46 @@ from srscreen.model.ensemble import uncertainty_metrics
 from srscreen.model.model_file import ModelFile
 from srscreen.data.labels import match, read_labels
 from srscreen.screening.predict import predict
-from srscreen.trainer.trainer import Metrics, metrics
+from srscreen.trainer.metrics import Metrics, UncertainMetrics, metrics
 from srscreen.errors import InputError, OptionError
 
 
-@dataclass
-class EnsembleMetrics(Metrics):
-    """An ensemble's metrics plus `ensemble.uncertainty_metrics` of its calibrated spread."""
-
-    spearman: float
-    within_1std: float
-    within_2std: float
-    mae_most_confident_10pct: float
-    mae_least_confident_10pct: float
-
-
 def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
-             plot: str | Path | None = None) -> dict[str, Metrics]:
-    """Metrics of each model on the crystals of `graph_path` that have a label for its target."""
-    ranking = predict(graph_path, models, device=device)
-    results: dict[str, Metrics] = {}
+             plot: str | Path | None = None) -> dict[str, dict[str, Metrics]]:
+    """Metrics of each model (by `model_label`) on each of its targets, over the crystals of `graph_path`
+    labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
+    (a fine-tuned model beside its base): each is predicted on its own."""
+    labels = {t: read_labels(labels_path, t) for m in models for t in m.targets}
+    results: dict[str, dict[str, Metrics]] = {}
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    units: dict[str, str] = {}
+    panels: dict[str, Metrics] = {}
     for m in models:
-        matched = match(ranking.ids, read_labels(labels_path, m.target))
-        if len(matched.positions) == 0:
-            raise InputError(f"{labels_path}: no labelled {m.target} for any crystal of {graph_path}")
-        pred = ranking.values[m.target][matched.positions]
-        results[m.target] = metrics(pred, matched.values)
-        if m.members:
-            std = ranking.values[f"{m.target}_std"][matched.positions]
-            results[m.target] = EnsembleMetrics(**asdict(results[m.target]),
-                                                **uncertainty_metrics(pred - matched.values, std))
-        pairs[m.target] = (matched.values, pred)
+        label = model_label(m, models)
+        ranking = predict(graph_path, [m], device=device)
+        results[label] = {}
+        for t in m.targets:
+            matched = match(ranking.ids, labels[t])
+            if len(matched.positions) == 0:
+                raise InputError(f"{labels_path}: no labelled {t} for any crystal of {graph_path}")
+            pred = ranking.values[t][matched.positions]
+            result = metrics(pred, matched.values)
+            if f"{t}_std" in ranking.values:
+                std = ranking.values[f"{t}_std"][matched.positions]
+                result = UncertainMetrics(**asdict(result), **uncertainty_metrics(pred - matched.values, std))
+            results[label][t] = result
+            panel = t if len(models) == 1 else f"{label}: {t}"
+            pairs[panel], units[panel], panels[panel] = (matched.values, pred), m.unit_of(t), result
     if plot is not None:
-        parity_plot(pairs, {m.target: m.unit for m in models}, results, plot)
+        parity_plot(pairs, units, panels, plot)
     return results
+
+
+def model_label(model: ModelFile, models: list[ModelFile]) -> str:
+    """How a model is named in a report: its pretrained name or its file, made unique among `models`."""
+    label = str(model.training.get("name") or model.source)
+    same = [m for m in models if str(m.training.get("name") or m.source) == label]
+    return label if len(same) == 1 else f"{label}#{same.index(model) + 1}"
 
 
 def parity_plot(pairs: dict[str, tuple[np.ndarray, np.ndarray]], units: dict[str, str],

@@ -51,13 +51,19 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
-    """Refuse graphs that a model was not trained on, and two models of one target."""
+    """Refuse graphs that a model was not trained on."""
     for m in models:
         check_fits_model(graphs.path, graphs.graph_settings, str(graphs.attrs["feature_table_id"]), str(m.source),
                          m.graph_settings, m.feature_table_id, str(graphs.attrs["feature_table_name"]))
-    targets = [m.target for m in models]
-    if len(set(targets)) != len(targets):
-        raise OptionError(f"two models predict the same target ({', '.join(targets)}); give each target once")
+
+
+def check_targets(models: list[ModelFile]) -> None:
+    """Refuse two models of one target: a ranking has one column per target."""
+    targets = [t for m in models for t in m.targets]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise OptionError(f"two models predict {', '.join(twice)} ({', '.join(str(m.source) for m in models)}); "
+                          "give each target once")
 
 
 # Structures from which compiling pays back its one-off cost on CPU: 7-12 s against ~0.07 ms saved each
@@ -122,8 +128,9 @@ def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile
             out.append(net(batch))  # stays on the device: no sync until the shard is done
     columns: dict[str, np.ndarray] = {}
     for m, out in zip(models, outputs):
-        # Crystals are the last axis: (crystals,) for a model, (members, crystals) for an ensemble.
-        joined = torch.cat(out, dim=-1) if out else torch.zeros((m.n_members, 0) if m.members else (0,))
+        # (crystals, heads) for a model, (members, crystals, heads) for an ensemble.
+        empty = (m.n_members, 0, m.n_heads) if m.members else (0, m.n_heads)
+        joined = torch.cat(out, dim=-2) if out else torch.zeros(empty)
         columns.update({k: v.numpy() for k, v in m.values(joined.cpu().double()).items()})
     return columns
 
@@ -153,18 +160,25 @@ def predict(
     (when those are intact), so nothing is lost silently. `compile` runs the models through
     torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
     With `hull`, the predicted formation energy is also placed against that reference hull: column
-    `e_above_hull` (eV/atom), and a note for each row it cannot place (an element outside the reference).
+    `e_above_hull` (eV/atom), and a note for each row it cannot place (an element outside the reference);
+    where the formation energy has a spread, also `p_stable` (`probability_stable`).
     """
     if not models:
         raise OptionError("no model given")
-    targets = [m.target for m in models]
+    check_targets(models)
+    targets = [t for m in models for t in m.targets]
     energy = next((t for t in targets if t in FORMATION_ENERGY_TARGETS), None)
     if hull is not None and energy is None:
         raise OptionError(f"--hull needs a formation-energy model (targets: {', '.join(targets)})")
-    outputs = [*(c for m in models for c in m.columns), *(["e_above_hull"] if hull is not None else [])]
+    columns = [c for m in models for c in m.columns]
+    # With a spread of the formation energy, the probability that the crystal is on or below the hull.
+    stability = ["e_above_hull", *(["p_stable"] if f"{energy}_std" in columns else [])] if hull is not None else []
+    outputs = [*columns, *stability]
     sort_by = sort_by or targets[0]
     check_columns([*outputs, "n_atoms"], sort_by, where)  # before any work, even when the chosen shards are empty
     check_top(top)
+    if batch_atoms is not None and batch_atoms < 1:
+        raise OptionError(f"`batch_atoms` must be at least 1, not {batch_atoms}")
     dev = pick_device(device)
     reuse_freed_memory()
     with GraphFile(graph_path) as graphs:
@@ -191,6 +205,8 @@ def predict(
                 notes = None
                 if hull is not None:
                     values["e_above_hull"], placed = hull.e_above_hull(shard.formula, values[energy])
+                    if "p_stable" in stability:
+                        values["p_stable"] = probability_stable(values["e_above_hull"], values[f"{energy}_std"])
                     notes = [note or "" for note in placed]
                 rows = Ranking(shard.ids, shard.formula, shard.n_atoms.astype(np.int64), values, notes)
                 parts.append(rows.where(where))
@@ -209,6 +225,18 @@ class DamagedShard:
     shard: str
     reason: str
     ids: list[str] | None
+
+
+def probability_stable(e_above_hull: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """P(E_above_hull <= 0) when the true formation energy is Normal(predicted, std²): the reference hull
+    is fixed, so E_above_hull moves one for one with Ef and the probability is Φ(-e / std). A zero std
+    gives 1 on or below the hull and 0 above it; NaN stays NaN."""
+    from scipy.special import ndtr
+
+    e, std = np.asarray(e_above_hull, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = ndtr(-e / std)
+    return np.where(std > 0, p, np.where(np.isnan(e), np.nan, (e <= 0).astype(np.float64)))
 
 
 def _read_shards(graphs: GraphFile, start: int, stop: int | None, merge: Callable[[Graphs], Graphs], skip: bool,

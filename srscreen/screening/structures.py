@@ -34,7 +34,7 @@ class Model:
 
     def __init__(self, model_file: ModelFile, device: str = "auto") -> None:
         self.file = model_file
-        self.target, self.unit = model_file.target, model_file.unit
+        self.targets, self.units = model_file.targets, model_file.units
         self.device = pick_device(device)
         self.settings = GraphSettings.from_attrs(model_file.graph_settings)
         self._options = FeaturizeOptions(graph=self.settings)  # featurize's policies, max_atoms included
@@ -42,24 +42,44 @@ class Model:
         self._supported = supported_numbers(model_file.state_dict["feature_table"].numpy())
 
     def __repr__(self) -> str:
-        return f"Model({self.file.source}: {self.target} in {self.unit}, {self.settings.algorithm} graphs)"
+        targets = ", ".join(f"{t} in {u}" for t, u in zip(self.targets, self.units))
+        return f"Model({self.file.source}: {targets}, {self.settings.algorithm} graphs)"
 
-    def predict_structure(self, structure) -> float:
-        """The prediction for one pymatgen Structure, in `self.unit`."""
-        return float(self.predict_structures([structure])[0])
+    @property
+    def target(self) -> str:
+        """A one-target model's target (`targets` lists a multi-target model's)."""
+        return self.file.target
 
-    def predict_structures(self, structures: Sequence, batch_atoms: int | None = None,
-                           with_std: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Predictions for many pymatgen Structures, in input order, batched; with `with_std` (an
-        ensemble only), also each prediction's calibrated standard deviation."""
-        if with_std and not self.file.members:
-            raise OptionError(f"`with_std=True` needs an ensemble; {self.file.source} is a single model")
+    @property
+    def unit(self) -> str:
+        return self.file.unit
+
+    def predict_structure(self, structure, target: str | None = None) -> float:
+        """The prediction of `target` (a one-target model's own by default) for one pymatgen Structure."""
+        return float(self.predict_structures([structure], target=target)[0])
+
+    def predict_structures(self, structures: Sequence, batch_atoms: int | None = None, with_std: bool = False,
+                           target: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Predictions of `target` (a one-target model's own by default) for many pymatgen Structures, in
+        input order, batched; with `with_std` (a model with a spread), also each prediction's calibrated
+        standard deviation. `predict_columns` gives every target at once."""
+        target = target or self.file.target
+        if target not in self.targets:
+            raise OptionError(f"`target` {target!r}: {self.file.source} predicts {', '.join(self.targets)}")
+        if with_std and not self.file.has_std:
+            raise OptionError(f"`with_std=True` needs a model with a spread (an ensemble or scale heads); "
+                              f"{self.file.source} has none")
+        values = self.predict_columns(structures, batch_atoms)
+        return (values[target], values[f"{target}_std"]) if with_std else values[target]
+
+    def predict_columns(self, structures: Sequence, batch_atoms: int | None = None) -> dict[str, np.ndarray]:
+        """Every column the model gives (each target, and `<target>_std` where it has a spread) for many
+        pymatgen Structures, in input order."""
         shard = self._shard(structures)
         with torch.inference_mode():
             q = quotient(shard, self.file.architecture["steps"]) if self.device.type == "cpu" else unmerged(shard)
-            values = predict_shard(q, [self._net], [self.file], self.device,
-                                   batch_atoms or (1024 if self.device.type == "cpu" else 32768))
-        return (values[self.target], values[f"{self.target}_std"]) if with_std else values[self.target]
+            return predict_shard(q, [self._net], [self.file], self.device,
+                                 batch_atoms or (1024 if self.device.type == "cpu" else 32768))
 
     def _shard(self, structures: Sequence) -> Graphs:
         found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))

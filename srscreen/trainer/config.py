@@ -12,7 +12,7 @@ Schedule = Literal["multistep", "cosine", "constant"]
 # A resumed run may run longer or stop earlier than first planned; anything else must match.
 EXTENSIBLE = frozenset({"epochs", "patience"})
 # Taken from the model being fine-tuned, never from the settings.
-ARCHITECTURE = frozenset({"steps", "shared", "atom_fea_len", "h_fea_len", "n_h"})
+ARCHITECTURE = frozenset({"steps", "shared", "atom_fea_len", "h_fea_len", "n_h", "scale_head"})
 # What fine-tuning changes from training from scratch (as `srscreen finetune` does): a lower constant
 # rate, smaller batches, an L1 loss and early stopping, so a few labels do not undo what was learnt.
 FINETUNE_DEFAULTS = {"batch_size": 64, "lr": 1e-4, "loss": "l1", "schedule": "constant", "patience": 20}
@@ -20,9 +20,16 @@ FINETUNE_DEFAULTS = {"batch_size": 64, "lr": 1e-4, "loss": "l1", "schedule": "co
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every choice that shapes the result; stored in the checkpoint and the model file."""
+    """Every choice that shapes the result; stored in the checkpoint and the model file.
 
-    target: str
+    `target` is one label column or a tuple of them: one network with a head per target (`targets`),
+    trained on the sum of each target's loss on its normalised values, times `target_weights` (default
+    1 each), over the crystals labelled for it. `scale_head` adds a head per target that learns the size
+    of its errors (a Laplace scale, from the errors of the mean, which it does not change): predictions
+    then carry a calibrated `<target>_std`. `new_heads` lets fine-tuning add targets the base model lacks.
+    """
+
+    target: str | tuple[str, ...]
     steps: int = 3
     shared: bool = True
     atom_fea_len: int = 64
@@ -42,10 +49,31 @@ class TrainConfig:
     test_fraction: float = 0.1
     patience: int = 0
     freeze_conv: bool = False
+    target_weights: tuple[float, ...] = ()
+    scale_head: bool = False
+    new_heads: bool = False
+
+    def __post_init__(self) -> None:
+        targets = (self.target,) if isinstance(self.target, str) else tuple(self.target)
+        object.__setattr__(self, "target", targets[0] if len(targets) == 1 else targets)
+        object.__setattr__(self, "target_weights", tuple(float(w) for w in self.target_weights))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target,) if isinstance(self.target, str) else self.target
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return self.target_weights or (1.0,) * len(self.targets)
 
 
 def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train (rather than silently training something else)."""
+    if not config.targets or len(set(config.targets)) != len(config.targets) or not all(config.targets):
+        raise OptionError(f"`target` must name distinct label columns, not {', '.join(map(repr, config.targets)) or 'none'}")
+    if config.target_weights and (len(config.target_weights) != len(config.targets) or
+                                  not all(w > 0 and w < float("inf") for w in config.target_weights)):
+        raise OptionError(f"`target_weights` must be {len(config.targets)} positive numbers, one per target")
     if config.loss not in ("mse", "l1", "huber"):
         raise OptionError(f"`loss` must be mse, l1 or huber, not {config.loss!r}")
     if config.schedule not in ("multistep", "cosine", "constant"):
@@ -59,14 +87,21 @@ def check_config(config: TrainConfig) -> None:
             f"`val_fraction` {config.val_fraction} and `test_fraction` {config.test_fraction} must be non-negative "
             "and leave a training fraction"
         )
-    if config.steps < 1 or config.n_h < 1 or config.atom_fea_len < 1 or config.h_fea_len < 1:
-        raise OptionError("`steps`, `n_h`, `atom_fea_len` and `h_fea_len` must be at least 1")
-    if config.lr <= 0 or config.warmup_epochs < 0 or config.patience < 0 or not (0 <= config.ema_decay < 1):
-        raise OptionError("`lr` must be positive, `warmup_epochs` and `patience` non-negative, `ema_decay` in [0, 1)")
+    # One setting a message, so that a command names only a flag it has (finetune has no --ema-decay);
+    # comparisons that NaN fails, so NaN is refused with the rest.
+    for name, ok, need in (
+        ("steps", config.steps >= 1, "at least 1"), ("n_h", config.n_h >= 1, "at least 1"),
+        ("atom_fea_len", config.atom_fea_len >= 1, "at least 1"), ("h_fea_len", config.h_fea_len >= 1, "at least 1"),
+        ("lr", 0 < config.lr < float("inf"), "a positive finite number"),
+        ("weight_decay", 0 <= config.weight_decay < float("inf"), "a non-negative finite number"),
+        ("warmup_epochs", config.warmup_epochs >= 0, "non-negative"), ("patience", config.patience >= 0, "non-negative"),
+        ("ema_decay", 0 <= config.ema_decay < 1, "in [0, 1)"),
+    ):
+        if not ok:
+            raise OptionError(f"`{name}` must be {need}, not {getattr(config, name)}")
 
 
 def config_dict(config: TrainConfig) -> dict:
     """The settings as JSON-ready data (the checkpoint compares them key by key on resume)."""
     d = asdict(config)
-    d["milestones"] = list(d["milestones"])
-    return d
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -26,3 +26,15 @@ def metrics(pred: np.ndarray, true: np.ndarray) -> Metrics:
         r2=1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else math.nan,
         count=int(len(err)),
     )
+
+
+@dataclass
+class UncertainMetrics(Metrics):
+    """Metrics of a model with a spread, plus how well its calibrated spread ranks and sizes the errors
+    (`ensemble.uncertainty_metrics`)."""
+
+    spearman: float
+    within_1std: float
+    within_2std: float
+    mae_most_confident_10pct: float
+    mae_least_confident_10pct: float

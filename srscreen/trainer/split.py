@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from srscreen.data.labels import Matched
 from srscreen.errors import InputError
+from srscreen.io.text_file import text_lines
 
 PARTS = ("train", "val", "test")
 
@@ -23,14 +23,13 @@ class Split:
     test: np.ndarray
 
 
-def make_split(ids: list[str], matched: Matched, seed: int, val_fraction: float, test_fraction: float,
+def make_split(ids: list[str], labelled: np.ndarray, seed: int, val_fraction: float, test_fraction: float,
                split_file: Path | None) -> Split:
     """A seeded random split of the labelled crystals, or the one a split file gives (`id,split` rows).
 
     The labelled ids are sorted before the permutation, so the split depends on the seed and the ids,
-    not on the order of the graph file.
+    not on the order of the graph file. `labelled` are the positions of the crystals with a label.
     """
-    labelled = matched.positions
     if split_file is not None:
         part_of = read_split_file(split_file)
         parts = {name: [] for name in PARTS}
@@ -52,11 +51,7 @@ def read_split_file(path: Path) -> dict[str, str]:
     Any other part name is refused: a typo ("validation", "Train") must not silently drop crystals.
     """
     part_of: dict[str, str] = {}
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read split file ({e.strerror})") from None
-    for line_no, row in enumerate(csv.reader(text.splitlines()), start=1):
+    for line_no, row in enumerate(csv.reader(text_lines(path, "a split file")), start=1):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:

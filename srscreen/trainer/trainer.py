@@ -28,6 +28,7 @@ from srscreen.errors import InputError, OptionError
 from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
+from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
 from srscreen.model.model_file import ModelFile
 from srscreen.model.network import CrystalGraphNet
 from srscreen.model.registry import resolve_model
@@ -42,7 +43,7 @@ from srscreen.trainer.config import (
     config_dict,
 )
 from srscreen.trainer.ema import ema_update
-from srscreen.trainer.metrics import Metrics, metrics
+from srscreen.trainer.metrics import Metrics, UncertainMetrics, metrics
 from srscreen.trainer.split import Split, make_split, read_split_file
 
 # Names other modules (the CLI, evaluate, benchmarks) import from here.
@@ -64,13 +65,13 @@ class TrainResult:
 
 
 def predict_positions(model: CrystalGraphNet, graphs: GraphSet, positions: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Normalised model outputs for these crystals, in order (eval mode, no autograd)."""
+    """Normalised model outputs for these crystals, in order (eval mode, no autograd): (crystals, heads)."""
     model.eval()
     out = []
     with torch.inference_mode():
         for b in batches(len(positions), batch_size, None):
             out.append(model(graphs.batch(positions[b])).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+    return np.concatenate(out) if out else np.zeros((0, len(model.heads)))
 
 
 class Trainer:
@@ -85,6 +86,11 @@ class Trainer:
                  init: ModelFile | None = None, split_file: str | Path | None = None, unit: str | None = None,
                  command: str = "", compile: bool | None = None) -> None:
         check_config(config)
+        new = [t for t in config.targets if init is not None and t not in init.targets]
+        if new and not config.new_heads:
+            raise OptionError(
+                f"{init.source} predicts {', '.join(init.targets)}, not {', '.join(new)}: fine-tuning it to another "
+                "target starts that head from random weights; ask for it with `new_heads=True`")
         reuse_freed_memory()
         self.out = Path(out)
         if not self.out.parent.is_dir():
@@ -117,8 +123,8 @@ class Trainer:
         crystal_epochs = len(self.split.train) * self.config.epochs
         if self.compile if self.compile is not None else crystal_epochs >= COMPILE_FROM_CRYSTAL_EPOCHS:
             self.model.compile_training()
-        normalizer = self.normalizer
-        self.y_norm = torch.from_numpy((self.y_all - normalizer["mean"]) / normalizer["std"]).float()
+        mean, std = (np.array([n[k] for n in self.normalizers]) for k in ("mean", "std"))
+        self.y_norm = torch.from_numpy((self.y_all - mean) / std).float()  # (crystals, targets), NaN: unlabelled
         self.started = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
 
     def _load_data(self) -> None:
@@ -126,31 +132,35 @@ class Trainer:
         init, config = self.init, self.config
         # Equivalent atoms merged (exact, fewer rows) for the depth of the network that will train.
         self.graphs = GraphSet.load(self.graph_path, steps=init.architecture["steps"] if init is not None else config.steps)
-        self.matched = match(self.graphs.ids, read_labels(self.labels_path, config.target))
-        if len(self.matched.positions) < 3:
-            raise InputError(f"{self.labels_path}: only {len(self.matched.positions)} labelled crystals match {self.graph_path}")
-        self.split = make_split(self.graphs.ids, self.matched, config.seed, config.val_fraction, config.test_fraction,
+        self.matched = {t: match(self.graphs.ids, read_labels(self.labels_path, t)) for t in config.targets}
+        for t, m in self.matched.items():
+            if len(m.positions) < 3:
+                raise InputError(f"{self.labels_path}: only {len(m.positions)} crystals labelled with {t} match {self.graph_path}")
+        # (crystals, targets): a crystal labelled for some targets trains those heads only.
+        self.y_all = np.full((len(self.graphs), len(config.targets)), np.nan)
+        for i, m in enumerate(self.matched.values()):
+            self.y_all[m.positions, i] = m.values
+        labelled = np.flatnonzero(np.isfinite(self.y_all).any(axis=1))
+        self.split = make_split(self.graphs.ids, labelled, config.seed, config.val_fraction, config.test_fraction,
                                 self.split_file)
         if len(self.split.train) == 0 or len(self.split.val) == 0:
             raise InputError("the split leaves no training or no validation crystals; give more data or other fractions")
-        self.y_all = np.full(len(self.graphs), np.nan)
-        self.y_all[self.matched.positions] = self.matched.values
 
     def _build_model(self) -> None:
-        """A new seeded network, or the `init` model's (its architecture replaces the config's), and
-        the normaliser: the base model's for its own target, else fitted on the training targets."""
+        """A new seeded network, or one from the `init` model (its trunk, and its heads of the targets
+        asked for; its architecture replaces the config's), and the normalisers: the base model's for
+        its own targets, else fitted on the training targets."""
         init, config, graphs = self.init, self.config, self.graphs
+        torch.manual_seed(config.seed)
+        fitted = [_fit_normalizer(self.y_all[self.split.train, i]) for i in range(len(config.targets))]
         if init is not None:
             check_fits_model(Path(self.graph_path), graphs.graph_settings, graphs.feature_table_id, str(init.source),
                              init.graph_settings, init.feature_table_id)
-            model = init.build_model()
-            if init.target == config.target:
-                self.normalizer = dict(init.normalizer)  # the head's output already has this target's scale
-            else:  # another property (e.g. Ef -> band gap): its own scale, fitted on the training targets
-                self.normalizer = _fit_normalizer(self.y_all[self.split.train])
+            model = _with_heads(init, config.targets)
+            self.normalizers = [init.normalizers[init.targets.index(t)] if t in init.targets else fitted[i]
+                                for i, t in enumerate(config.targets)]
             self.config = replace(config, **{name: getattr(model, name) for name in sorted(ARCHITECTURE)})
         else:
-            torch.manual_seed(config.seed)
             table = cgcnn_feature_table()
             if table_id(table) != graphs.feature_table_id:
                 raise InputError(
@@ -159,8 +169,9 @@ class Trainer:
                 )
             model = CrystalGraphNet(feature_table=np.array(table), steps=config.steps, shared=config.shared,
                                     atom_fea_len=config.atom_fea_len, h_fea_len=config.h_fea_len, n_h=config.n_h,
-                                    radius=graphs.graph_settings["radius"])
-            self.normalizer = _fit_normalizer(self.y_all[self.split.train])
+                                    radius=graphs.graph_settings["radius"], n_targets=len(config.targets),
+                                    scale_head=config.scale_head)
+            self.normalizers = fitted
         if config.freeze_conv:
             for module in (model.embedding, *model.fc_full, *model.bn1, *model.bn2):
                 module.requires_grad_(False)
@@ -202,7 +213,7 @@ class Trainer:
             if len(b) < 2:
                 continue  # BatchNorm needs two crystals
             pos = split.train[b]
-            loss = _loss(config, model(self.graphs.batch(pos)), self.y_norm[pos])
+            loss = _loss(config, model(self.graphs.batch(pos)), self.y_norm[pos], self.model.scale_head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -213,14 +224,23 @@ class Trainer:
             n_seen += len(b)
         return loss_sum / max(n_seen, 1)
 
-    def validate(self, epoch: int) -> Metrics:
+    def validate(self, epoch: int) -> dict[str, Metrics]:
         """Metrics on the validation crystals of the weights the run would keep (the EMA's, if any);
         when they are the best so far, those weights become the ones `finish` writes."""
         evaluated = self.ema if self.ema is not None else self.model
-        val = metrics(self._predict(evaluated, self.split.val), self.y_all[self.split.val])
-        if val.mae < self.best["val_mae"]:
-            self.best = {"val_mae": val.mae, "epoch": epoch, "state": copy.deepcopy(evaluated.state_dict())}
+        val = self._metrics(evaluated, self.split.val)
+        score = self._score(val)
+        if score < self.best["val_mae"]:
+            self.best = {"val_mae": score, "epoch": epoch, "state": copy.deepcopy(evaluated.state_dict())}
         return val
+
+    def _score(self, val: dict[str, Metrics]) -> float:
+        """What picks the best epoch: the validation MAE of a one-target model; with several targets,
+        the weighted mean of each target's MAE over its normaliser's std (a unitless error)."""
+        if len(val) == 1:
+            return next(iter(val.values())).mae
+        w = self.config.weights
+        return sum(wi * m.mae / n["std"] for wi, m, n in zip(w, val.values(), self.normalizers)) / sum(w)
 
     def checkpoint(self, epoch: int, record: dict) -> None:
         """Log the epoch's line, then replace OUT.ckpt atomically: a kill at any moment leaves a
@@ -245,7 +265,9 @@ class Trainer:
             train_loss = self.epoch(epoch)
             val = self.validate(epoch)
             record = {
-                "epoch": epoch + 1, "train_loss": train_loss, "val_mae": val.mae, "val_rmse": val.rmse,
+                "epoch": epoch + 1, "train_loss": train_loss, "val_mae": self._score(val),
+                **({"val_rmse": next(iter(val.values())).rmse} if len(val) == 1 else
+                   {"val_mae_by_target": {t: m.mae for t, m in val.items()}}),
                 "lr": self.optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - t0,
                 "elapsed_s": time.perf_counter() - self.started, "best_epoch": self.best["epoch"] + 1,
             }
@@ -257,41 +279,74 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> TrainResult:
-        """Write the model file: the best epoch's weights, their test metrics, and how they were made
-        (data, split, settings), so the file alone tells what it is."""
-        init, config, graphs, split, matched = self.init, self.config, self.graphs, self.split, self.matched
+        """Write the model file: the best epoch's weights, their test metrics per target, how they were
+        made (data, split, settings), and with scale heads their spread calibrated on the validation
+        crystals, so the file alone tells what it is."""
+        init, config, graphs, split = self.init, self.config, self.graphs, self.split
         self.model.load_state_dict(self.best["state"])
-        test = metrics(self._predict(self.model, split.test), self.y_all[split.test]) if len(split.test) else None
+        if self.unit is not None and len(config.targets) != 1:
+            raise OptionError("`unit` names the unit of one target; several targets take their known units")
+        units = [self.unit if self.unit is not None else
+                 init.unit_of(t) if init is not None and t in init.targets else UNITS.get(t, "") for t in config.targets]
         training = {
             "data": {"graphs": str(self.graph_path), "labels": str(self.labels_path),
-                     "labelled": int(len(matched.positions)), "missing_in_labels": matched.missing_in_labels,
-                     "missing_in_graphs": matched.missing_in_graphs, "not_finite": matched.not_finite},
+                     "labelled": {t: int(len(m.positions)) for t, m in self.matched.items()},
+                     "missing_in_labels": {t: m.missing_in_labels for t, m in self.matched.items()},
+                     "missing_in_graphs": {t: m.missing_in_graphs for t, m in self.matched.items()},
+                     "not_finite": {t: m.not_finite for t, m in self.matched.items()}},
             "split": {name: [graphs.ids[p] for p in getattr(split, name)] for name in ("train", "val", "test")},
             "config": config_dict(config),
             "epochs_run": len(self.history),
             "best_epoch": self.best["epoch"] + 1,
             "val_mae": self.best["val_mae"],
-            "test": asdict(test) if test is not None else None,
             "wall_time_s": self.history[-1]["elapsed_s"] if self.history else 0.0,
             "finetuned_from": init.training.get("name", "model file") if init is not None else None,
             "command": self.command,
         }
-        same_target = init is not None and init.target == config.target
-        model_file = ModelFile.from_model(
-            self.model,
-            graph_settings=graphs.graph_settings,
-            target=config.target,
-            # A model fine-tuned to another target does not inherit the old target's unit.
-            unit=self.unit or (init.unit if same_target else UNITS.get(config.target, "")),
-            normalizer=self.normalizer,
-            training=training,
-        )
+        model_file = ModelFile.from_model(self.model, graph_settings=graphs.graph_settings, targets=list(config.targets),
+                                          units=units, normalizers=self.normalizers, training=training)
+        if model_file.has_std:
+            model_file = replace(model_file, calibration=self._calibration(model_file))
+        if len(split.test):
+            model_file.training["test"] = {t: asdict(m) for t, m in self._metrics(self.model, split.test, model_file).items()}
         model_file.save(self.out)
         return TrainResult(model_file, self.history)
 
-    def _predict(self, model: CrystalGraphNet, positions: np.ndarray) -> np.ndarray:
-        """Predictions in the target's own unit (the network's outputs un-normalised)."""
-        return predict_positions(model, self.graphs, positions) * self.normalizer["std"] + self.normalizer["mean"]
+    def _columns(self, model_file: ModelFile, positions: np.ndarray) -> dict[str, np.ndarray]:
+        """The model file's ranking columns (each target in its unit, and its spread) for these crystals."""
+        output = torch.from_numpy(predict_positions(self.model, self.graphs, positions)).double()
+        return {k: v.numpy() for k, v in model_file.values(output).items()}
+
+    def _calibration(self, model_file: ModelFile) -> dict:
+        """The scale per target that sizes the raw spread to the validation errors (`calibration_scale`)."""
+        columns = self._columns(model_file, self.split.val)
+        scales = {}
+        for i, t in enumerate(model_file.targets):
+            y = self.y_all[self.split.val, i]
+            known = np.isfinite(y)
+            scales[t] = calibration_scale(columns[t][known] - y[known], columns[f"{t}_std"][known])
+        return {"scale": scales, "validation_crystals": {t: int(np.isfinite(self.y_all[self.split.val, i]).sum())
+                                                         for i, t in enumerate(model_file.targets)}}
+
+    def _metrics(self, model: CrystalGraphNet, positions: np.ndarray,
+                 model_file: ModelFile | None = None) -> dict[str, Metrics]:
+        """Per target, over the crystals labelled for it: MAE, RMSE, R² (and, given the calibrated model
+        file of a model with a spread, how well its spread ranks and sizes the errors)."""
+        if model_file is not None and model_file.has_std:
+            columns = self._columns(model_file, positions)
+        else:
+            mean, std = (np.array([n[k] for n in self.normalizers]) for k in ("mean", "std"))
+            out = predict_positions(model, self.graphs, positions)[:, : len(self.normalizers)] * std + mean
+            columns = {t: out[:, i] for i, t in enumerate(self.config.targets)}
+        results = {}
+        for i, t in enumerate(self.config.targets):
+            y = self.y_all[positions, i]
+            known = np.isfinite(y)
+            results[t] = metrics(columns[t][known], y[known])
+            if f"{t}_std" in columns:
+                results[t] = UncertainMetrics(**asdict(results[t]), **uncertainty_metrics(
+                    columns[t][known] - y[known], columns[f"{t}_std"][known]))
+        return results
 
 
 def train(
@@ -327,7 +382,7 @@ def finetune(
     out: str | Path,
     from_model: str | os.PathLike | ModelFile,
     *,
-    target: str | None = None,
+    target: str | tuple[str, ...] | None = None,
     split_file: str | Path | None = None,
     resume: bool = False,
     unit: str | None = None,
@@ -339,8 +394,9 @@ def finetune(
     """Fine-tune a trained model (a pretrained name, a model file or a loaded ModelFile) on the labelled
     crystals of a graph file; write `out`. What `srscreen finetune` does.
 
-    `target` defaults to the model's own. `settings` are TrainConfig fields (`epochs=30`,
-    `freeze_conv=True`, ...) over FINETUNE_DEFAULTS; the architecture is the model's, not a setting.
+    `target` (one name or several) defaults to the model's own targets; the result predicts those
+    targets only. A target the model lacks needs `new_heads=True`. `settings` are TrainConfig fields
+    (`epochs=30`, `freeze_conv=True`, ...) over FINETUNE_DEFAULTS; the architecture is the model's.
     """
     known = {f.name for f in fields(TrainConfig)} - ARCHITECTURE - {"target"}
     unknown = sorted(set(settings) - known)
@@ -348,17 +404,33 @@ def finetune(
         why = "the architecture is the model's own" if set(unknown) & ARCHITECTURE else f"settings: {', '.join(sorted(known))}"
         raise OptionError(f"`{unknown[0]}` is not a fine-tuning setting ({why})")
     init = from_model if isinstance(from_model, ModelFile) else resolve_model(os.fspath(from_model))
-    config = TrainConfig(target=target or init.target, **{**FINETUNE_DEFAULTS, **settings})
+    config = TrainConfig(target=target or tuple(init.targets), **{**FINETUNE_DEFAULTS, **settings})
     return train(graph_path, labels_path, out, config, init=init, split_file=split_file, resume=resume, unit=unit,
                  command=command, compile=compile, on_epoch=on_epoch)
 
 
-def _loss(config: TrainConfig, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if config.loss == "l1":
-        return F.l1_loss(out, y)
-    if config.loss == "huber":
-        return F.smooth_l1_loss(out, y, beta=0.1)
-    return F.mse_loss(out, y)
+def _loss(config: TrainConfig, out: torch.Tensor, y: torch.Tensor, scale_head: bool) -> torch.Tensor:
+    """The weighted sum over targets of each one's loss on the crystals labelled for it (normalised
+    values); with scale heads, plus each one's Laplace negative log-likelihood of the errors of the
+    mean, detached, so the scale learns the errors' size without pulling the mean towards them."""
+    total = out.new_zeros(())
+    n = y.shape[1]
+    for i, w in enumerate(config.weights):
+        known = torch.isfinite(y[:, i])
+        if not known.any():
+            continue
+        mean, target = out[known, i], y[known, i]
+        if config.loss == "l1":
+            loss = F.l1_loss(mean, target)
+        elif config.loss == "huber":
+            loss = F.smooth_l1_loss(mean, target, beta=0.1)
+        else:
+            loss = F.mse_loss(mean, target)
+        if scale_head:
+            log_b = out[known, n + i]
+            loss = loss + (log_b + (target - mean.detach()).abs() * torch.exp(-log_b)).mean()
+        total = total + w * loss
+    return total
 
 
 def _lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -374,4 +446,24 @@ def _lr_factor(config: TrainConfig, epoch: int) -> float:
 
 
 def _fit_normalizer(y_train: np.ndarray) -> dict:
+    y_train = y_train[np.isfinite(y_train)]
+    if not len(y_train):
+        return {"mean": 0.0, "std": 1.0}
     return {"mean": float(y_train.mean()), "std": float(y_train.std() or 1.0)}
+
+
+def _with_heads(init: ModelFile, targets: tuple[str, ...]) -> CrystalGraphNet:
+    """A network with `init`'s trunk and, for each of `targets`, `init`'s head (and scale head) of that
+    target, or a new head (seeded by the caller) where `init` has none."""
+    base = init.build_model()
+    model = CrystalGraphNet(feature_table=base.feature_table, **{**base.architecture(), "n_targets": len(targets)})
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("heads.")}
+    n_old, n_new = base.n_targets, len(targets)
+    for i, t in enumerate(targets):
+        if t not in init.targets:
+            continue
+        j = init.targets.index(t)
+        for old, new in ((j, i), *(((n_old + j, n_new + i),) if base.scale_head else ())):
+            state.update({f"heads.{new}.{k}": v for k, v in base.heads[old].state_dict().items()})
+    model.load_state_dict({**model.state_dict(), **state})
+    return model

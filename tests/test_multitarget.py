@@ -1,0 +1,191 @@
+"""One network, several targets: a head per target on one trunk, scale heads for sigma, and what every
+command does with such a model (predict, --fast, evaluate, finetune, ensembles, p_stable)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers.screening_data import (
+    TINY,
+    cli,
+    crystals,
+    featurize_db,
+    one_thread,  # noqa: F401 - fixture
+    target_values,
+    write_json_db,
+    write_labels,
+)
+
+import srscreen
+from srscreen.data.batch import batch_of
+from srscreen.data.graph_file import GraphFile
+from srscreen.graph.elements import cgcnn_feature_table
+from srscreen.model.ensemble import calibration_scale
+from srscreen.model.model_file import ModelFile
+from srscreen.model.network import CrystalGraphNet
+from srscreen.screening.predict import probability_stable
+from srscreen.trainer.trainer import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+EF, EG = "formation_energy_per_atom", "band_gap"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prototypes):
+    root = tmp_path_factory.mktemp("multitarget")
+    items = crystals(prototypes, copies=2)
+    graphs = featurize_db(write_json_db(root / "db", items), root / "graphs.h5")
+    values = target_values(items)
+    ids = sorted(values)
+    # Some crystals are labelled for one target only: each head trains on its own labels.
+    labels = write_labels(root / "labels.csv", values, blank={ids[1]: EG, ids[2]: EF, ids[5]: EG})
+    split = root / "split.csv"
+    split.write_text("id,split\n" + "".join(f"{i},{('val', 'test', 'train', 'train')[k % 4]}\n" for k, i in enumerate(ids)))
+    both = root / "both.pt"
+    result = cli("train", graphs, "--labels", labels, "--target", EF, "--target", EG, "--scale-head", "-o", both,
+                 "--epochs", "3", "--batch-size", "8", "--split", split, *TINY)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return {"root": root, "graphs": graphs, "labels": labels, "split": split, "both": both, "values": values}
+
+
+def ranked(data, *args) -> list[dict]:
+    result = cli("predict", data["graphs"], "--threads", "1", "--quiet", *args)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_one_model_predicts_both_columns_with_their_spread(data):
+    m = ModelFile.load(data["both"])
+    assert m.targets == [EF, EG] and m.units == ["eV/atom", "eV"]
+    assert set(m.calibration["scale"]) == {EF, EG} and all(s > 0 for s in m.calibration["scale"].values())
+    assert set(m.test_metrics()) == {EF, EG}
+    rows = ranked(data, "--model", data["both"])
+    assert list(rows[0]) == ["rank", "id", "formula", "n_atoms", EF, EG, f"{EF}_std", f"{EG}_std"]
+    assert len(rows) == len(data["values"])
+    assert all(float(r[f"{EF}_std"]) > 0 and float(r[f"{EG}_std"]) > 0 for r in rows)
+    # The partly labelled crystals trained their own head only: the counts say so, per target.
+    assert m.training["data"]["labelled"] == {EF: len(data["values"]) - 1, EG: len(data["values"]) - 2}
+
+
+def test_fast_mode_gives_the_same_values_without_the_spread(data):
+    full = {r["id"]: r for r in ranked(data, "--model", data["both"])}
+    fast = ranked(data, "--model", data["both"], "--fast")
+    assert list(fast[0]) == ["rank", "id", "formula", "n_atoms", EF, EG]
+    assert [r["id"] for r in fast] == list(full)  # the same ranking
+    assert all(r[EF] == full[r["id"]][EF] and r[EG] == full[r["id"]][EG] for r in fast)
+
+
+def test_heads_equal_single_target_models_with_the_same_weights(data):
+    """A two-head network whose trunk and heads are copied from two one-target networks sharing that trunk
+    predicts exactly what each of them predicts."""
+    table = np.array(cgcnn_feature_table())
+    torch.manual_seed(3)
+    ef, eg = (CrystalGraphNet(feature_table=table, steps=2, atom_fea_len=8, h_fea_len=6, n_h=2) for _ in range(2))
+    trunk = {k: v for k, v in ef.state_dict().items() if not k.startswith("heads.")}
+    eg.load_state_dict({**eg.state_dict(), **trunk})
+    both = CrystalGraphNet(feature_table=table, steps=2, atom_fea_len=8, h_fea_len=6, n_h=2, n_targets=2)
+    heads = {f"heads.{i}.{k}": v for i, net in enumerate((ef, eg)) for k, v in net.heads[0].state_dict().items()}
+    both.load_state_dict({**trunk, **heads})
+    with GraphFile(data["graphs"]) as g:
+        batch = batch_of(g.read_shard(0))
+    for net in (ef, eg, both):
+        net.eval()
+    with torch.no_grad():
+        out = both(batch)
+        assert out.shape == (batch.n_crystals, 2)
+        torch.testing.assert_close(out[:, 0], ef(batch)[:, 0], rtol=0, atol=0)
+        torch.testing.assert_close(out[:, 1], eg(batch)[:, 0], rtol=0, atol=0)
+
+
+def test_scale_heads_do_not_change_what_the_model_predicts(data):
+    """The scale heads learn from detached features and errors: the trunk and the mean heads train exactly
+    as they would without them."""
+    base = dict(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=3, batch_size=8, seed=1, ema_decay=0.9)
+    plain = train(data["graphs"], data["labels"], data["root"] / "plain.pt", TrainConfig(**base),
+                  split_file=data["split"], compile=False).model_file
+    scaled = train(data["graphs"], data["labels"], data["root"] / "scaled.pt", TrainConfig(**base, scale_head=True),
+                   split_file=data["split"], compile=False).model_file
+    assert scaled.has_std and not plain.has_std
+    for key, value in plain.state_dict.items():
+        torch.testing.assert_close(scaled.state_dict[key], value, rtol=0, atol=0, msg=key)
+    assert any(k.startswith("heads.3.") for k in scaled.state_dict)
+
+
+def test_calibration_recovers_a_known_sigma_from_a_scale_head():
+    """Errors drawn with a known sigma per crystal: the raw spread of a Laplace scale b is sqrt(2) b, and
+    calibration finds the factor between it and the true sigma; coverage then matches a Gaussian's."""
+    rng = np.random.default_rng(4)
+    b = rng.uniform(0.01, 0.3, 50_000)
+    sigma = 1.7 * np.sqrt(2) * b
+    errors = rng.normal(0.0, sigma)
+    scale = calibration_scale(errors, np.sqrt(2) * b)
+    assert scale == pytest.approx(1.7, rel=0.02)
+    within = np.mean(np.abs(errors) <= scale * np.sqrt(2) * b)
+    assert within == pytest.approx(0.683, abs=0.01)
+
+
+def test_p_stable_matches_monte_carlo():
+    """P(E_above_hull <= 0) for Ef ~ Normal(predicted, sigma²), against sampling Ef and counting."""
+    rng = np.random.default_rng(5)
+    e = rng.normal(0.0, 0.1, 200)
+    std = rng.uniform(0.01, 0.2, 200)
+    samples = e[:, None] + std[:, None] * rng.standard_normal((200, 20_000))
+    np.testing.assert_allclose(probability_stable(e, std), (samples <= 0).mean(axis=1), atol=0.015)
+    edge = probability_stable(np.array([-0.1, 0.0, 0.1, np.nan]), np.zeros(4))
+    assert edge[:3].tolist() == [1.0, 1.0, 0.0] and np.isnan(edge[3])
+
+
+def test_hull_adds_p_stable_from_the_calibrated_sigma(data):
+    rows = ranked(data, "--model", data["both"], "--hull", "--sort", "p_stable", "--desc")
+    assert "p_stable" in rows[0] and "e_above_hull" in rows[0]
+    placed = [r for r in rows if r["p_stable"] not in ("", "nan")]
+    assert placed, "no row placed against the reference hull"
+    p = [float(r["p_stable"]) for r in placed]
+    assert p == sorted(p, reverse=True) and all(0.0 <= x <= 1.0 for x in p)
+    assert "p_stable" not in ranked(data, "--model", data["both"], "--hull", "--fast")[0]
+
+
+def test_finetune_one_head_of_a_multi_target_model(data, tmp_path):
+    tuned = srscreen.finetune(data["graphs"], data["labels"], tmp_path / "eg.pt", ModelFile.load(data["both"]),
+                              target=EG, epochs=1, batch_size=8, split_file=data["split"]).model_file
+    base = ModelFile.load(data["both"])
+    assert tuned.targets == [EG] and tuned.normalizers == [base.normalizers[1]] and tuned.has_std
+    assert tuned.architecture["n_targets"] == 1 and "heads.2.fc_out.bias" not in tuned.state_dict
+    result = cli("finetune", data["graphs"], "--labels", data["labels"], "--from", data["both"], "--target", "efermi",
+                 "-o", tmp_path / "x.pt", "--epochs", "1", "-q")
+    assert result.exit_code == 2 and "--new-head" in result.stderr
+
+
+def test_evaluate_names_each_model_and_reports_sigma_figures(data, tmp_path):
+    """A fine-tuned model beside its base: one row per model and target, not a refusal."""
+    srscreen.finetune(data["graphs"], data["labels"], tmp_path / "tuned.pt", ModelFile.load(data["both"]),
+                      epochs=1, batch_size=8, split_file=data["split"])
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["both"], "--model",
+                 tmp_path / "tuned.pt", "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    figures = json.loads(result.stdout)
+    assert len(figures) == 2 and all(set(per) == {EF, EG} for per in figures.values())
+    assert all({"spearman", "within_1std", "within_2std"} <= set(m) for per in figures.values() for m in per.values())
+
+
+def test_ensemble_of_multi_target_members(data, tmp_path):
+    members = []
+    for seed in (0, 1):
+        config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, seed=seed,
+                             scale_head=True)
+        train(data["graphs"], data["labels"], tmp_path / f"m{seed}.pt", config, split_file=data["split"])
+        members.append(tmp_path / f"m{seed}.pt")
+    result = cli("ensemble", *members, "--graphs", data["graphs"], "--labels", data["labels"], "-o", tmp_path / "ens.pt")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    ensemble = ModelFile.load(tmp_path / "ens.pt")
+    assert ensemble.n_members == 2 and set(ensemble.calibration["scale"]) == {EF, EG}
+    rows = ranked(data, "--model", tmp_path / "ens.pt")
+    singles = [{r["id"]: float(r[EG]) for r in ranked(data, "--model", m)} for m in members]
+    for r in rows:
+        assert float(r[EG]) == pytest.approx(np.mean([s[r["id"]] for s in singles]), abs=2e-5)
+        assert float(r[f"{EG}_std"]) > 0
