@@ -63,13 +63,10 @@ def _params(command, ctx) -> str:
     for param in command.get_params(ctx):
         if param.hidden:
             continue
-        if param.param_type_name == "argument":
-            names, help_text = " ".join(param.get_usage_pieces(ctx)), param.help or ""
-        else:
-            record = param.get_help_record(ctx)
-            if record is None:
-                continue
-            names, help_text = record
+        record = param.get_help_record(ctx)  # what `--help` prints for it
+        if record is None:
+            continue
+        names, help_text = record
         rows.append(f"| `{names}` | {_cell(help_text)} |")
     if not rows:
         return ""
