@@ -1,6 +1,6 @@
 """srscreen: high-throughput screening of crystals with SR-CGCNN.
 
-The Python API (README, "Python API"): `featurize` a folder of structures into a graph file, `predict`
+The Python API (docs/api.md): `featurize` a folder of structures into a graph file, `predict`
 and rank it, `evaluate` models against labels, `train` or `finetune` a model; `load_model` predicts
 pymatgen Structures in memory. Each name is imported on first use, so `import srscreen` stays light
 (no torch) for the command line's `--help`.
