@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -38,17 +38,9 @@ if TYPE_CHECKING:
 # start-up, which `--help`, `info`, `merge` and `featurize` never need.
 
 
-
-def _plain_params(params: list) -> list:
-    """No type beside a switch: typer shows `--quiet <bool>`, as if it took a value."""
-    for param in params:
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-    return params
-
-
 class _Command(TyperCommand):
-    """A command whose help reads `srscreen featurize [OPTIONS] SOURCE OUT` (typer: `{source} {out}`)."""
+    """A command whose usage line reads `srscreen featurize [OPTIONS] SOURCE OUT` (typer's: `{source} {out}`)
+    and whose repeatable options read `--model <str>` (typer's: `<list[str]>`)."""
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -59,12 +51,20 @@ class _Command(TyperCommand):
         return pieces
 
     def get_params(self, ctx: typer.Context) -> list:
-        return _plain_params(super().get_params(ctx))
+        params = super().get_params(ctx)
+        for param in params:
+            shown = param.display_type(ctx) if isinstance(param, (TyperArgument, TyperOption)) else ""
+            if shown.startswith("<list["):
+                param.display_type = lambda ctx, one=f"<{shown[6:-2].lower()}>": one
+        return params
 
 
 class _Group(TyperGroup):
-    def get_params(self, ctx: typer.Context) -> list:
-        return _plain_params(super().get_params(ctx))
+    def format_commands(self, ctx: typer.Context, formatter) -> None:
+        """Each command's first sentence whole (click cuts it to fit one line with `...`)."""
+        commands = [(name, self.get_command(ctx, name)) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, c.get_short_help_str(limit=1_000)) for name, c in commands if c and not c.hidden])
 
 
 class _App(typer.Typer):
@@ -83,8 +83,9 @@ def _console(stderr: bool = False) -> Console:
     return console
 
 
+# Help in click's plain layout: typer's rich panels squeeze the descriptions into a third of an 80-column terminal.
 app = _App(add_completion=False, no_args_is_help=True, cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
-           help="High-throughput screening of crystals with SR-CGCNN.")
+           rich_markup_mode=None)
 err = _console(stderr=True)
 
 
@@ -101,6 +102,7 @@ def _app_options(
 ) -> None:
     """High-throughput screening of crystals with SR-CGCNN."""
 
+
 # Errors that mean "the arguments or files cannot be used": one line, exit 2, never a traceback. srscreen's
 # own errors and the system's (a missing or unreadable file); any other exception is a bug and shows its
 # traceback.
@@ -108,7 +110,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError)
 
 
 # Library parameters whose flag is not the parameter's name with dashes (`max_nbr` -> --max-nbr).
-FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc"}
+FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc", "new_heads": "new-head"}
 _PARAMETER = re.compile(r"`([a-z][a-z_]*)(?:=([^`]*))?`")
 
 
@@ -131,6 +133,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+OVERWRITE_HELP = ("Replace OUT when it exists; without it an existing OUT is refused. Never an input of the command, "
+                  "even with it.")
+
+
+def _model_files(names: list[str]) -> list[Path]:
+    """The model arguments that name files (pretrained names name none): inputs no output may replace."""
+    from srscreen.model.registry import model_path
+    return [p for p in map(model_path, names) if p is not None]
+
+
 def _no_progress(quiet: bool) -> bool:
     """Progress bars only on a terminal: redirected to a file or pipe, rich prints nothing useful but a blank
     line when one stops, which would split an error message from the command's output."""
@@ -139,23 +151,26 @@ def _no_progress(quiet: bool) -> bool:
 
 @app.command("featurize")
 def featurize_cmd(
+    ctx: typer.Context,
     source: Path = typer.Argument(..., help="Folder, structure file, multi-structure file (.jsonl, .extxyz, entry dump .json[.gz|.bz2], ASE .db) or .tar/.zip archive."),
     out: Path = typer.Argument(..., help="Graph file to write (HDF5)."),
     radius: float = typer.Option(8.0, help="Neighbour cutoff radius in Å."),
     max_nbr: int = typer.Option(12, "--max-nbr", help="Neighbours kept per atom (nearest first), plus any tied with the last."),
     graph_rule: str = typer.Option("knn-ties", "--graph-rule", help="'knn-ties': the max-nbr nearest plus every neighbour tied with the max-nbr-th (a function of the crystal); 'cgcnn': exactly max-nbr, padded, for models imported from CGCNN."),
     tie_tolerance: float = typer.Option(1e-4, "--tie-tolerance", help="Å: neighbours this close to the max-nbr-th count as tied with it (knn-ties)."),
-    jobs: int = typer.Option(-1, "--jobs", "-j", help="Worker processes; -1 uses every core."),
+    jobs: int = typer.Option(-1, "--jobs", "-j", help="Worker processes; -1 uses every core. Never more than the cores this process may use (a larger value is capped, with a warning: the work is CPU-bound) nor than there are tasks."),
     shard_size: int = typer.Option(4096, help="Structures per shard."),
     max_atoms: int = typer.Option(1000, help="Cells with more atoms are recorded as failures."),
+    max_file_mb: float = typer.Option(64.0, "--max-file-mb", help="The most one structure may take once decompressed (a file, an archive member, a JSON entry or line, an extxyz frame), in MB; a larger one is recorded as a failure, read no further (decompression bombs). The largest Materials Project CIF is 11 kB."),
     on_disorder: str = typer.Option("fail", help="Partial occupancies: 'fail' records a failure, 'majority' keeps the majority species."),
     on_isolated_atoms: str = typer.Option("fail", help="Atoms with no neighbour within the radius: 'fail' or 'pad' (CGCNN padding)."),
     min_distance: float = typer.Option(0.5, help="Atoms closer than this (Å) are overlapping: a failure."),
     atom_features: Optional[Path] = typer.Option(None, help="Element feature table (CGCNN atom_init.json); default: srscreen's built-in table."),
+    like: Optional[str] = typer.Option(None, "--like", help="Build the graphs this model takes (a pretrained name or a model file, e.g. one from import-cgcnn): its graph rule, radius, max-nbr, tie tolerance and element table, in place of those five flags."),
     id_key: Optional[str] = typer.Option(None, "--id-key", help="ASE databases: the row key that names each structure (default: <file stem>:<row id>)."),
     backend: str = typer.Option("local", help="Where the workers run: 'local' processes or a 'dask' cluster (with --scheduler)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of the dask scheduler for --backend dask, e.g. tcp://head:8786."),
-    overwrite: bool = typer.Option(False, help="Start over instead of resuming or keeping an existing file."),
+    overwrite: bool = typer.Option(False, help="Start over: remove an existing OUT (or the unfinished OUT.partial/) and featurize everything again. Without it an unfinished run resumes, and a finished OUT is kept only when made from SOURCE as it is now (same files, sizes and times), else refused. OUT may lie inside SOURCE (its own files are left out) but never be or hold it; a second run into an OUT another process is writing is refused, with or without --overwrite."),
     strict: bool = typer.Option(False, help="Exit 1 if any structure failed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
@@ -168,11 +183,23 @@ def featurize_cmd(
         _fail(f"--on-isolated-atoms must be 'fail' or 'pad', not {on_isolated_atoms!r}")
     if graph_rule not in ALGORITHMS:
         _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
-    if shard_size < 1 or max_atoms < 1 or jobs == 0:
-        _fail("--shard-size and --max-atoms must be positive, and --jobs non-zero")
+    if shard_size < 1 or max_atoms < 1 or jobs == 0 or not max_file_mb > 0:
+        _fail("--shard-size, --max-atoms and --max-file-mb must be positive, and --jobs non-zero")
+    if backend == "local" and jobs > 0:
+        from srscreen.data.backends import local_workers
+        if local_workers(jobs) < jobs:
+            err.print(f"warning: --jobs {jobs} capped to {local_workers(jobs)}, the cores this process may use", highlight=False)
+    given = [f"--{name.replace('_', '-')}" for name in ("radius", "max_nbr", "graph_rule", "tie_tolerance", "atom_features")
+             if ctx.get_parameter_source(name).name != "DEFAULT"]
+    if like is not None and given:
+        _fail(f"--like takes the model's graph settings and element table: drop {', '.join(given)}")
     try:  # the graph settings check their own values (--radius nan or inf is refused there)
         graph = GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance,
                               on_isolated_atoms=on_isolated_atoms, rule=graph_rule, tie_tolerance=tie_tolerance)
+        model = None
+        if like is not None:
+            from srscreen.model.registry import resolve_model
+            model = resolve_model(like)
     except USAGE_ERRORS as e:
         _fail(str(e))
     options = FeaturizeOptions(
@@ -181,6 +208,7 @@ def featurize_cmd(
         on_disorder=on_disorder,
         shard_size=shard_size,
         id_key=id_key,
+        max_file_mb=max_file_mb,
     )
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
@@ -196,7 +224,7 @@ def featurize_cmd(
             progress.update(task, completed=done, rate=f"{done:,} structures, {rate:,.0f}/s", failed=failed)
 
         try:
-            summary = featurize(source, out, options=options, atom_features=atom_features, jobs=jobs,
+            summary = featurize(source, out, options=options, atom_features=atom_features, like=model, jobs=jobs,
                                 overwrite=overwrite, on_progress=report, backend=backend, scheduler=scheduler)
         except USAGE_ERRORS as e:
             _fail(str(e))
@@ -230,7 +258,7 @@ def _reason_kind(reason: str) -> str:
 @app.command("info")
 def info_cmd(
     path: Path = typer.Argument(..., help="Graph file written by `srscreen featurize`."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object: structures, failed (id, source, reason), skipped, settings, shards."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object: structures, failed (id, source, reason), skipped, settings, shards, source and source_listing (files, bytes, digest; null in files from before srscreen kept it)."),
     ids: bool = typer.Option(False, "--ids", help="Print the featurized ids, one per line."),
     verify: bool = typer.Option(False, "--verify", help="Check every shard's checksums and structure; exit 2 if any is damaged."),
 ) -> None:
@@ -260,6 +288,8 @@ def info_cmd(
         settings = {k: graphs.attrs[k] for k in ("radius", "max_nbr", "neighbour_algorithm", "tie_tolerance",
                                                  "feature_table_id", "feature_table_name") if k in graphs.attrs}
         settings["policies"] = json.loads(graphs.attrs["policies"])
+        listing = ({k: graphs.attrs[f"source_{k}"] for k in ("files", "bytes", "digest")}
+                   if "source_digest" in graphs.attrs else None)
         if as_json:
             obj = {
                 "structures": len(graphs),
@@ -270,19 +300,23 @@ def info_cmd(
                 "schema_version": graphs.attrs["schema_version"],
                 "srscreen_version": graphs.attrs["srscreen_version"],
                 "source": graphs.attrs["source"],
+                "source_listing": listing,
                 "created": graphs.attrs["created"],
             }
             sys.stdout.write(json.dumps(obj) + "\n")
             return
-        out = Console()
+        out = _console()
         table = Table(title=str(path), show_header=False)
         table.add_row("structures", f"{len(graphs):,}")
         table.add_row("failed", f"{len(failures):,}")
         table.add_row("skipped", f"{int(graphs.attrs['n_skipped']):,}")
         table.add_row("shards", f"{len(graphs.shard_names)}")
-        for key, value in settings.items():
-            table.add_row(key, str(value))
+        for key, value in {**settings, **settings["policies"]}.items():  # the policies one a row, not a dict
+            if key != "policies":
+                table.add_row(key, str(value))
         table.add_row("source", str(graphs.attrs["source"]))
+        table.add_row("source listing", f"{listing['files']:,} files, {listing['bytes']:,} bytes, digest {listing['digest'][:16]}"
+                      if listing else "not recorded (a file from before srscreen kept one: featurize cannot check a rerun)")
         table.add_row("created", str(graphs.attrs["created"]))
         out.print(table)
         if failures:
@@ -337,19 +371,24 @@ def _label_notes(labels: Path, targets: list[str]) -> None:
 
 def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *, init_model: Optional[str],
                   split: Optional[Path], resume: bool, unit: Optional[str], threads: int, compile: Optional[bool],
-                  quiet: bool) -> None:
+                  quiet: bool, overwrite: bool) -> None:
     import torch
 
+    from srscreen.io.outputs import check_output, output_lock
     from srscreen.model.registry import resolve_model
     from srscreen.trainer.trainer import train
     if threads > 0:
         torch.set_num_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
     try:
+        ckpt = out.with_name(out.name + ".ckpt")
+        # --resume continues the run that wrote OUT (its OUT.ckpt beside it): replacing that OUT is the point.
+        check_output(out, [graphs, labels, split, *_model_files([init_model] if init_model else [])],
+                     overwrite=overwrite or (resume and ckpt.exists()), beside=[ckpt, out.with_name(out.name + ".log.jsonl")])
         if not quiet:
             _label_notes(labels, list(config.targets))
         init = resolve_model(init_model) if init_model else None
-        with progress:
+        with output_lock(out), progress:
             try:
                 result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,
                                command=" ".join(["srscreen", *sys.argv[1:]]), compile=compile, on_epoch=on_epoch)
@@ -375,31 +414,32 @@ def train_cmd(
     target: list[str] = typer.Option(..., help="Column of the labels file to learn; repeat it for one network with a head per target."),
     target_weight: list[float] = typer.Option([], help="Weight of each target's loss, in --target order (default 1 each)."),
     scale_head: bool = typer.Option(False, "--scale-head", help="Add a head per target that learns the size of its errors: predictions get a calibrated <target>_std (and, with --hull, p_stable) at almost no cost."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (with OUT.ckpt and OUT.log.jsonl beside it)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     steps: int = typer.Option(3, help="Message-passing steps."),
     shared: bool = typer.Option(True, "--shared/--stacked", help="SR-CGCNN (weights tied across steps) or CGCNN."),
     atom_fea_len: int = typer.Option(64, help="Atom feature width."),
     h_fea_len: int = typer.Option(128, help="Hidden width of the head."),
     n_h: int = typer.Option(1, help="Hidden layers of the head."),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(256),
+    epochs: int = typer.Option(100, help="Passes over the training crystals (fewer with --patience)."),
+    batch_size: int = typer.Option(256, help="Crystals per optimiser step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW)."),
-    weight_decay: float = typer.Option(0.0),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
     loss: str = typer.Option("mse", help="mse, l1 or huber."),
     schedule: str = typer.Option("multistep", help="multistep (x0.1 at --milestone epochs), cosine or constant."),
     milestone: list[int] = typer.Option([100], help="Epochs where multistep divides the rate by 10 (repeatable)."),
-    warmup_epochs: int = typer.Option(0),
+    warmup_epochs: int = typer.Option(0, help="Epochs over which the rate rises linearly to --lr."),
     ema_decay: float = typer.Option(0.0, help="Exponential moving average of the weights per step (0: off)."),
-    seed: int = typer.Option(0),
-    val_fraction: float = typer.Option(0.1),
-    test_fraction: float = typer.Option(0.1),
+    seed: int = typer.Option(0, help="Seed of the split, the initial weights and the batch order: a run is repeatable."),
+    val_fraction: float = typer.Option(0.1, help="Share of the labelled crystals that picks the best epoch (without --split)."),
+    test_fraction: float = typer.Option(0.1, help="Share held out for the test MAE the model file records (without --split)."),
     split: Optional[Path] = typer.Option(None, help="CSV of id,split (train/val/test) instead of a random split."),
     patience: int = typer.Option(0, help="Stop after this many epochs without a better validation MAE (0: never)."),
     unit: Optional[str] = typer.Option(None, help="Unit of the target (known for formation energy and band gap)."),
-    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
-    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption (or to more epochs); replaces OUT, the same run's model, without --overwrite."),
+    threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); lower it when other jobs share the machine."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Fuse the convolutions with torch.compile: 2x faster epochs on CPU after a one-off ~20-60 s; default: when training crystals x epochs >= 200,000."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes on the labels; the closing line stays."),
 ) -> None:
     """Train an SR-CGCNN (or CGCNN) model on labelled crystals of a graph file."""
     from srscreen.trainer.trainer import TrainConfig
@@ -410,7 +450,7 @@ def train_cmd(
         val_fraction=val_fraction, test_fraction=test_fraction, patience=patience,
     )
     _run_training(graphs, labels, out, config, init_model=None, split=split, resume=resume, unit=unit,
-                  threads=threads, compile=compile, quiet=quiet)
+                  threads=threads, compile=compile, quiet=quiet, overwrite=overwrite)
 
 
 @app.command("finetune")
@@ -420,22 +460,23 @@ def finetune_cmd(
     target: list[str] = typer.Option([], help="Column of the labels file to learn, repeatable; default: the model's own targets. The result predicts these targets only."),
     new_head: bool = typer.Option(False, "--new-head", help="Allow a --target the model does not predict: its head starts from random weights (the trunk is the model's)."),
     from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file."),
-    out: Path = typer.Option(..., "--out", "-o", help="Model file to write."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (with OUT.ckpt and OUT.log.jsonl beside it)."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     freeze_conv: bool = typer.Option(False, help="Train only the head; embedding and convolutions stay as they are."),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(64),
+    epochs: int = typer.Option(100, help="Passes over the training crystals (fewer with --patience)."),
+    batch_size: int = typer.Option(64, help="Crystals per optimiser step."),
     lr: float = typer.Option(1e-4, help="Learning rate (lower than training from scratch)."),
-    weight_decay: float = typer.Option(0.0),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay."),
     loss: str = typer.Option("l1", help="mse, l1 or huber."),
-    seed: int = typer.Option(0),
-    val_fraction: float = typer.Option(0.1),
-    test_fraction: float = typer.Option(0.1),
+    seed: int = typer.Option(0, help="Seed of the split, the initial weights and the batch order: a run is repeatable."),
+    val_fraction: float = typer.Option(0.1, help="Share of the labelled crystals that picks the best epoch (without --split)."),
+    test_fraction: float = typer.Option(0.1, help="Share held out for the test MAE the model file records (without --split)."),
     split: Optional[Path] = typer.Option(None, help="CSV of id,split (train/val/test) instead of a random split."),
     patience: int = typer.Option(20, help="Stop after this many epochs without a better validation MAE."),
-    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption."),
-    threads: int = typer.Option(0, help="Torch threads (0: torch's default)."),
+    resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption (or to more epochs); replaces OUT, the same run's model, without --overwrite."),
+    threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); lower it when other jobs share the machine."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Fuse the convolutions with torch.compile (see train); default: when training crystals x epochs >= 200,000."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or notes on the labels; the closing line stays."),
 ) -> None:
     """Fine-tune a trained model on your own labelled structures; `predict --model OUT` uses the result."""
     from srscreen.trainer.trainer import TrainConfig
@@ -451,7 +492,7 @@ def finetune_cmd(
         patience=patience, freeze_conv=freeze_conv,
     )
     _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=None,
-                  threads=threads, compile=compile, quiet=quiet)
+                  threads=threads, compile=compile, quiet=quiet, overwrite=overwrite)
 
 
 def _models(names: list[str]) -> list[ModelFile]:
@@ -467,7 +508,7 @@ WHERE_HELP = ("Filter COLUMN OP NUMBER (OP: >= <= > < == !=), e.g. 'band_gap>=1.
 def predict_cmd(
     graphs: Path = typer.Argument(..., help="Graph file from `srscreen featurize`."),
     top: Optional[int] = typer.Option(None, help="Keep the best K rows (bounded memory); default: every structure."),
-    sort: Optional[str] = typer.Option(None, help="Column to rank by (a model target); default: the first model's."),
+    sort: Optional[str] = typer.Option(None, help="Column to rank by, as printed (6 significant digits), equal values by id; default: the first model's target."),
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
@@ -476,14 +517,15 @@ def predict_cmd(
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
     shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (whole or not at all)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out or --damaged-list; without it they are refused. Never an input of the command (GRAPHS, a --model file, --reference), even with it."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
-    threads: int = typer.Option(0, help="Torch threads on CPU (0: torch's default)."),
+    threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); with several predicts on one machine, give each cores/N."),
     hull: bool = typer.Option(False, "--hull", help="Add e_above_hull (eV/atom): predicted formation energy against the convex hull of a reference (default: srscreen's Materials Project reference)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference for --hull (implies it): CSV of formula and formation_energy_per_atom, or a fetch-mp labels.csv."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Rank every intact shard and list the structures of damaged ones in --damaged-list, instead of stopping."),
     damaged_list: Optional[Path] = typer.Option(None, "--damaged-list", help="CSV of the skipped shards' structures (shard,id,reason); default: GRAPHS.damaged.csv in the current folder."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
     import torch
@@ -495,7 +537,11 @@ def predict_cmd(
         _fail(f"--format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
     if threads > 0:
         torch.set_num_threads(threads)
+    damaged_path = damaged_list or Path(graphs.name + ".damaged.csv")
     try:
+        from srscreen.io.outputs import check_output
+        for written in ([out] if out is not None else []) + ([damaged_path] if skip_damaged else []):
+            check_output(written, [graphs, reference, *_model_files(model)], overwrite=overwrite)
         conditions = [Condition.parse(w) for w in where]
         span = _shard_range(shards)
         models = [m.fast() for m in _models(model)] if fast else _models(model)
@@ -519,7 +565,7 @@ def predict_cmd(
     except USAGE_ERRORS as e:
         _fail(str(e))
     if damaged:
-        _write_damaged(damaged, damaged_list or Path(graphs.name + ".damaged.csv"))
+        _write_damaged(damaged, damaged_path)
     _write_ranking(ranking.table(fmt), out)
 
 
@@ -543,16 +589,22 @@ def _write_damaged(damaged: list[DamagedShard], path: Path) -> None:
 
 @app.command("merge")
 def merge_cmd(
-    parts: list[Path] = typer.Argument(..., help="Ranked tables written by `predict` (CSV, TSV or JSON lines), in shard order."),
+    parts: list[Path] = typer.Argument(..., help="Ranked tables written by `predict` (CSV, TSV or JSON lines), in any order; each row is checked whole first, and an id in two parts is refused."),
     top: Optional[int] = typer.Option(None, help="Keep the best K rows (memory O(K)); without it the parts must be ranked by --sort."),
-    sort: Optional[str] = typer.Option(None, help="Column to rank by; default: the first target column (predict's default)."),
+    sort: Optional[str] = typer.Option(None, help="Column to rank by (as printed; equal values by id, as predict ranks); default: the first target column (predict's default)."),
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    where: list[str] = typer.Option([], help=WHERE_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (whole or not at all)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out; without it, it is refused. Never one of the PARTS, even with it."),
 ) -> None:
     """Merge the rankings of several `predict --shards` runs (GPUs, nodes) into one global ranking."""
+    from srscreen.io.outputs import check_output
     from srscreen.screening.merge import merge_rankings
+    from srscreen.screening.ranking import Condition
     try:
-        ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc)
+        if out is not None:
+            check_output(out, parts, overwrite=overwrite)
+        ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc, where=[Condition.parse(w) for w in where])
     except USAGE_ERRORS as e:
         _fail(str(e))
     _write_ranking(ranked, out)
@@ -597,7 +649,7 @@ def _ids(values: list[str]) -> tuple[str, ...]:
 
 @app.command("fetch-mp")
 def fetch_mp_cmd(
-    out: Path = typer.Argument(..., help="Folder to write: structures/<material_id>.json, labels.csv, failures.csv."),
+    out: Path = typer.Argument(..., help="Folder to write: structures/<material_id>.json, labels.csv, failures.csv. A new folder, or one fetch-mp wrote (it resumes it); a folder with other labels.csv or failures.csv files is refused."),
     chemsys: list[str] = typer.Option([], help="Chemical system, repeatable: Li-Fe-O (exactly these elements), Si-*."),
     elements: Optional[str] = typer.Option(None, help="Elements every material must contain, comma separated: Li,O."),
     ids: list[str] = typer.Option([], "--ids", help="Material ids (mp-149,mp-13) or a file of ids, one per line; repeatable."),
@@ -615,10 +667,15 @@ def fetch_mp_cmd(
 
     Resumable: a second run downloads only what is missing. Then: `srscreen featurize OUT/structures
     OUT.h5` and `srscreen finetune OUT.h5 --labels OUT/labels.csv ...`.
+
+    mp-api is an optional dependency: pip install "srscreen[mp]".
     """
     from srscreen.io.mp import MPFetchError, MPQuery, fetch_mp
+    from srscreen.io.outputs import check_not_an_input
 
     try:
+        check_not_an_input([out / "structures", out / "labels.csv", out / "failures.csv"],
+                           [Path(v) for v in ids if Path(v).is_file()])
         query = MPQuery(
             chemsys=tuple(chemsys), elements=tuple(e.strip() for e in (elements or "").split(",") if e.strip()),
             material_ids=_ids(ids), stable=stable,
@@ -667,12 +724,16 @@ def evaluate_cmd(
     labels: Path = typer.Option(..., help="CSV with an id column and one column per model target."),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: the pretrained pair."),
     plot: Optional[Path] = typer.Option(None, help="Write a parity plot (PNG) here; needs the `plot` extra."),
-    device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --plot; without it, it is refused. Never an input of the command, even with it."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """MAE, RMSE, R² and count of each model on labelled crystals."""
+    from srscreen.io.outputs import check_output
     from srscreen.screening.evaluate import evaluate
     try:
+        if plot is not None:
+            check_output(plot, [graphs, labels, *_model_files(model)], overwrite=overwrite)
         models = _models(model)
         _label_notes(labels, list(dict.fromkeys(t for m in models for t in m.targets)))
         results = evaluate(graphs, labels, models, device=device, plot=plot)
@@ -694,34 +755,36 @@ def evaluate_cmd(
                 f"{r.mae_most_confident_10pct:.4f}", f"{r.mae_least_confident_10pct:.4f}"]
             table.add_row(name, target, m.unit_of(target), f"{r.mae:.4f}", f"{r.rmse:.4f}", f"{r.r2:.4f}", f"{r.count:,}",
                           *extra)
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command("models")
 def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
-    """Installed and given models: target, unit, architecture, parameters, graph rule, test MAE, ensemble members."""
+    """Installed and given models: targets, units, test MAE, network, parameters, graph rule, ensemble members."""
     from srscreen.graph.settings import GraphSettings
     from srscreen.model.registry import pretrained_names, resolve_model
     names = list(model or []) or pretrained_names()
-    table = Table(title="models")
-    for column in ("name", "target", "unit", "architecture", "parameters", "graphs", "test MAE", "members"):
-        table.add_column(column)
+    blocks = []  # one per model, its name whole: a table cut the names to `sr-cgc…` at 80 columns
     for name in names:
         try:
             m = resolve_model(name)
         except ModelFileError as e:
             _fail(str(e))
         arch = m.architecture
-        kind = f"{'SR-CGCNN' if arch['shared'] else 'CGCNN'}-{arch['steps']} ({arch['atom_fea_len']})"
+        kind = f"{'SR-CGCNN' if arch['shared'] else 'CGCNN'}-{arch['steps']} ({arch['atom_fea_len']} features)"
         params = sum(p.numel() for p in m.build_model().parameters())
-        test = (m.training.get("test") or {}).get("mae")
+        test = m.test_metrics()
         graphs = GraphSettings.from_attrs(m.graph_settings)
-        members = "1" if not m.members else f"{m.n_members} (std x {m.calibration['scale']:.3g})"
-        table.add_row(name, m.target, m.unit, kind, f"{params:,}", f"{graphs.rule} ({graphs.max_nbr}, {graphs.radius:g} Å)",
-                      f"{test:.4f}" if test is not None else "-", members)
-    Console().print(table)
+        scales = m.calibration.get("scale", {})
+        rows = [("target", f"{t} ({u}), " + (f"test MAE {test[t]['mae']:.4f} {u}" if t in test else "no test MAE"))
+                for t, u in zip(m.targets, m.units)]
+        rows += [("network", f"{kind}, {params:,} parameters"),
+                 ("graphs", f"{graphs.rule}, {graphs.max_nbr} neighbours, {graphs.radius:g} Å"),
+                 ("members", f"{m.n_members}" + (f" (std x {', '.join(f'{v:.3g}' for v in scales.values())})" if scales else ""))]
+        blocks.append("\n".join([name, *(f"  {key:<8}  {value}" for key, value in rows)]))
+    typer.echo("\n\n".join(blocks))
 
 
 @app.command("ensemble")
@@ -730,22 +793,27 @@ def ensemble_cmd(
     graphs: Path = typer.Option(..., help="Graph file holding the members' validation crystals."),
     labels: Path = typer.Option(..., help="CSV with an id column and the members' target column."),
     out: Path = typer.Option(..., "--out", "-o", help="Ensemble model file to write."),
-    device: str = typer.Option("auto"),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """One model file of N members whose `predict` adds a calibrated `<target>_std` column (their spread)."""
+    from srscreen.io.outputs import check_output
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.calibrate import assemble, calibrate
     try:
+        check_output(out, [*members, graphs, labels], overwrite=overwrite)
         ensemble = assemble([ModelFile.load(p) for p in members])
         _label_notes(labels, ensemble.targets)
         ensemble = calibrate(ensemble, graphs, labels, device=device)
         ensemble.save(out)
     except USAGE_ERRORS as e:
         _fail(str(e))
-    test = ensemble.training.get("test")
-    err.print(f"wrote {out}: {ensemble.n_members} members, std scaled by {ensemble.calibration['scale']:.3g} on "
-              f"{ensemble.calibration['validation_crystals']:,} validation crystals"
-              + (f"; test MAE {test['mae']:.4f} {ensemble.unit}" if test else ""))
+    test, scales = ensemble.test_metrics(), ensemble.calibration["scale"]
+    counts = ensemble.calibration["validation_crystals"]
+    err.print(f"wrote {out}: {ensemble.n_members} members"
+              + "".join(f"; {t}: std scaled by {scales[t]:.3g} on {counts[t]:,} validation crystals"
+                        + (f", test MAE {test[t]['mae']:.4f} {ensemble.unit_of(t)}" if t in test else "")
+                        for t in ensemble.targets), soft_wrap=True)
 
 
 @app.command("import-cgcnn")
@@ -755,14 +823,18 @@ def import_cgcnn_cmd(
     target: str = typer.Option(..., help="Property name, e.g. formation_energy_per_atom."),
     unit: str = typer.Option(..., help="Its unit, e.g. eV/atom."),
     out: Path = typer.Option(..., "--out", "-o", help="srscreen model file to write."),
+    overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
 ) -> None:
-    """Convert an original CGCNN checkpoint into a srscreen model file (featurize with --atom-features to use it)."""
+    """Convert an original CGCNN checkpoint into a srscreen model file (featurize with --like OUT to use it)."""
+    from srscreen.io.outputs import check_output
     from srscreen.model.model_file import convert_cgcnn_checkpoint
     try:
+        check_output(out, [checkpoint, atom_features], overwrite=overwrite)
         convert_cgcnn_checkpoint(checkpoint, atom_features, target, unit).save(out)
     except USAGE_ERRORS as e:
         _fail(str(e))
-    err.print(f"wrote {out}; featurize with --atom-features {atom_features} to predict with it")
+    err.print(f"wrote {out}; featurize with --like {out} to predict with it (its graph rule and element table)",
+              highlight=False)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import assert_same_graph, graphs_in
 from helpers.screening_data import (
     MAX_NBR,
     RADIUS,
@@ -19,6 +20,7 @@ from helpers.screening_data import (
     cli,
     crystals,
     one_thread,  # noqa: F401 - fixture
+    other_atom_features,
     subprocess_env,
     target_values,
     train_tiny_pair,
@@ -183,19 +185,146 @@ def test_evaluate_parity_plot(data, tmp_path):
 
 
 def test_models_lists_the_given_files(data):
-    result = cli("models", data["ef"], data["eg"], env={"COLUMNS": "300"})
+    result = cli("models", data["ef"], data["eg"])
     assert result.exit_code == 0, result.stderr
-    lines = result.stdout.splitlines()
-    for name, target, unit in (("ef", "formation_energy_per_atom", "eV/atom"), ("eg", "band_gap", "eV")):
+    blocks = result.stdout.strip().split("\n\n")
+    assert len(blocks) == 2
+    for block, (name, target, unit) in zip(blocks, (("ef", "formation_energy_per_atom", "eV/atom"), ("eg", "band_gap", "eV"))):
         m = ModelFile.load(data[name])
         params = sum(p.numel() for p in m.build_model().parameters())
-        row = next(line for line in lines if target in line)
-        cells = [c.strip() for c in row.strip("│┃| ").split("│")]
-        assert str(data[name]) in cells[0]
-        assert cells[1:4] == [target, unit, "SR-CGCNN-3 (8)"]
-        assert cells[4] == f"{params:,}"
-        assert cells[5] == "knn-ties (8, 6 Å)"  # the graph rule, neighbours and radius it was trained on
-        assert cells[6] == f"{m.training['test']['mae']:.4f}"
+        lines = block.splitlines()
+        assert lines[0] == str(data[name])  # the name as given, whole
+        rows = dict(line.strip().split(maxsplit=1) for line in lines[1:])
+        assert rows["target"] == f"{target} ({unit}), test MAE {m.training['test'][target]['mae']:.4f} {unit}"
+        assert rows["network"] == f"SR-CGCNN-3 (8 features), {params:,} parameters"
+        assert rows["graphs"] == "knn-ties, 8 neighbours, 6 Å"  # the graph rule, neighbours and radius it was trained on
+        assert rows["members"] == "1"
+
+
+def test_models_names_are_whole_at_80_columns(data, tmp_path):
+    """A table at 80 columns cut both pretrained names to `sr-cgc…`: each model's name is whole, however long."""
+    long = tmp_path / ("a-rather-long-folder-name-" * 3) / "fine-tuned-formation-energy-model.pt"
+    long.parent.mkdir()
+    shutil.copy(data["ef"], long)
+    result = cli("models", "sr-cgcnn-ef", "sr-cgcnn-eg", long, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    names = [block.splitlines()[0] for block in result.stdout.strip().split("\n\n")]
+    assert names == ["sr-cgcnn-ef", "sr-cgcnn-eg", str(long)]
+    assert "…" not in result.stdout
+
+
+# ---------------------------------------------------------------- help, version, output width
+
+
+def commands() -> list[str]:
+    import typer.main
+
+    from srscreen.cli import app
+    return sorted(typer.main.get_command(app).commands)
+
+
+def test_help_at_80_columns_reads_as_plain_text(monkeypatch):
+    """Every command's help at 80 columns: usage names its arguments in capitals (not `{source}`), no
+    `<bool>` beside a switch, no line over 80 columns, `-h` the same as `--help`."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in ["", *commands()]:
+        args = [command] if command else []
+        result = cli(*args, "--help")
+        assert result.exit_code == 0, (command, result.output)
+        text = result.stdout
+        assert "Usage: " in text and "<bool>" not in text and "{" not in text.split("\n\n")[0], (command, text)
+        assert "list[" not in text, (command, text)
+        assert max(len(line) for line in text.splitlines()) <= 80, (command, text)
+        assert cli(*args, "-h").stdout == text, command
+    assert "Usage: root featurize [OPTIONS] SOURCE OUT" in cli("featurize", "-h").stdout
+
+
+def test_every_option_and_argument_has_a_description():
+    import typer.main
+
+    from srscreen.cli import app
+    group = typer.main.get_command(app)
+    undescribed = [f"{name} {param.name}" for name, command in group.commands.items() for param in command.params
+                   if not (param.help or "").strip()]
+    undescribed += [p.name for p in group.params if not (p.help or "").strip()]
+    assert undescribed == []
+
+
+def test_version():
+    from srscreen import __version__
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout == f"srscreen {__version__}\n"
+
+
+def test_output_to_a_pipe_is_neither_wrapped_nor_cut(data, tmp_path):
+    """Off a terminal (a pipe, a log file) rich would wrap at 80 columns: a table cell or a message holds
+    its long path on one line."""
+    source = tmp_path / ("structures-of-a-long-named-project-" * 4)
+    shutil.copytree(data["clean"], source)
+    graphs = tmp_path / "g.h5"
+    assert cli("featurize", source, graphs, *FEATURIZE, "-q").exit_code == 0
+    result = cli("info", graphs, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if " source " in line)
+    assert str(source) in row
+    assert "policies" not in result.stdout and "{" not in result.stdout  # one row per policy, not a dict
+    assert any(line.split() == ["│", "on_disorder", "│", "fail", "│"] for line in result.stdout.splitlines())
+
+
+# ---------------------------------------------------------------- featurize --like
+
+
+@pytest.fixture(scope="module")
+def cgcnn_like(data):
+    """A model that takes CGCNN's graphs (rule cgcnn, 5 Å, 6 neighbours) with its own element table, as
+    import-cgcnn makes, and the atom_init.json of that table."""
+    from srscreen.graph.elements import load_atom_features, table_id
+    import torch
+
+    root = data["root"]
+    atom_init = other_atom_features(root / "atom_init.json")
+    model = ModelFile.load(data["ef"])
+    table = torch.as_tensor(load_atom_features(atom_init))
+    model.state_dict["feature_table"] = table
+    model.feature_table_id = table_id(table.numpy())
+    model.graph_settings = {"radius": 5.0, "max_nbr": 6, "neighbour_algorithm": "knn-pbc-v1"}
+    model.training["atom_features"] = "atom_init.json"
+    model.save(root / "cgcnn-like.pt")
+    return root / "cgcnn-like.pt", atom_init
+
+
+def test_featurize_like_a_model_gives_the_graphs_of_the_explicit_flags(data, cgcnn_like, tmp_path):
+    model, atom_init = cgcnn_like
+    like, flags = tmp_path / "like.h5", tmp_path / "flags.h5"
+    assert cli("featurize", data["clean"], like, "--like", model, "-j", "1", "-q").exit_code == 0
+    result = cli("featurize", data["clean"], flags, "--graph-rule", "cgcnn", "--radius", "5", "--max-nbr", "6",
+                 "--atom-features", atom_init, "-j", "1", "-q")
+    assert result.exit_code == 0, result.stderr
+    with GraphFile(like) as a, GraphFile(flags) as b:
+        settings = ("radius", "max_nbr", "neighbour_algorithm", "feature_table_id", "feature_table_name", "policies")
+        assert {k: a.attrs[k] for k in settings} == {k: b.attrs[k] for k in settings}
+        assert a.attrs["neighbour_algorithm"] == "knn-pbc-v1" and a.attrs["radius"] == 5.0
+    got, want = graphs_in(like), graphs_in(flags)
+    assert sorted(got) == sorted(want) and len(got) == len(data["items"])
+    for id_ in want:
+        assert_same_graph(got[id_], want[id_], id_)
+    result = cli("predict", like, "--model", model, "-q", "--threads", "1")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_graphs_unfit_for_a_model_name_the_like_flag(data, cgcnn_like):
+    model, _ = cgcnn_like
+    message = assert_usage_error(cli("predict", data["graphs"], "--model", model, "-q"), "knn-pbc-v1")
+    assert f"featurize again with --like {model}" in message
+    assert "--graph-rule cgcnn" in message  # the flags it stands for, too
+
+
+def test_like_with_graph_flags_is_refused(data, cgcnn_like, tmp_path):
+    model, atom_init = cgcnn_like
+    result = cli("featurize", data["clean"], tmp_path / "x.h5", "--like", model, "--radius", "5",
+                 "--atom-features", atom_init, "-q")
+    assert_usage_error(result, "--like", "--radius", "--atom-features")
+    assert not (tmp_path / "x.h5").exists()
 
 
 # ---------------------------------------------------------------- unusable arguments
@@ -221,7 +350,7 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["predict", g, "--model", ef, "--where", "density>1", "--shards", "1:1"], ["'density': no such column"]),
         (["predict", g, "--model", ef, "--where", "formation_energy_per_atom<1e"],
          ["formation_energy_per_atom<1e", "'1e' is not a number"]),
-        (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown: no such model file or pretrained model"]),
+        (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown: not a pretrained model", "./sr-cgcnn-unknown"]),
         (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt: cannot read model file"]),
         (["predict", g, "--model", labels], ["labels.csv: not a readable srscreen model file"]),
         (["predict", g, "--model", ef, "--model", ef], ["two models predict the same target"]),
@@ -236,11 +365,11 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["predict", tmp_path / "runs[old]" / "graphs.h5", "--model", ef], ["runs[old]/graphs.h5: no such file"]),
         (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]/graphs.h5: no such file"]),
         (["evaluate", g, "--labels", ef_only, "--model", eg], ["ef-only.csv: no column 'band_gap'"]),
-        (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv: cannot read labels"]),
+        (["evaluate", g, "--labels", tmp_path / "absent.csv", "--model", ef], ["absent.csv: cannot read a labels CSV"]),
         (["train", g, "--labels", ef_only, "--target", "band_gap", "-o", tmp_path / "m.pt"],
          ["ef-only.csv: no column 'band_gap'"]),
         (["train", g, "--labels", labels, "--target", "band_gap", "-o", tmp_path / "m.pt", "--split", tmp_path / "s.csv"],
-         ["s.csv: cannot read split file"]),
+         ["s.csv: cannot read a split file"]),
         (["info", tmp_path / "absent.h5"], ["absent.h5: no such file"]),
         (["models", tmp_path / "absent.pt"], ["absent.pt: cannot read model file"]),
         (["import-cgcnn", labels, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],

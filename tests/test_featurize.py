@@ -348,6 +348,27 @@ def test_resume_with_other_settings_is_refused(database, tmp_path):
     assert_reconciles(summary, out)
 
 
+def test_like_a_model_takes_its_graph_rule_and_table_and_keeps_the_policies(database, tmp_path):
+    """`like` (a ModelFile, or anything with its fields) replaces the graph settings that change the graph
+    and the element table; the policies of `options` stay; `atom_features` beside it is refused."""
+    from types import SimpleNamespace
+
+    from srscreen.errors import OptionError
+    from srscreen.graph.elements import BUILTIN_TABLE_NAME, cgcnn_feature_table
+
+    model = SimpleNamespace(graph_settings={"radius": 5.0, "max_nbr": 6, "neighbour_algorithm": "knn-pbc-v1"},
+                            state_dict={"feature_table": cgcnn_feature_table().copy()}, training={}, source="m.pt")
+    options = FeaturizeOptions(graph=GraphSettings(radius=9.0, min_distance=0.4), max_atoms=50)
+    featurize(database.root, tmp_path / "like.h5", options=options, like=model, jobs=1)
+    with GraphFile(tmp_path / "like.h5") as f:
+        assert f.graph_settings == {"radius": 5.0, "max_nbr": 6, "neighbour_algorithm": "knn-pbc-v1"}
+        assert f.attrs["feature_table_name"] == BUILTIN_TABLE_NAME
+        assert json.loads(f.attrs["policies"])["min_distance"] == 0.4
+        assert json.loads(f.attrs["policies"])["max_atoms"] == 50
+    with pytest.raises(OptionError, match="`like` or `atom_features`"):
+        featurize(database.root, tmp_path / "both.h5", like=model, atom_features=tmp_path / "atom_init.json", jobs=1)
+
+
 def test_complete_output_is_not_rewritten_without_overwrite(database, tmp_path):
     out = tmp_path / "graphs.h5"
     first = featurize(database.root, out, jobs=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +26,6 @@ from srscreen.data.labels import match, read_labels
 from srscreen.io.mp import MPFetchError, MPKeyError, MPQuery, fetch_mp
 from srscreen.data.graph_file import GraphFile
 
-pytest.importorskip("mp_api")
 
 SETTINGS = GraphSettings(radius=6.0, max_nbr=8)
 BROKEN = "mp-5"
@@ -62,6 +62,7 @@ def docs(prototypes) -> list[dict]:
 
 @pytest.fixture
 def server(docs):
+    pytest.importorskip("mp_api", reason='mp-api is the `mp` extra: pip install ".[test]" installs it')
     with MPServer(docs) as s:
         yield s
 
@@ -202,6 +203,16 @@ def test_an_interrupted_fetch_resumes_with_only_the_missing(server, docs, tmp_pa
 def test_a_query_is_required(tmp_path):
     assert_usage_error(cli("fetch-mp", tmp_path / "mp", "--api-key", KEY), "give a query")
     assert_usage_error(cli("fetch-mp", tmp_path / "mp", "--band-gap", "1-3", "--api-key", KEY), "--band-gap", "MIN:MAX")
+
+
+def test_without_mp_api_fetch_mp_says_which_extra_to_install(monkeypatch, tmp_path):
+    """mp-api is the `mp` extra, not a dependency: without it, one line naming the install command, and
+    nothing written."""
+    monkeypatch.setitem(sys.modules, "mp_api", None)  # `import mp_api...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "mp_api.client", None)
+    result = cli("fetch-mp", tmp_path / "mp", "--chemsys", "Li-O", "--api-key", KEY)
+    assert_usage_error(result, 'pip install "srscreen[mp]"')
+    assert not (tmp_path / "mp").exists()
 
 
 def test_structure_files_are_pymatgen_structures(server, docs, tmp_path):

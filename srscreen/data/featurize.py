@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import chain, islice
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 from joblib import Parallel, delayed
 
 from srscreen.graph import elements
-from srscreen.data.backends import check_backend, compute_backend
+from srscreen.data.backends import check_backend, compute_backend, local_workers, stop_workers
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.csr import Graphs
 from srscreen.graph.neighbours import build_graphs
@@ -29,11 +31,18 @@ from srscreen.io.items import parse_item
 from srscreen.io.parsed import DisorderPolicy, Parsed, ParseFailure
 from srscreen.data.graph_file import Failure, GraphFile, partial_dir
 from srscreen.data.shard_writer import ShardWriter
-from srscreen.io.sources import Item, Skipped, iter_inputs
+from srscreen.errors import DiskFullError, InputError, OptionError
+from srscreen.io.compression import MAX_STRUCTURE_MB
+from srscreen.io.fingerprint import SourceListing, compare, list_source
+from srscreen.io.outputs import check_not_an_input, lock_path, output_lock
+from srscreen.io.sources import Item, Skipped, check_source, iter_inputs
 
 # Structures per worker task: ~50 ms of work for MP-sized CIFs. Fewer, larger tasks keep joblib/loky's
 # per-task cost in the parent small (parent CPU for the 33k MP set: 1.4 s at 64 per task, 0.8 s at 256).
 ITEMS_PER_TASK = 256
+# Bytes of file content (archive members, chunks of frames) per task, at most: what the parent holds for
+# the tasks in flight stays ~3 x workers x this, whatever the files.
+TASK_BYTES = 16 << 20
 # Structures per build_graphs call: large enough to amortise numpy's per-call cost, small enough for
 # the batch's pair arrays to stay in cache (fastest at 32-64 on the MP set).
 GRAPH_BATCH = 64
@@ -48,6 +57,13 @@ class FeaturizeOptions:
     on_disorder: DisorderPolicy = "fail"
     shard_size: int = 4096
     id_key: str | None = None  # ASE databases: the row key that names each structure (default stem:<row id>)
+    # What one structure's file (a JSON line, an extxyz frame, an archive member) may hold once
+    # decompressed; larger ones are failures, never read past the limit (decompression bombs).
+    max_file_mb: float = MAX_STRUCTURE_MB
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_file_mb * (1 << 20))
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,7 @@ def featurize_items(items: list[Item], options: FeaturizeOptions, supported: np.
 
     Failures keep the order of the inputs.
     """
-    found = ((item.source, parsed) for item in items for parsed in parse_item(item, options.on_disorder))
+    found = ((item.source, parsed) for item in items for parsed in parse_item(item, options.on_disorder, options.max_bytes))
     graphs, failures = graph_records(found, options, supported)
     return ChunkResult([item.key for item in items], graphs, failures)
 
@@ -180,33 +196,68 @@ def unusable(numbers: np.ndarray, supported: np.ndarray, max_atoms: int) -> str 
 
 
 def _tasks(items: Iterable[Item | Skipped], max_structures: int) -> Iterator[list[Item | Skipped]]:
-    """Consecutive items holding at most `max_structures` structures together (an item more if it alone
-    holds more), so that a task's memory and its share of a shard stay bounded whatever the input."""
+    """Consecutive items holding at most `max_structures` structures and TASK_BYTES of data together (an
+    item more if it alone holds more), so that a task's memory and its share of a shard stay bounded
+    whatever the input (256 archive members of 60 MB each are not one task)."""
     task: list[Item | Skipped] = []
-    size = 0
+    size = held = 0
     for item in items:
         frames = getattr(item, "frames", 1)  # a Skipped input counts as one
-        if task and size + frames > max_structures:
+        data = len(getattr(item, "data", None) or b"")
+        if task and (size + frames > max_structures or held + data > TASK_BYTES):
             yield task
-            task, size = [], 0
+            task, size, held = [], 0, 0
         task.append(item)
         size += frames
+        held += data
     if task:
         yield task
 
 
-def _completed_summary(out: Path, attrs: dict) -> FeaturizeSummary:
-    """A finished file is the answer to a rerun with the same settings; parts left by a kill just after
-    the rename go."""
+def _completed_summary(out: Path, attrs: dict, source: Path, listing: SourceListing) -> FeaturizeSummary:
+    """A finished file is the answer to a rerun with the same settings from the same source (the same
+    files, sizes and times: it need not be at the same path); parts left by a kill just after the rename go."""
     with GraphFile(out) as graphs:
         changed = [k for k in attrs if k != "source" and graphs.attrs.get(k) != attrs[k]]
         if changed:
             raise FileExistsError(f"{out} exists and was made with other {', '.join(changed)}; use `overwrite=True` to rebuild it")
+        _check_made_from(graphs, source, listing)
         n, failed, skipped = len(graphs), int(graphs.attrs["n_failed"]), int(graphs.attrs["n_skipped"])
     leftover = partial_dir(out)
     if leftover.exists():
         shutil.rmtree(leftover)
     return FeaturizeSummary(structures=n, failed=failed, skipped=skipped, resumed=n + failed, out=str(out))
+
+
+def _check_made_from(graphs: GraphFile, source: Path, listing: SourceListing) -> None:
+    """Refuse a finished file that was not made from `source` as it is now (never report inputs as done
+    that the file does not hold)."""
+    before = graphs.source_listing()
+    way_out = "use `overwrite=True` to rebuild it, or write to another path"
+    if before is None:
+        raise InputError(f"{graphs.path} exists but was written by an srscreen that did not record its source's "
+                         f"listing, so it cannot tell whether it holds {source}; {way_out}")
+    if before.digest == listing.digest:
+        return
+    change = compare(before, listing)
+    made = f"{graphs.path} was made from {graphs.attrs.get('source')} ({_files(before.files)})"
+    if change.kept == 0 and change.changed == 0:
+        raise InputError(f"{made}, not from {source} ({_files(listing.files)}, none of them in it); {way_out}")
+    raise InputError(f"{made}; {source} has changed since: {change.describe()}; {way_out}")
+
+
+def _files(n: int) -> str:
+    return f"{n:,} file{'' if n == 1 else 's'}"
+
+
+def own_files(out: Path) -> Callable[[str], bool]:
+    """Whether a real path is one of the files featurize writes for `out` (OUT, OUT.partial/, its lock,
+    temporary files): never an input, even when OUT lies inside the source folder."""
+    real = os.path.realpath(out)
+    folder, name = os.path.split(real)
+    exact = {real, str(partial_dir(Path(real))), str(lock_path(Path(real))), real + ".tmp"}
+    hidden = os.path.join(folder, f".{name}.")
+    return lambda path: path in exact or (path.startswith(hidden) and path.endswith(".tmp"))
 
 
 def featurize(
@@ -215,6 +266,7 @@ def featurize(
     *,
     options: FeaturizeOptions = FeaturizeOptions(),
     atom_features: str | Path | None = None,
+    like: ModelLike | None = None,
     jobs: int = -1,
     overwrite: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
@@ -223,41 +275,106 @@ def featurize(
 ) -> FeaturizeSummary:
     """Featurize every structure under `source` into the graph file `out`, resuming an unfinished run.
 
-    A complete `out` is left as it is (its summary is returned) unless `overwrite`.
+    A complete `out` made from `source` as it is now is left as it is (its summary is returned) unless
+    `overwrite`; one made from another source, or from this one before files were added, changed or
+    removed, is refused (the file records its source's listing: paths, sizes, modification times).
+    `out` (and OUT.partial/, removed by `overwrite`) may never be, or hold, the source or the feature
+    table; `out` may lie inside the source folder, whose listing then leaves out featurize's own files.
+    A second run into the same `out` while one is writing it is refused (an flock on OUT.lock).
     `backend` "dask" runs the workers on the dask.distributed cluster at `scheduler` (see backends.py).
+    `like` (a `ModelFile`) builds the graphs that model takes: its neighbour rule, radius, max_nbr, tie
+    tolerance and element table replace those of `options` and `atom_features` (its policies stay).
 
     `on_progress(structures, failed)` is called after each chunk with running totals.
     """
-    out = Path(out)
-    table = elements.cgcnn_feature_table() if atom_features is None else elements.load_atom_features(atom_features)
+    out, source = Path(out), Path(source)
+    table, table_name = _element_table(atom_features, like)
+    if like is not None:
+        trained = GraphSettings.from_attrs(like.graph_settings)
+        options = replace(options, graph=replace(options.graph, radius=trained.radius, max_nbr=trained.max_nbr,
+                                                 rule=trained.rule, tie_tolerance=trained.tie_tolerance))
     attrs = {
         **options.graph.as_attrs(),
         "feature_table_id": elements.table_id(table),
-        "feature_table_name": elements.BUILTIN_TABLE_NAME if atom_features is None else Path(atom_features).name,
+        "feature_table_name": table_name,
         "policies": json.dumps(
             {"max_atoms": options.max_atoms, "on_disorder": options.on_disorder,
              "on_isolated_atoms": options.graph.on_isolated_atoms, "min_distance": options.graph.min_distance,
              "shard_size": options.shard_size,
              # Only when set, so files written before the option existed still resume.
-             **({"id_key": options.id_key} if options.id_key is not None else {})},
+             **({"id_key": options.id_key} if options.id_key is not None else {}),
+             **({"max_file_mb": options.max_file_mb} if options.max_file_mb != MAX_STRUCTURE_MB else {})},
             sort_keys=True,
         ),
         "source": str(Path(source).resolve()),
     }
-    if not Path(source).exists():  # before OUT.partial is made: a mistyped source must not pin the run
-        raise FileNotFoundError(f"{source}: no such file or folder")
+    check_source(source)  # before OUT.partial is made: a mistyped source (or a FIFO) must not pin the run
+    if not options.max_file_mb > 0:
+        raise OptionError(f"`max_file_mb` must be positive, not {options.max_file_mb}")
     check_backend(backend, scheduler)
+    check_not_an_input([out, partial_dir(out), lock_path(out)], [source, atom_features])
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; name the graph file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        try:
+            return _featurize_locked(source, out, attrs, options, table, jobs=jobs, overwrite=overwrite,
+                                     on_progress=on_progress, backend=backend, scheduler=scheduler)
+        except DiskFullError as e:
+            raise _disk_full(out, e) from e
+
+
+def _disk_full(out: Path, error: DiskFullError) -> DiskFullError:
+    """A full disk said of OUT, with what a rerun does: the parts finished before it are kept."""
+    parts = partial_dir(out)
+    writing = "" if error.path is None or Path(error.path) == out else f" (writing {error.path})"
+    kept = f"; the finished parts stay in {parts}: free some space and run the same command again to resume" \
+        if parts.is_dir() else ""
+    return DiskFullError(f"{out}: no space left on device{writing}{kept}", error.path)
+
+
+class ModelLike(Protocol):
+    """What `featurize(like=...)` reads from a model: a `ModelFile` is one (a Protocol, so that this floor
+    does not import the model's)."""
+
+    graph_settings: dict
+    state_dict: dict  # "feature_table": the element table, a CPU tensor or array
+    training: dict  # "atom_features": the name of the atom_init.json of an imported CGCNN model
+    source: str
+
+
+def _element_table(atom_features: str | Path | None, like: ModelLike | None) -> tuple[np.ndarray, str]:
+    """The element table and the name the graph file records for it: srscreen's built-in table, a CGCNN
+    atom_init.json, or the table of the model `like`."""
+    if like is not None:
+        if atom_features is not None:
+            raise OptionError("give `like` or `atom_features`, not both: `like` brings the model's element table")
+        table = np.asarray(like.state_dict["feature_table"], dtype=np.float32)
+        if elements.table_id(table) != elements.table_id(elements.cgcnn_feature_table()):
+            return table, str(like.training.get("atom_features") or f"element table of {like.source}")
+    elif atom_features is not None:
+        return elements.load_atom_features(atom_features), Path(atom_features).name
+    return elements.cgcnn_feature_table(), elements.BUILTIN_TABLE_NAME
+
+
+def _featurize_locked(source: Path, out: Path, attrs: dict, options: FeaturizeOptions, table, *, jobs: int,
+                      overwrite: bool, on_progress: Callable[[int, int], None] | None, backend: str,
+                      scheduler: str | None) -> FeaturizeSummary:
+    """`featurize` once it holds OUT's lock: nothing else writes OUT or OUT.partial meanwhile."""
+    ignore = own_files(out)
+    listing = list_source(source, ignore)
     if overwrite and out.exists():
         out.unlink()
     if out.exists():
-        return _completed_summary(out, attrs)
-    writer = ShardWriter(out, attrs, options.graph.as_attrs(), options.shard_size, overwrite=overwrite)
+        return _completed_summary(out, attrs, source, listing)
+    writer = ShardWriter(out, attrs, options.graph.as_attrs(), options.shard_size, listing=listing, overwrite=overwrite)
     skipped: list[tuple[str, str]] = []
 
     def pending() -> Iterator[Item]:
         # In batches of a task's size (in structures, so that a batch of chunks of a big file is not
         # 65,536 structures held at once): one numpy lookup per batch in the compact done keys.
-        for batch in _tasks(iter_inputs(source, id_key=options.id_key), ITEMS_PER_TASK):
+        for batch in _tasks(iter_inputs(source, id_key=options.id_key, ignore=ignore, max_bytes=options.max_bytes),
+                            ITEMS_PER_TASK):
             skipped.extend((x.source, x.reason) for x in batch if isinstance(x, Skipped))
             items = [x for x in batch if not isinstance(x, Skipped)]
             done = writer.finished([x.key for x in items])
@@ -268,13 +385,21 @@ def featurize(
     # Sized by structures, not items: an item of a multi-structure file holds up to 256 of them, and tasks
     # of 256 such items kept ~400,000 structures in flight (7.5 GB in the parent on a 10^6 JSON-lines run).
     task_size = max(1, min(ITEMS_PER_TASK, options.shard_size))
-    tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in _tasks(pending(), task_size))
+    chunks: Iterator[list[Item]] = _tasks(pending(), task_size)
+    if backend == "local":  # no more workers than cores, nor than tasks (looked ahead for: 50 files never start 1,000)
+        ahead = list(islice(chunks, local_workers(jobs)))
+        jobs, chunks = max(1, len(ahead)), chain(ahead, chunks)
+    tasks = (delayed(featurize_items)(chunk, options, supported) for chunk in chunks)
     with compute_backend(backend, jobs=jobs, scheduler=scheduler):
         # In order: which of two inputs with the same id is "first" must not depend on worker timing.
-        for result in Parallel(return_as="generator", pre_dispatch="3*n_jobs", batch_size=1)(tasks):
-            writer.add(result.keys, result.graphs, result.failures)
-            if on_progress is not None:
-                on_progress(writer.resumed_structures + writer.n_structures, writer.resumed_failed + writer.n_failed)
+        results = Parallel(return_as="generator", pre_dispatch="3*n_jobs", batch_size=1)(tasks)
+        try:
+            for result in results:
+                writer.add(result.keys, result.graphs, result.failures)
+                if on_progress is not None:
+                    on_progress(writer.resumed_structures + writer.n_structures, writer.resumed_failed + writer.n_failed)
+        finally:
+            stop_workers(results)  # after an error (a full disk, SIGTERM): now, not at exit
     writer.finish(skipped)
     return FeaturizeSummary(
         structures=writer.resumed_structures + writer.n_structures,

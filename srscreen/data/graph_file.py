@@ -1,10 +1,12 @@
 """The HDF5 graph file: its format, reading shards with their damage checks, and the model fit check.
 
-Layout of a finished file (schema version 2; README documents it):
+Layout of a finished file (schema version 2; docs/guides/graph-file.md documents it):
 
     /                     attrs: format, schema_version, srscreen_version, radius, max_nbr,
                           neighbour_algorithm, tie_tolerance, feature_table_id, feature_table_name,
-                          policies (JSON), source, created, n_structures, n_failed, n_skipped, crc32
+                          policies (JSON), source, created, n_structures, n_failed, n_skipped, crc32,
+                          source_files, source_bytes, source_digest (the source's fingerprint; absent in
+                          files written before srscreen kept one, which still read)
     /shards/000000/       ids, sources, formula (utf-8 strings, one per structure)
                           n_atoms int32 (one per structure; atom offsets are its cumulative sum)
                           atomic_numbers uint8 (one per atom, structures concatenated)
@@ -13,6 +15,7 @@ Layout of a finished file (schema version 2; README documents it):
                           nbr_dist float32 (one per edge), Å, ascending within each atom
     /failures/            id, source, reason (utf-8 strings): every input that has no graph
     /skipped/             source, reason: files that are not structures
+    /source_listing/      path_hashes, entry_hashes uint64: one per source file (`io.fingerprint`)
 
 Every dataset carries the CRC-32 of its contents and the root attributes theirs (`integrity`); a
 shard read is checked against them and for structure (`check_graphs`), so a damaged file stops with
@@ -34,6 +37,7 @@ import numpy as np
 
 from srscreen.errors import ShardFileError, one_line
 from srscreen.graph.csr import Graphs
+from srscreen.io.fingerprint import SourceListing
 from srscreen.graph.settings import LEGACY_ALGORITHM, rule_of
 from srscreen.data.integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked
 
@@ -41,6 +45,7 @@ FORMAT_NAME = "srscreen-graphs"
 SCHEMA_VERSION = 2
 GRAPH_ARRAYS = ("n_atoms", "atomic_numbers", "n_edges", "nbr_idx", "nbr_dist")
 MAX_Z = 118
+LISTING_GROUP = "source_listing"
 
 
 class DamagedShardError(ShardFileError):
@@ -60,6 +65,16 @@ class Failure:
 
 def partial_dir(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
+
+
+def read_listing(f: h5py.Group) -> SourceListing | None:
+    """The source fingerprint a graph file (or OUT.partial's copy of it) holds; None where srscreen did not
+    keep one yet. Raises DamagedDataError when it fails its checksums."""
+    if LISTING_GROUP not in f:
+        return None
+    g = f[LISTING_GROUP]
+    return SourceListing(int(f.attrs["source_files"]), int(f.attrs["source_bytes"]), str(f.attrs["source_digest"]),
+                         read_checked(g, "path_hashes"), read_checked(g, "entry_hashes"))
 
 
 def read_failures(group: h5py.Group) -> list[Failure]:
@@ -124,11 +139,11 @@ def check_fits_model(graph_path: Path, graph_settings: dict, table_id: str, mode
     changed = [f"{k} {graph_settings.get(k)!r} (model: {v!r})" for k, v in expected.items() if graph_settings.get(k) != v]
     if changed:
         raise ShardFileError(f"{graph_path} has graphs built with {', '.join(changed)} for model {model}; "
-                             f"featurize again with {_settings_text(expected)}")
+                             f"featurize again with `like={model}` (or {_settings_text(expected)})")
     if table_id != model_table_id:
         named = f" ({table_name})" if table_name else ""
         raise ShardFileError(f"{graph_path} uses element table {table_id}{named}, but model {model} expects {model_table_id}; "
-                             f"featurize with the model's table (`atom_features`)")
+                             f"featurize again with `like={model}` (or the model's table, `atom_features`)")
 
 
 def _settings_text(settings: dict) -> str:
@@ -154,10 +169,16 @@ class GraphFile:
             partial = partial_dir(self.path)
             hint = f" (an unfinished run is in {partial}: rerun featurize to finish it)" if partial.exists() else ""
             raise ShardFileError(f"{self.path}: no such file{hint}")
+        if self.path.is_dir():
+            raise ShardFileError(f"{self.path}: a folder, not a graph file (give the .h5 file `srscreen featurize` wrote)")
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as e:
-            raise ShardFileError(f"{self.path}: not a readable HDF5 file ({' '.join(str(e).split())})") from None
+            # h5py's message wraps the reason in its call ("Unable to synchronously open file (...)") and, for a
+            # system error, a dump of its arguments: the system's reason alone is the one line to show.
+            reason = os.strerror(e.errno) if e.errno else (
+                one_line(e).removeprefix("Unable to synchronously open file (").removesuffix(")"))
+            raise ShardFileError(f"{self.path}: not a readable HDF5 file ({reason})") from None
         try:
             self._open()
         except ShardFileError:
@@ -253,6 +274,13 @@ class GraphFile:
             return read_failures(self._file["failures"])
         except (DamagedDataError, KeyError, OSError) as e:
             raise ShardFileError(f"{self.path}: damaged failure table ({e})") from None
+
+    def source_listing(self) -> SourceListing | None:
+        """The fingerprint of the source this file was made from (None: a file from before srscreen kept one)."""
+        try:
+            return read_listing(self._file)
+        except (DamagedDataError, KeyError, OSError) as e:
+            raise ShardFileError(f"{self.path}: damaged source listing ({e})") from None
 
     def skipped(self) -> list[tuple[str, str]]:
         try:

@@ -24,7 +24,7 @@ from typing import Callable
 import orjson
 
 from srscreen.io.atomic_write import replace_when_done
-from srscreen.errors import InputError, OptionError, one_line
+from srscreen.errors import InputError, OptionError, SrscreenError, one_line
 from srscreen.io.formats.pymatgen_json import structure_from_dict
 from srscreen.io.parsed import ParseFailure
 
@@ -108,6 +108,16 @@ def _number(value) -> str:
 def _write_atomic(path: Path, data: bytes) -> None:
     with replace_when_done(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _require_mp_api() -> None:
+    """mp-api is an extra (it pulls boto3, pyarrow and deltalake): without it, say how to install it
+    before anything is written."""
+    try:
+        import mp_api.client  # noqa: F401
+    except ImportError:
+        raise SrscreenError('fetching from the Materials Project needs mp-api, an optional dependency: '
+                            'pip install "srscreen[mp]"') from None
 
 
 class _Session:
@@ -195,9 +205,12 @@ def fetch_mp(
         raise OptionError("give a query: `chemsys`, `elements`, `ids`, `stable`, `energy_above_hull`, `band_gap` or `formation_energy`")
     if chunk_size < 1:
         raise OptionError("`chunk_size` must be at least 1")
+    _require_mp_api()
     key = _api_key(api_key)
     out = Path(out)
     structures, labels, failures_csv = out / "structures", out / "labels.csv", out / "failures.csv"
+    if not labels.exists() and failures_csv.exists():  # not fetch-mp's: never written over
+        raise InputError(f"{failures_csv} exists but {out} holds no labels.csv from fetch-mp; choose another output folder")
     structures.mkdir(parents=True, exist_ok=True)
     done = _read_done(labels, structures)
     if not labels.exists():
