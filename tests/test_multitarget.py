@@ -68,6 +68,7 @@ def test_one_model_predicts_both_columns_with_their_spread(data):
     assert list(rows[0]) == ["rank", "id", "formula", "n_atoms", EF, EG, f"{EF}_std", f"{EG}_std"]
     assert len(rows) == len(data["values"])
     assert all(float(r[f"{EF}_std"]) > 0 and float(r[f"{EG}_std"]) > 0 for r in rows)
+    assert m.bounds == {EG: [0.0, None]} and all(float(r[EG]) >= 0 for r in rows)  # a gap is never negative
     # The partly labelled crystals trained their own head only: the counts say so, per target.
     assert m.training["data"]["labelled"] == {EF: len(data["values"]) - 1, EG: len(data["values"]) - 2}
 

@@ -94,6 +94,9 @@ class ModelFile:
     # How the raw spread (an ensemble's, a scale head's, or both) becomes a standard deviation:
     # {"scale": {target: float}, ...}; empty for a model without a spread.
     calibration: dict = field(default_factory=dict)
+    # Physical bounds of a target's values, {target: [low or None, high or None]} (a band gap is never
+    # negative): predictions are clipped to them.
+    bounds: dict = field(default_factory=dict)
     srscreen_version: str = __version__
     source: str = field(default="model file", repr=False, compare=False)  # for messages only, not saved
 
@@ -108,6 +111,7 @@ class ModelFile:
         normalizers: list[dict],
         training: dict | None = None,
         calibration: dict | None = None,
+        bounds: dict | None = None,
     ) -> ModelFile:
         """Snapshot a model (weights copied to CPU) with what a later `predict` needs to use it."""
         if not len(targets) == len(units) == len(normalizers) == model.n_targets:
@@ -123,6 +127,7 @@ class ModelFile:
             normalizers=[{"mean": float(n["mean"]), "std": float(n["std"])} for n in normalizers],
             training=_plain(training or {}, "training"),
             calibration=_plain(calibration or {}, "calibration"),
+            bounds=_plain(bounds or {}, "bounds"),
         )
 
     @property
@@ -226,6 +231,11 @@ class ModelFile:
             raise fail("feature table does not match feature_table_id (file corrupted or edited)")
         members = payload.get("ensemble", {"members": []}).get("members")
         calibration = payload.get("calibration", {})
+        bounds = payload.get("bounds", {})
+        if not isinstance(bounds, dict) or any(
+                t not in targets or not isinstance(b, list) or len(b) != 2 or
+                not all(x is None or isinstance(x, float) for x in b) for t, b in bounds.items()):
+            raise fail("bounds should map targets to [low, high] (numbers or None)")
         if not isinstance(members, list) or any(
                 not isinstance(m, dict) or not isinstance(m.get("state_dict"), dict) or
                 not isinstance(m.get("normalizers"), list) or len(m["normalizers"]) != len(targets) or
@@ -236,7 +246,7 @@ class ModelFile:
                             not all(isinstance(v, float) for v in scales.values())):
             raise fail("calibration should give a numeric scale per target")
         return cls(**{k: payload[k] for k in _REQUIRED if k != "schema_version"}, members=members,
-                   calibration=calibration, source=source)
+                   calibration=calibration, bounds=bounds, source=source)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file then rename): a crash never leaves a half-written model."""
@@ -260,6 +270,7 @@ class ModelFile:
             "normalizers": self.normalizers,
             "training": self.training,
             **({"calibration": self.calibration} if self.calibration else {}),
+            **({"bounds": self.bounds} if self.bounds else {}),
             **({"ensemble": {"members": self.members}} if self.members else {}),
         }
 
@@ -323,7 +334,7 @@ class ModelFile:
                                   device=output.device).unsqueeze(1) for k in ("std", "mean"))
         n = len(self.targets)
         values = members[..., :n] * std + mean  # (members, crystals, targets)
-        columns = {t: values[..., i].mean(0) for i, t in enumerate(self.targets)}
+        columns = {t: within_bounds(values[..., i].mean(0), self.bounds.get(t)) for i, t in enumerate(self.targets)}
         if not self.has_std:
             return columns
         variance = values.var(0, correction=SPREAD_DDOF) if self.members else torch.zeros_like(values[0])
@@ -338,6 +349,13 @@ class ModelFile:
     def columns(self) -> list[str]:
         """The ranking columns `values` fills."""
         return [*self.targets, *(f"{t}_std" for t in self.targets if self.has_std)]
+
+
+def within_bounds(values: torch.Tensor, bounds: list | None) -> torch.Tensor:
+    """`values` clipped to a target's [low, high] (either None: open); unchanged without bounds."""
+    if not bounds:
+        return values
+    return values.clamp(min=bounds[0], max=bounds[1]) if bounds != [None, None] else values
 
 
 def convert_cgcnn_checkpoint(

@@ -29,7 +29,7 @@ from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
-from srscreen.model.model_file import ModelFile
+from srscreen.model.model_file import ModelFile, within_bounds
 from srscreen.model.network import CrystalGraphNet
 from srscreen.model.registry import resolve_model
 from srscreen.trainer.config import (
@@ -56,6 +56,8 @@ __all__ = [
 # Crystal-epochs from which compiling pays back its one-off ~20-60 s (it saves ~0.2 ms per crystal).
 COMPILE_FROM_CRYSTAL_EPOCHS = 200_000
 UNITS = {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_form": "eV/atom", "gap": "eV"}
+# Targets that are never negative: their predictions are clipped at 0 (`ModelFile.bounds`).
+NON_NEGATIVE = ("band_gap", "gap")
 
 
 @dataclass
@@ -304,13 +306,18 @@ class Trainer:
             "command": self.command,
         }
         model_file = ModelFile.from_model(self.model, graph_settings=graphs.graph_settings, targets=list(config.targets),
-                                          units=units, normalizers=self.normalizers, training=training)
+                                          units=units, normalizers=self.normalizers, training=training,
+                                          bounds=self._bounds())
         if model_file.has_std:
             model_file = replace(model_file, calibration=self._calibration(model_file))
         if len(split.test):
             model_file.training["test"] = {t: asdict(m) for t, m in self._metrics(self.model, split.test, model_file).items()}
         model_file.save(self.out)
         return TrainResult(model_file, self.history)
+
+    def _bounds(self) -> dict[str, list]:
+        """The targets' physical bounds, which predictions are clipped to (the same in validation as in use)."""
+        return {t: [0.0, None] for t in self.config.targets if t in NON_NEGATIVE}
 
     def _columns(self, model_file: ModelFile, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The model file's ranking columns (each target in its unit, and its spread) for these crystals."""
@@ -336,8 +343,9 @@ class Trainer:
             columns = self._columns(model_file, positions)
         else:
             mean, std = (np.array([n[k] for n in self.normalizers]) for k in ("mean", "std"))
-            out = predict_positions(model, self.graphs, positions)[:, : len(self.normalizers)] * std + mean
-            columns = {t: out[:, i] for i, t in enumerate(self.config.targets)}
+            out = torch.from_numpy(predict_positions(model, self.graphs, positions)[:, : len(self.normalizers)] * std + mean)
+            bounds = self._bounds()
+            columns = {t: within_bounds(out[:, i], bounds.get(t)).numpy() for i, t in enumerate(self.config.targets)}
         results = {}
         for i, t in enumerate(self.config.targets):
             y = self.y_all[positions, i]
