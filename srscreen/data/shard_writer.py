@@ -5,7 +5,8 @@ OUT.partial/ (written to a temporary name, then renamed), so a kill loses at mos
 filled. A resumed run checks every part as a reader would, removes the damaged ones (their inputs run
 again) and skips the inputs the others finished. At the end the parts are copied into OUT.tmp, which
 is renamed to OUT: OUT exists only whole. `ShardWriter` owns all of it, including the id index that
-turns a repeated id into a failure record.
+turns a repeated id into a failure record. A full disk at any of these writes raises `DiskFullError`,
+with every file whole or absent (`hdf5_out`): the parts written before it stay, for a rerun to resume.
 """
 
 from __future__ import annotations
@@ -20,29 +21,33 @@ import h5py
 import numpy as np
 
 from srscreen import __version__
-from srscreen.data.graph_file import (FORMAT_NAME, GRAPH_ARRAYS, SCHEMA_VERSION, Failure, partial_dir, read_failures,
-                                      read_graphs)
+from srscreen.data.graph_file import (FORMAT_NAME, GRAPH_ARRAYS, LISTING_GROUP, SCHEMA_VERSION, Failure, partial_dir,
+                                      read_failures, read_graphs, read_listing)
 from srscreen.data.id_index import PartKeys, SeenIds
 from srscreen.data.integrity import CRC_ATTR, DamagedDataError, attrs_checksum, read_checked, write_checked
 from srscreen.errors import ShardFileError, one_line
 from srscreen.graph.csr import Graphs
+from srscreen.data.hdf5_out import new_hdf5
 from srscreen.io.atomic_write import replace_when_done
+from srscreen.io.fingerprint import SourceListing, compare
 
 _MANIFEST = "manifest.json"
+_LISTING = "source_listing.h5"  # the fingerprint of the source the run started on
 
 
 class ShardWriter:
     """Collects featurized graphs and failures, writes a part file every `shard_size` inputs' worth,
     and consolidates the parts into OUT at `finish`.
 
-    Opening resumes what OUT.partial/ holds when it was made with the same `attrs`, and refuses one
-    made with others (unless `overwrite`); its parts are checked against `graph_settings` as a reader
-    checks shards.
+    Opening resumes what OUT.partial/ holds when it was made with the same `attrs` from a source with
+    the same `listing`, and refuses one made otherwise (unless `overwrite`); its parts are checked
+    against `graph_settings` as a reader checks shards. OUT gets the `listing` with its graphs.
     """
 
-    def __init__(self, out: Path, attrs: dict, graph_settings: dict, shard_size: int, *, overwrite: bool = False) -> None:
-        self.out, self.attrs, self.shard_size = out, attrs, shard_size
-        self.parts = start_parts(out, attrs, overwrite)
+    def __init__(self, out: Path, attrs: dict, graph_settings: dict, shard_size: int, *, listing: SourceListing,
+                 overwrite: bool = False) -> None:
+        self.out, self.attrs, self.shard_size, self.listing = out, attrs, shard_size, listing
+        self.parts = start_parts(out, attrs, listing, overwrite)
         state = read_parts_state(self.parts, graph_settings)
         self.done_keys, self.seen_ids, self.index = state.done_keys, state.seen_ids, state.next_index
         self.resumed_structures, self.resumed_failed, self.redone = state.n_structures, state.n_failed, state.redone
@@ -88,11 +93,12 @@ class ShardWriter:
     def finish(self, skipped: list[tuple[str, str]]) -> None:
         """Write the last part, then OUT from all parts (and the files that were not structures)."""
         self.flush()
-        consolidate(self.out, self.parts, self.attrs, skipped)
+        consolidate(self.out, self.parts, self.attrs, skipped, self.listing)
 
 
-def start_parts(out: Path, attrs: dict, overwrite: bool) -> Path:
-    """Create or reopen OUT.partial; refuse to resume a run made with other settings."""
+def start_parts(out: Path, attrs: dict, listing: SourceListing, overwrite: bool) -> Path:
+    """Create or reopen OUT.partial; refuse to resume a run made with other settings or from a source
+    that has changed since (its parts would be called done for inputs they do not hold)."""
     parts = partial_dir(out)
     if overwrite and parts.exists():
         shutil.rmtree(parts)
@@ -103,9 +109,41 @@ def start_parts(out: Path, attrs: dict, overwrite: bool) -> Path:
         if before != attrs:
             changed = ", ".join(f"{k}: {before.get(k)!r} -> {attrs.get(k)!r}" for k in attrs if before.get(k) != attrs.get(k))
             raise ShardFileError(f"{parts} holds a run with other settings ({changed}); use `overwrite=True` to start over")
-    else:
+        _check_same_source(parts, listing)
+    else:  # the listing first: a manifest without one is a run begun by an older srscreen
+        with new_hdf5(parts / _LISTING) as (f, _):
+            write_listing(f, listing)
         _atomic_write_text(manifest, json.dumps(attrs, sort_keys=True))
     return parts
+
+
+def _check_same_source(parts: Path, listing: SourceListing) -> None:
+    """Refuse to resume a run whose source has changed since it started, or that did not record it."""
+    try:
+        with h5py.File(parts / _LISTING, "r") as f:
+            before = read_listing(f)
+    except FileNotFoundError:
+        before = None
+    except (OSError, DamagedDataError) as e:
+        raise ShardFileError(f"{parts / _LISTING}: unreadable ({one_line(e, 120)}); use `overwrite=True` to start over") from None
+    if before is None:
+        raise ShardFileError(f"{parts} holds a run begun by an older srscreen, which did not record its source's "
+                             f"listing, so it cannot tell what is done; use `overwrite=True` to start over")
+    if before.digest != listing.digest:
+        raise ShardFileError(f"{parts} holds a run begun on another listing of its source (now: "
+                             f"{compare(before, listing).describe()}); use `overwrite=True` to start over")
+
+
+def write_listing(f: h5py.Group, listing: SourceListing) -> None:
+    """The source fingerprint as `graph_file.read_listing` reads it: root attributes and a group."""
+    f.attrs.update(listing_attrs(listing))
+    group = f.create_group(LISTING_GROUP)
+    write_checked(group, "path_hashes", listing.path_hashes)
+    write_checked(group, "entry_hashes", listing.entry_hashes)
+
+
+def listing_attrs(listing: SourceListing) -> dict:
+    return {"source_files": listing.files, "source_bytes": listing.bytes, "source_digest": listing.digest}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -120,7 +158,7 @@ def _write_graphs(group: h5py.Group, records: Graphs) -> None:
 
 def write_part(parts: Path, index: int, records: Graphs, failures: list[Failure], done_keys: list[str]) -> None:
     """One shard's worth of results as its own file, renamed into place only once complete."""
-    with replace_when_done(part_path(parts, index)) as tmp, h5py.File(tmp, "w") as f:
+    with new_hdf5(part_path(parts, index)) as (f, _):
         if len(records):
             _write_graphs(f.create_group("graphs"), records)
         _write_failures(f.create_group("failures"), failures)
@@ -195,11 +233,12 @@ def _checked_part(path: Path, settings: dict) -> tuple[list[str], list[str], int
     return keys, ids, n_failed
 
 
-def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, str]]) -> None:
-    """Copy every part into OUT.tmp, then rename it to OUT; remove the parts."""
+def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, str]], listing: SourceListing) -> None:
+    """Copy every part into a temporary file, then rename it to OUT (with the source's `listing`); remove
+    the parts. A full disk leaves the parts as they were (a rerun consolidates them) and no OUT."""
     failures: dict[str, list[str]] = {"id": [], "source": [], "reason": []}
     n_structures = 0
-    with replace_when_done(out) as tmp, h5py.File(tmp, "w") as f:
+    with new_hdf5(out) as (f, check):
         shards = f.create_group("shards")
         for path in sorted(parts.glob("part-*.h5")):
             with h5py.File(path, "r") as part:
@@ -209,10 +248,12 @@ def consolidate(out: Path, parts: Path, attrs: dict, skipped: list[tuple[str, st
                     n_structures += len(shards[name]["ids"])
                 for key in failures:
                     failures[key].extend(read_checked(part["failures"], key))
+            check()  # a full disk stops the copy here, with at most one part's worth held in memory
         _write_failures(f.create_group("failures"), [Failure(*row) for row in zip(*failures.values())])
         group = f.create_group("skipped")
         write_checked(group, "source", [s for s, _ in skipped])
         write_checked(group, "reason", [r for _, r in skipped])
+        write_listing(f, listing)
         f.attrs.update(
             {
                 **attrs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from srscreen.errors import ModelFileError
@@ -24,15 +25,30 @@ def pretrained_names() -> list[str]:
     return sorted(p.stem for p in pretrained_dir().glob("*.pt"))
 
 
+def model_path(name_or_path: str) -> Path | None:
+    """The file a model argument names, or None for a pretrained name (see `resolve_model` for the rule)."""
+    if name_or_path in pretrained_names():
+        return None
+    return Path(name_or_path)
+
+
 def resolve_model(name_or_path: str) -> ModelFile:
-    """A pretrained model by name, or a model file by path."""
-    path = Path(name_or_path)
-    if path.suffix == "" and not path.exists():
-        candidate = pretrained_dir() / f"{name_or_path}.pt"
-        if not candidate.exists():
-            known = ", ".join(pretrained_names()) or "none installed"
-            raise ModelFileError(f"{name_or_path}: no such model file or pretrained model (pretrained: {known})")
-        path = candidate
+    """A pretrained model by name, or a model file by path, by one rule that never looks at the current
+    folder to decide which:
+
+    - a pretrained name (`sr-cgcnn-ef`, see `pretrained_names`) always means the installed model, even
+      where a file or folder of that name lies in the current folder (write `./sr-cgcnn-ef` for that);
+    - a path names a file: it holds a folder separator or has a suffix (`m.pt`, `runs/m`, `./m`);
+    - a bare name that is neither is refused, saying how to write either.
+    """
+    path = model_path(name_or_path)
+    if path is None:
+        path = pretrained_dir() / f"{name_or_path}.pt"
+    elif os.sep not in name_or_path and "/" not in name_or_path and not path.suffix:
+        known = ", ".join(pretrained_names()) or "none installed"
+        exists = f"; for the file {name_or_path} here, write ./{name_or_path}" if path.exists() else ""
+        raise ModelFileError(f"{name_or_path}: not a pretrained model (pretrained: {known}); "
+                             f"a model file is named by a path (m.pt, ./{name_or_path}){exists}")
     model = ModelFile.load(path)
     model.training.setdefault("name", path.stem)
     return model

@@ -1,0 +1,103 @@
+"""What every command that writes checks first: never over one of its own inputs, never over an existing
+file the user did not name with `overwrite`, and never into an output another process is writing.
+
+One owner for the rule, so that every command (featurize, predict, merge, train, finetune, ensemble,
+import-cgcnn, evaluate --plot, fetch-mp) refuses the same cases with the same words:
+
+- A written path (OUT, or what is written beside it: OUT.partial/, OUT.ckpt, ...) that is an input, or a
+  folder that holds one, is refused whatever `overwrite` says: overwriting it would destroy what the run
+  reads. Paths are compared after resolving symlinks, and existing files also by inode (hard links).
+  An output inside an input folder is fine (`featurize . out.h5`): featurize leaves its own files out of
+  the listing.
+- An existing OUT is replaced only with `overwrite`; an OUT that is a folder never.
+- `output_lock(OUT)` holds an flock on OUT.lock while a run writes OUT: a second run into the same OUT
+  (with or without `overwrite`) is refused, naming the first one's pid. The kernel drops the lock when
+  its process dies, however it dies, so a killed run never blocks the next.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from srscreen.errors import InputError
+
+LOCK_SUFFIX = ".lock"
+
+
+def _real(path: Path) -> str:
+    return os.path.realpath(os.path.abspath(path))
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_an_input(written: Iterable[Path], reads: Iterable[Path | None]) -> None:
+    """Refuse when a path this command writes (or removes) is one of its inputs or a folder holding one."""
+    reads = [Path(r) for r in reads if r is not None]
+    for out in written:
+        out = Path(out)
+        real, inode = _real(out), _inode(out)
+        for source in reads:
+            source_real = _real(source)
+            if real == source_real or (inode is not None and inode == _inode(source)):
+                raise InputError(f"{out} is also an input of this command ({source}); write the output to another path")
+            if source_real.startswith(real.rstrip(os.sep) + os.sep):
+                raise InputError(f"{out} is a folder that holds the input {source}; write the output to another path")
+
+
+def check_output(out: Path, reads: Iterable[Path | None] = (), *, overwrite: bool, beside: Iterable[Path] = ()) -> None:
+    """The checks for a file a command writes whole: not an input (nor is any path written `beside` it),
+    not a folder, and not an existing file unless `overwrite`."""
+    out = Path(out)
+    check_not_an_input([out, *beside], reads)
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; name the file to write")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists; use `overwrite=True` to replace it, or write to another path")
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(out.name + LOCK_SUFFIX)
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold OUT.lock (an exclusive flock, with this process's pid in it) while the block writes OUT.
+
+    Raises InputError at once when another live process holds it. The file goes when the block ends;
+    one left by a killed process is taken over (its lock died with it).
+    """
+    lock = lock_path(Path(out))
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{out} is being written by another srscreen process (pid {holder}); wait for it to "
+                             f"finish, or write to another path") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The holder before us may have removed the file between our open and our lock: then ours is a
+        # lock on a file nobody else can see; take the one at the path instead.
+        if _inode(lock) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it, so no one locks the file we remove
+        os.close(fd)
