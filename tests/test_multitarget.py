@@ -190,3 +190,18 @@ def test_ensemble_of_multi_target_members(data, tmp_path):
     for r in rows:
         assert float(r[EG]) == pytest.approx(np.mean([s[r["id"]] for s in singles]), abs=2e-5)
         assert float(r[f"{EG}_std"]) > 0
+
+
+def test_selecting_targets_keeps_their_predictions(data):
+    """A model trained with an auxiliary head ships without it: the kept columns are unchanged."""
+    both = ModelFile.load(data["both"])
+    eg = both.select([EG])
+    assert eg.targets == [EG] and eg.n_heads == 2 and eg.bounds == {EG: [0.0, None]}
+    with GraphFile(data["graphs"]) as g:
+        batch = batch_of(g.read_shard(0))
+    with torch.no_grad():
+        full = both.values(both.build_model()(batch))
+        kept = eg.values(eg.build_model()(batch))
+    assert set(kept) == {EG, f"{EG}_std"}
+    for column in kept:
+        torch.testing.assert_close(kept[column], full[column], rtol=0, atol=0)

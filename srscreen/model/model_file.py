@@ -312,14 +312,55 @@ class ModelFile:
         """Outputs per crystal of the network: a head per target, and a scale head per target if any."""
         return len(self.targets) * (2 if self.architecture.get("scale_head") else 1)
 
-    def fast(self) -> ModelFile:
-        """The same predictions of the targets at the least cost: the first member alone, without scale
-        heads, so no `<target>_std` columns (what `predict --fast` runs)."""
-        arch = {**self.architecture, "scale_head": False}
+    def select(self, targets: list[str]) -> ModelFile:
+        """The same model predicting only `targets` (heads of the others dropped, every member's): a model
+        trained with auxiliary targets ships with the ones users asked for."""
+        missing = [t for t in targets if t not in self.targets]
+        if missing or not targets:
+            raise OptionError(f"{self.source} predicts {', '.join(self.targets)}; cannot select {', '.join(missing) or 'none'}")
+        picks = {self.targets.index(t): i for i, t in enumerate(targets)}
+        scale_head = bool(self.architecture.get("scale_head"))
+
+        def heads(state: dict) -> dict:
+            return renumber_heads(state, picks, len(self.targets), len(targets), scale_head)
+
+        def of(values: list) -> list:
+            return [values[self.targets.index(t)] for t in targets]
+
+        calibration = ({**self.calibration, **{k: {t: v[t] for t in targets} for k, v in self.calibration.items()
+                                                 if isinstance(v, dict)}} if self.calibration else {})
+        return replace(self, architecture={**self.architecture, "n_targets": len(targets)},
+                       state_dict=heads(self.state_dict), targets=list(targets), units=of(self.units),
+                       normalizers=of(self.normalizers),
+                       members=[{"state_dict": heads(m["state_dict"]), "normalizers": of(m["normalizers"])}
+                                for m in self.members],
+                       calibration=calibration, bounds={t: b for t, b in self.bounds.items() if t in targets})
+
+    def member(self, index: int) -> ModelFile:
+        """One member of an ensemble as a model of its own (its spread, if any, uncalibrated)."""
+        if not self.members:
+            return replace(self, calibration={})
+        chosen = self.members[index]
+        return replace(self, state_dict=chosen["state_dict"], normalizers=chosen["normalizers"], members=[],
+                       calibration={})
+
+    def without_scale_heads(self) -> ModelFile:
+        """The model with every member's scale heads dropped: an ensemble's spread is then its members'
+        alone (uncalibrated: scale 1 until `calibrate`), a single model has none."""
         n = len(self.targets)
-        kept = {k: v for k, v in self.state_dict.items()
-                if not k.startswith("heads.") or int(k.split(".")[1]) < n}
-        return replace(self, architecture=arch, state_dict=kept, members=[], calibration={})
+        picks = {i: i for i in range(n)}
+
+        def heads(state: dict) -> dict:
+            return renumber_heads(state, picks, n, n, False)
+
+        return replace(self, architecture={**self.architecture, "scale_head": False}, state_dict=heads(self.state_dict),
+                       members=[{**m, "state_dict": heads(m["state_dict"])} for m in self.members],
+                       calibration={"scale": {t: 1.0 for t in self.targets}} if self.members else {})
+
+    def fast(self) -> ModelFile:
+        """The first member's predictions of the targets at the least cost: no other members, no scale heads,
+        so no `<target>_std` columns (what `predict --fast` runs)."""
+        return self.member(0).without_scale_heads()
 
     def values(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network output -> the columns this model adds to a ranking (`columns`): each target in its unit,
@@ -349,6 +390,21 @@ class ModelFile:
     def columns(self) -> list[str]:
         """The ranking columns `values` fills."""
         return [*self.targets, *(f"{t}_std" for t in self.targets if self.has_std)]
+
+
+def renumber_heads(state: dict, picks: dict[int, int], n_old: int, n_new: int, scale_head: bool) -> dict:
+    """A state dict with head `old` of an `n_old`-target network as head `new` of an `n_new`-target one, for
+    each old: new of `picks` (and their scale heads, n_targets further on); other heads are left out."""
+    moves = {**picks, **({n_old + o: n_new + n for o, n in picks.items()} if scale_head else {})}
+    out = {}
+    for key, value in state.items():
+        if not key.startswith("heads."):
+            out[key] = value
+            continue
+        _, index, rest = key.split(".", 2)
+        if int(index) in moves:
+            out[f"heads.{moves[int(index)]}.{rest}"] = value
+    return out
 
 
 def within_bounds(values: torch.Tensor, bounds: list | None) -> torch.Tensor:

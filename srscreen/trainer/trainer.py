@@ -29,7 +29,7 @@ from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
-from srscreen.model.model_file import ModelFile, within_bounds
+from srscreen.model.model_file import ModelFile, renumber_heads, within_bounds
 from srscreen.model.network import CrystalGraphNet
 from srscreen.model.registry import resolve_model
 from srscreen.trainer.config import (
@@ -465,13 +465,7 @@ def _with_heads(init: ModelFile, targets: tuple[str, ...]) -> CrystalGraphNet:
     target, or a new head (seeded by the caller) where `init` has none."""
     base = init.build_model()
     model = CrystalGraphNet(feature_table=base.feature_table, **{**base.architecture(), "n_targets": len(targets)})
-    state = {k: v for k, v in base.state_dict().items() if not k.startswith("heads.")}
-    n_old, n_new = base.n_targets, len(targets)
-    for i, t in enumerate(targets):
-        if t not in init.targets:
-            continue
-        j = init.targets.index(t)
-        for old, new in ((j, i), *(((n_old + j, n_new + i),) if base.scale_head else ())):
-            state.update({f"heads.{new}.{k}": v for k, v in base.heads[old].state_dict().items()})
+    picks = {init.targets.index(t): i for i, t in enumerate(targets) if t in init.targets}
+    state = renumber_heads(base.state_dict(), picks, base.n_targets, len(targets), base.scale_head)
     model.load_state_dict({**model.state_dict(), **state})
     return model
