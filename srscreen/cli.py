@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from srscreen.io.atomic_write import replace_when_done
+from srscreen.io.text_file import text_lines
 from srscreen.errors import ModelFileError, OptionError, ShardFileError, SrscreenError
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError)
 
 
 # Library parameters whose flag is not the parameter's name with dashes (`max_nbr` -> --max-nbr).
-FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc", "new_heads": "new-head"}
+FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc", "new_heads": "new-head", "target_weights": "target-weight"}
 _PARAMETER = re.compile(r"`([a-z][a-z_]*)(?:=([^`]*))?`")
 
 
@@ -230,7 +231,8 @@ def featurize_cmd(
             _fail(str(e))
     if not quiet:
         elapsed = time.perf_counter() - started
-        table = Table(title=f"{out}", show_header=False)
+        table = Table(show_header=False)  # the path in a row, not a title: rich breaks a title to the table's width
+        table.add_row("graph file", str(out))
         table.add_row("inputs", f"{summary.inputs:,}")
         table.add_row("featurized", f"{summary.structures:,}")
         table.add_row("failed", f"{summary.failed:,}")
@@ -306,7 +308,8 @@ def info_cmd(
             sys.stdout.write(json.dumps(obj) + "\n")
             return
         out = _console()
-        table = Table(title=str(path), show_header=False)
+        table = Table(show_header=False)
+        table.add_row("graph file", str(path))
         table.add_row("structures", f"{len(graphs):,}")
         table.add_row("failed", f"{len(failures):,}")
         table.add_row("skipped", f"{int(graphs.attrs['n_skipped']):,}")
@@ -361,6 +364,15 @@ def _train_progress(epochs: int, quiet: bool) -> tuple[Progress, Callable[[dict]
     return progress, on_epoch
 
 
+def _use_threads(threads: int) -> None:
+    """--threads: torch's CPU threads (0: torch's default)."""
+    import torch
+    if threads < 0:
+        _fail(f"--threads must be 0 (torch's default) or more, not {threads}")
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def _label_notes(labels: Path, targets: list[str]) -> None:
     """Say what the labels of each target lose or count once (`LabelReport.notes`) before a run uses them."""
     from srscreen.data.labels import read_labels
@@ -372,13 +384,10 @@ def _label_notes(labels: Path, targets: list[str]) -> None:
 def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *, init_model: Optional[str],
                   split: Optional[Path], resume: bool, unit: Optional[str], threads: int, compile: Optional[bool],
                   quiet: bool, overwrite: bool) -> None:
-    import torch
-
     from srscreen.io.outputs import check_output, output_lock
     from srscreen.model.registry import resolve_model
     from srscreen.trainer.trainer import train
-    if threads > 0:
-        torch.set_num_threads(threads)
+    _use_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
     try:
         ckpt = out.with_name(out.name + ".ckpt")
@@ -528,15 +537,12 @@ def predict_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict and rank: CSV of rank,id,formula,n_atoms and one column per model on stdout."""
-    import torch
-
     from srscreen.data.graph_file import GraphFile
     from srscreen.screening.predict import predict
     from srscreen.screening.ranking import FORMATS, Condition
     if fmt not in FORMATS:
         _fail(f"--format must be {', '.join(FORMATS[:-1])} or {FORMATS[-1]}, not {fmt!r}")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    _use_threads(threads)
     damaged_path = damaged_list or Path(graphs.name + ".damaged.csv")
     try:
         from srscreen.io.outputs import check_output
@@ -629,9 +635,12 @@ def _range(option: str, text: Optional[str]) -> Optional[tuple[float, float]]:
     try:
         if not sep:
             raise ValueError
-        return (float(low) if low.strip() else -1e9, float(high) if high.strip() else 1e9)
+        bounds = (float(low) if low.strip() else -1e9, float(high) if high.strip() else 1e9)
     except ValueError:
         raise OptionError(f"{option} {text!r}: write MIN:MAX, e.g. 0:0.05 or 1.5: (either side may be empty)") from None
+    if not bounds[0] <= bounds[1]:  # NaN fails this too: no material would match
+        raise OptionError(f"{option} {text!r}: MIN must be a number no larger than MAX")
+    return bounds
 
 
 def _ids(values: list[str]) -> tuple[str, ...]:
@@ -640,8 +649,8 @@ def _ids(values: list[str]) -> tuple[str, ...]:
     for value in values:
         path = Path(value)
         if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            ids += [line.split(",")[0].strip() for line in text.splitlines() if line.strip() and not line.startswith(("#", "material_id"))]
+            lines = text_lines(path, "a file of material ids")
+            ids += [line.split(",")[0].strip() for line in lines if line.strip() and not line.startswith(("#", "material_id"))]
         else:
             ids += [x for x in value.replace(",", " ").split() if x]
     return tuple(ids)
@@ -697,7 +706,8 @@ def fetch_mp_cmd(
         except MPFetchError as e:
             _fail(str(e), code=1)
     if not quiet:
-        table = Table(title=str(out), show_header=False)
+        table = Table(show_header=False)
+        table.add_row("folder", str(out))
         table.add_row("matching the query", f"{summary.matched:,}")
         table.add_row("downloaded now", f"{summary.fetched:,}")
         table.add_row("already there", f"{summary.already:,}")
