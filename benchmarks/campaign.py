@@ -201,6 +201,130 @@ def report() -> None:
     print(f"\ncampaign compute so far: {total:.2f} thread-hours (two runs share the 2 cores)")
 
 
+SHIPPED = ROOT / "srscreen" / "pretrained" / "v3"
+SHIPPED_NAME = "sr-cgcnn"
+
+
+def sigma_methods(ensemble, graphs: Path, labels: Path, val: list[str], test: list[str]) -> dict[str, dict]:
+    """The candidate sigma methods, each calibrated on the validation crystals and scored on the test
+    crystals (coverage at 1 and 2 sigma, Spearman of sigma with |error|, MAE of the surest and least sure
+    tenths): the first member's scale heads alone, the members' spread alone, and both."""
+    from dataclasses import replace
+
+    from srscreen.screening.calibrate import calibrate
+
+    variants = {
+        "scale heads, one member": replace(ensemble.member(0), calibration={"scale": {t: 1.0 for t in ensemble.targets}}),
+        f"spread of {ensemble.n_members} members": ensemble.without_scale_heads(),
+        f"{ensemble.n_members} members and their scale heads": ensemble,
+    }
+    return {name: calibrate(model, graphs, labels, validation_ids=val, test_ids=test).training["uncertainty"]
+            for name, model in variants.items()}
+
+
+def ship(graphs: Path) -> None:
+    """The final members as one ensemble file of the targets users asked for (Ef and Eg; any auxiliary
+    heads dropped), its spread calibrated on the final split's validation crystals, in
+    srscreen/pretrained/v3/, with the sigma methods' comparison in results/campaign/sigma.json."""
+    from srscreen.model.model_file import ModelFile
+    from srscreen.screening.calibrate import assemble, calibrate
+
+    runs = final_runs()
+    missing = [r["name"] for r in runs if r["name"] not in summary()]
+    if missing:
+        sys.exit(f"not finished: {', '.join(missing)} (python benchmarks/campaign.py run --graphs ...)")
+    labels = graphs.resolve().with_name("campaign-labels.csv")
+    if not labels.exists():
+        write_labels(graphs, labels)
+    members = [ModelFile.load(RESULTS / f"{r['name']}.pt").select([EF, EG]) for r in runs]
+    split = members[0].training["split"]
+    ensemble = calibrate(assemble(members), graphs, labels, validation_ids=split["val"], test_ids=split["test"])
+    SHIPPED.mkdir(parents=True, exist_ok=True)
+    ensemble.save(SHIPPED / f"{SHIPPED_NAME}.pt")
+    methods = sigma_methods(ensemble, graphs, labels, split["val"], split["test"])
+    (RESULTS / "sigma.json").write_text(json.dumps(methods, indent=1) + "\n")
+    gap = gap_by_kind(ensemble, graphs, labels, split["test"])
+    (SHIPPED / "README.md").write_text(card(ensemble, methods, gap))
+    print(f"wrote {SHIPPED / f'{SHIPPED_NAME}.pt'}: test {json.dumps(ensemble.test_metrics())}")
+    print(json.dumps(methods, indent=1))
+
+
+def gap_by_kind(model, graphs: Path, labels: Path, ids: list[str]) -> dict[str, dict]:
+    """Band-gap MAE on the test crystals that are metals (gap 0) and non-metals, and how often the
+    predicted gap (clipped at 0) calls a metal a metal (below 0.1 eV)."""
+    from srscreen.data.labels import match, read_labels
+    from srscreen.screening.predict import predict
+
+    ranking = predict(graphs, [model], device="cpu")
+    wanted = set(ids)
+    rows = np.array([i for i, id_ in enumerate(ranking.ids) if id_ in wanted])
+    matched = match([ranking.ids[i] for i in rows], read_labels(labels, EG))
+    pred, true = ranking.values[EG][rows[matched.positions]], matched.values
+    out = {}
+    for kind, mask in (("metals", true == 0), ("non-metals", true > 0)):
+        out[kind] = {"count": int(mask.sum()), "mae": float(np.abs(pred[mask] - true[mask]).mean()),
+                     "called_metal": float(np.mean(pred[mask] < 0.1))}
+    return out
+
+
+def card(ensemble, methods: dict, gap: dict) -> str:
+    """The model card of the shipped ensemble, from its file, the campaign's summary and the sigma table."""
+    done = summary()
+    test, cal = ensemble.test_metrics(), ensemble.calibration
+    split = ensemble.training["split"]
+    lines = [
+        f"# `{SHIPPED_NAME}`: formation energy and band gap, with a calibrated sigma", "",
+        "Written by `python benchmarks/campaign.py ship --graphs mp.h5` (issue 24's campaign); `srscreen models` "
+        "shows the same file.", "",
+        f"One SR-CGCNN ensemble of {ensemble.n_members} members, each one network with a head per target "
+        f"({', '.join(ensemble.targets)}) and a scale head per target; `srscreen predict` runs the members as one "
+        "batched network and writes each target's mean and `<target>_std`; `--fast` runs the first member alone "
+        "without scale heads (no sigma).", "",
+        "## Data and split",
+        "- `../shared/datasets/mp-cgcnn`: 33,065 Materials Project crystals (CIF), labels.csv (Ef, PBE gap) and "
+        "labels_extra.csv (Fermi energy, cell volume, magnetic moment), the CGCNN paper's id list as published "
+        "with MT-CGCNN. Cite: A. Jain et al., APL Materials 1, 011002 (2013); CC BY 4.0.",
+        f"- Split (`benchmarks/results/campaign/split-final.csv`, seed 24): {len(split['train']):,} train, "
+        f"{len(split['val']):,} validation (each member's best epoch, and the sigma calibration), "
+        f"{len(split['test']):,} test. No member trained on a validation or test crystal.", "",
+        "## Members", "",
+        "| member | targets trained | seed | epochs (best) | compute (thread-h) | val MAE Ef | val MAE Eg | test MAE Ef | test MAE Eg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in final_runs():
+        row = done[run["name"]]
+        lines.append(f"| {run['name']} | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} ({row['best_epoch']}) | "
+                     f"{row['compute_h']:.2f} | {row['val_mae'][EF]:.4f} | {row['val_mae'][EG]:.4f} | "
+                     f"{row['test_mae'][EF]:.4f} | {row['test_mae'][EG]:.4f} |")
+    recipe = " ".join(f"--{k} {v}" for k, v in RECIPE.items())
+    lines += ["", f"Recipe of every member: `srscreen train mp.h5 --labels campaign-labels.csv --target ... --scale-head "
+              f"--split split-final.csv --seed N --epochs {FINAL_EPOCHS} {recipe} --threads 1 --compile` "
+              "(benchmarks/campaign.py `command`).", "",
+              "## Test metrics (the ensemble)", ""]
+    for t in ensemble.targets:
+        m = test[t]
+        lines.append(f"- {t}: MAE {m['mae']:.4f} {ensemble.unit_of(t)}, RMSE {m['rmse']:.4f}, R² {m['r2']:.3f}, "
+                     f"{m['count']:,} crystals.")
+    lines += [f"- band gap on metals ({gap['metals']['count']:,}): MAE {gap['metals']['mae']:.4f} eV, "
+              f"{gap['metals']['called_metal']:.1%} predicted below 0.1 eV; on non-metals "
+              f"({gap['non-metals']['count']:,}): MAE {gap['non-metals']['mae']:.4f} eV. Gaps are clipped at 0.", "",
+              "## Sigma", "",
+              f"Calibrated on the {min(cal['validation_crystals'].values()):,} validation crystals: scale "
+              + ", ".join(f"{t} x{v:.3g}" for t, v in cal["scale"].items()) + ". Methods compared on the test crystals "
+              "(each calibrated the same way):", "",
+              "| method | target | within 1 sigma | within 2 sigma | Spearman(sigma, abs error) | MAE surest 10% | MAE least sure 10% |",
+              "|---|---|---|---|---|---|---|"]
+    for name, per in methods.items():
+        for t, u in per.items():
+            lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
+                         f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
+    total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
+    lines += ["", "## Compute", "",
+              f"The whole campaign (screen and final runs, `python benchmarks/campaign.py report`): {total:.1f} "
+              "thread-hours on a 2-core machine, two runs at a time, niced beside other work.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
@@ -210,7 +334,12 @@ def main() -> None:
     run_parser.add_argument("--workers", type=int, default=2)
     run_parser.add_argument("--stage", choices=("screen", "final", "all"), default="all")
     sub.add_parser("report")
+    ship_parser = sub.add_parser("ship")
+    ship_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
     args = parser.parse_args()
+    if args.action == "ship":
+        ship(args.graphs)
+        return
     if args.action == "plan":
         for run in plan():
             print(f"{run['name']:18s} {run['stage']:6s} {','.join(run['targets']):70s} "
