@@ -54,7 +54,8 @@ class _Command(TyperCommand):
     def get_params(self, ctx: typer.Context) -> list:
         params = super().get_params(ctx)
         for param in params:
-            shown = param.display_type(ctx) if isinstance(param, (TyperArgument, TyperOption)) else ""
+            display = getattr(param, "display_type", None)  # recent typers; older ones show click's metavars
+            shown = display(ctx) if isinstance(param, (TyperArgument, TyperOption)) and display else ""
             if shown.startswith("<list["):
                 param.display_type = lambda ctx, one=f"<{shown[6:-2].lower()}>": one
         return params
