@@ -129,39 +129,57 @@ def test_the_crystals_are_the_intended_ones(crystals):
 
 
 def shuffled(name: str, tmp_path) -> "srscreen.Model":
-    """The same network and normaliser with every weight tensor's entries permuted: what a model file
-    mixed up at loading (or saved before training) gives, with the weights' own scale."""
+    """The same network and normalisers with every weight tensor's entries permuted (every member's, in an
+    ensemble): what a model file mixed up at loading (or saved before training) gives, with the weights'
+    own scale."""
     model = srscreen.load_model(name)
     gen = torch.Generator().manual_seed(0)
-    state = {k: (v.flatten()[torch.randperm(v.numel(), generator=gen)].view_as(v)
-                 if v.is_floating_point() and v.numel() > 1 and "running" not in k and k != "feature_table" else v)
-             for k, v in model.file.state_dict.items()}
-    model.file.state_dict = state
+
+    def permuted(state: dict) -> dict:
+        return {k: (v.flatten()[torch.randperm(v.numel(), generator=gen)].view_as(v)
+                    if v.is_floating_point() and v.numel() > 1 and "running" not in k and k != "feature_table" else v)
+                for k, v in state.items()}
+
+    model.file.state_dict = permuted(model.file.state_dict)
+    model.file.members = [{**m, "state_dict": permuted(m["state_dict"])} for m in model.file.members]
     path = tmp_path / f"{name}-shuffled.pt"
     model.file.save(path)
     return srscreen.load_model(path)
 
 
-def predictions(model, crystals: dict) -> np.ndarray:
-    return model.predict_structures(list(crystals.values()))
+EF, EG = "formation_energy_per_atom", "band_gap"
+# Every head of every shipped model, and the reference column (of CRYSTALS) it is checked against.
+REFERENCE_COLUMN = {EF: 3, EG: 4}
+HEADS = [(name, target) for name in pretrained_names() for target in srscreen.load_model(name).targets]
+
+
+def predictions(model, crystals: dict, target: str) -> np.ndarray:
+    return model.predict_structures(list(crystals.values()), target=target)
 
 
 def references(column: int) -> np.ndarray:
     return np.array([v[column] for v in CRYSTALS.values()])
 
 
-def test_formation_energy_model_is_accurate_on_known_crystals(crystals, tmp_path, one_thread):
-    want = references(3)
-    got = predictions(srscreen.load_model("sr-cgcnn-ef"), crystals)
+def test_every_shipped_head_has_a_reference():
+    assert HEADS, "no pretrained model installed"
+    assert {t for _, t in HEADS} <= set(REFERENCE_COLUMN), f"heads without an accuracy guard: {HEADS}"
+    assert set(REFERENCE_COLUMN) <= {t for _, t in HEADS}, "a target users get has no shipped model"
+
+
+@pytest.mark.parametrize(("name", "target"), [h for h in HEADS if h[1] == EF])
+def test_formation_energy_heads_are_accurate_on_known_crystals(name, target, crystals, tmp_path, one_thread):
+    want = references(REFERENCE_COLUMN[target])
+    got = predictions(srscreen.load_model(name), crystals, target)
     errors = dict(zip(CRYSTALS, np.round(got - want, 3)))
     mae = float(np.abs(got - want).mean())
     assert mae < EF_MAE, f"MAE {mae:.3f} eV/atom; errors {errors}"
-    control = float(np.abs(predictions(shuffled("sr-cgcnn-ef", tmp_path), crystals) - want).mean())
+    control = float(np.abs(predictions(shuffled(name, tmp_path), crystals, target) - want).mean())
     assert control > MARGIN * EF_MAE, f"shuffled weights reach MAE {control:.3f}: the guard has no teeth"
 
 
 def gap_faults(got: np.ndarray) -> list[str]:
-    want = references(4)
+    want = references(REFERENCE_COLUMN[EG])
     faults = [f"{n}: {g:.2f} eV for a metal" for n, g, w in zip(CRYSTALS, got, want) if w == 0 and g >= METAL_GAP_BELOW]
     faults += [f"{n}: {g:.2f} eV for a {w} eV insulator" for n, g, w in zip(CRYSTALS, got, want)
                if w >= 4.0 and g <= WIDE_GAP_ABOVE]
@@ -171,10 +189,11 @@ def gap_faults(got: np.ndarray) -> list[str]:
     return faults
 
 
-def test_band_gap_model_tells_metals_from_insulators(crystals, tmp_path, one_thread):
-    want = references(4)
-    got = predictions(srscreen.load_model("sr-cgcnn-eg"), crystals)
+@pytest.mark.parametrize(("name", "target"), [h for h in HEADS if h[1] == EG])
+def test_band_gap_heads_tell_metals_from_insulators(name, target, crystals, tmp_path, one_thread):
+    want = references(REFERENCE_COLUMN[target])
+    got = predictions(srscreen.load_model(name), crystals, target)
     assert gap_faults(got) == [], dict(zip(CRYSTALS, np.round(got, 2)))
-    control = predictions(shuffled("sr-cgcnn-eg", tmp_path), crystals)
+    control = predictions(shuffled(name, tmp_path), crystals, target)
     assert float(np.abs(control - want).mean()) > MARGIN * EG_MAE, "shuffled weights pass the MAE bound's margin"
     assert len(gap_faults(control)) >= 5, "shuffled weights pass the metal/insulator checks"
