@@ -47,9 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import SHARED, read_jsonl  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "campaign"
-DATA = ROOT.parent / "shared" / "datasets" / "mp-cgcnn"
+DATA = SHARED / "datasets" / "mp-cgcnn"
 EF, EG = "formation_energy_per_atom", "band_gap"
 AUX = ("efermi", "volume_per_atom", "magnetization_per_atom")
 METAL = "is_metal"  # 1 where the band gap is 0: a head whose output can gate the gap regressor
@@ -92,14 +94,11 @@ def plan() -> list[dict]:
 
 
 def log_of(run: dict) -> list[dict]:
-    path = RESULTS / f"{run['name']}.pt.log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(RESULTS / f"{run['name']}.pt.log.jsonl")
 
 
 def summary() -> dict[str, dict]:
-    path = RESULTS / "summary.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return {row["name"]: row for row in map(json.loads, lines)}
+    return {row["name"]: row for row in read_jsonl(RESULTS / "summary.jsonl")}
 
 
 def record(run: dict) -> None:

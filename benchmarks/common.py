@@ -5,6 +5,7 @@ benchmarks/NAME.py`, which puts this folder first on sys.path)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -19,6 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"  # the shared data sets, beside the checkout
 MP_CIFS = SHARED / "datasets" / "mp-cgcnn" / "structures"
 DEFAULT_PEERS = Path.home() / ".cache" / "srscreen-bench" / "peers-venv"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (a run's per-epoch log, a campaign's summary); none if it is absent."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def link_folder(files: list[Path], folder: Path) -> Path:

@@ -29,6 +29,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import read_jsonl  # benchmarks/common.py
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "recipe"
 LABELS = ROOT.parent / "shared" / "datasets" / "mp-cgcnn" / "labels.csv"
@@ -74,14 +76,11 @@ PLAN = SCREEN + ENSEMBLE
 
 
 def log_of(run: dict) -> list[dict]:
-    path = RESULTS / f"{run['name']}.pt.log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_jsonl(RESULTS / f"{run['name']}.pt.log.jsonl")
 
 
 def summary() -> dict[str, dict]:
-    path = RESULTS / "summary.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return {row["name"]: row for row in map(json.loads, lines)}
+    return {row["name"]: row for row in read_jsonl(RESULTS / "summary.jsonl")}
 
 
 def finished(run: dict) -> bool:
