@@ -125,14 +125,15 @@ def test_top_k_is_the_head_of_the_full_ranking(data, full, k):
 
 def test_top_k_with_ties_is_the_head_of_the_full_ranking(data, full):
     """The same crystal under two ids predicts the same: a cut between them keeps the one the full ranking
-    puts first (file order), whatever shard it came from."""
+    puts first (by id: c-dup before c00-000, though the file holds it last), whatever shard it came from."""
     ef = {r["id"]: r["formation_energy_per_atom"] for r in full}
     first = data["items"][0][0]
     assert ef[first] == ef["c-dup"]
-    k = [r["id"] for r in full].index(first) + 1  # the cut falls between the twins
     for order in ([], ["--desc"]):
         whole = [json.loads(x) for x in run(data, "--format", "jsonl", *order).stdout.splitlines()]
-        k = [r["id"] for r in whole].index(first) + 1
+        ids = [r["id"] for r in whole]
+        assert ids.index("c-dup") + 1 == ids.index(first), "tied, so by id"
+        k = ids.index("c-dup") + 1  # the cut falls between the twins
         top = [json.loads(x) for x in run(data, "--format", "jsonl", "--top", str(k), *order).stdout.splitlines()]
         assert top == whole[:k]
 
@@ -141,7 +142,7 @@ def test_sort_by_band_gap_descending(data, full):
     table = rows(run(data, "--sort", "band_gap", "--desc").stdout)
     gaps = [float(r["band_gap"]) for r in table]
     assert gaps == sorted(gaps, reverse=True)
-    want = sorted(full, key=lambda r: -r["band_gap"])
+    want = sorted(full, key=lambda r: (-shown(r["band_gap"]), r["id"]))  # as printed, equal values by id
     assert [r["id"] for r in table] == [r["id"] for r in want]
     top = rows(run(data, "--sort", "band_gap", "--desc", "--top", "4").stdout)
     assert [r["id"] for r in top] == [r["id"] for r in table[:4]]

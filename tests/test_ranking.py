@@ -11,25 +11,37 @@ import pytest
 from srscreen.screening.ranking import Ranking, Table, best, order, sort_key, write_output, write_table
 
 VALUES = np.array([0.5, math.nan, -1.0, 0.5, math.inf, -math.inf, math.nan, 2.0, -1.0, 0.0, -0.0])
+IDS = ["k", "c", "j", "a", "e", "f", "b", "g", "h", "i", "d"]
 
 
 @pytest.mark.parametrize("descending", [False, True])
 def test_vectorised_order_is_the_sort_key(descending):
     """predict orders arrays, merge orders streamed rows one at a time: both must give one ranking."""
-    by_key = sorted(range(len(VALUES)), key=lambda i: sort_key(VALUES[i], descending))
-    assert order(VALUES, descending).tolist() == by_key
-    assert [i for i in by_key if math.isnan(VALUES[i])] == by_key[-2:], "NaN ranks last either way"
+    by_key = sorted(range(len(VALUES)), key=lambda i: sort_key(VALUES[i], IDS[i], descending))
+    assert order(VALUES, IDS, descending).tolist() == by_key
+    assert [IDS[i] for i in by_key[-2:]] == ["b", "c"], "NaN ranks last either way, by id"
+    assert [IDS[i] for i in by_key if VALUES[i] == 0.5] == ["a", "k"], "equal values by id"
+    assert [IDS[i] for i in by_key if VALUES[i] == 0] == ["d", "i"], "-0 and 0 are equal"
 
 
 def test_best_in_chunks_is_the_head_of_the_full_ranking():
     rng = np.random.default_rng(0)
     values = rng.integers(0, 5, 1000).astype(float)  # many ties
     values[rng.integers(0, 1000, 50)] = math.nan
+    ids = np.array([f"id{i}" for i in rng.permutation(1000)])
     kept = np.zeros(0, dtype=np.int64)
     for start in range(0, len(values), 64):
         candidates = np.concatenate([kept, np.arange(start, min(start + 64, len(values)))])
-        kept = candidates[best(values[candidates], 7, True)]
-    assert kept.tolist() == order(values, True)[:7].tolist()
+        kept = candidates[best(values[candidates], ids[candidates], 7, True)]
+    assert kept.tolist() == order(values, ids, True)[:7].tolist()
+
+
+def test_rows_shown_equal_are_tied_and_ranked_by_id():
+    """0.2650819 and 0.2650821 both print as 0.265082: tied, so by id, whatever the digits beyond the sixth
+    (merge, reading the printed values, can only rank them so)."""
+    r = Ranking(["b", "a", "c"], ["X", "Y", "Z"], np.array([1, 1, 1]), {"e": np.array([0.2650819, 0.2650821, 0.26508])})
+    assert r.top("e", None, False).ids == ["c", "a", "b"]
+    assert r.top("e", 2, True).ids == ["a", "b"]
 
 
 def test_sort_and_filter_on_n_atoms():

@@ -1,13 +1,15 @@
 """A ranking: its rows and columns, the one sort key, top-k, `--where` filters, and the one writer.
 
 `predict` ranks arrays of predictions; `merge` streams rows that `predict` wrote. Both rank by one key
-(lowest first, or highest with `descending`; NaN or an empty cell last either way; ties keep the order
-the rows came in), cut with one top-k, and write through one writer: CSV or TSV with the header first,
-or JSON lines; on stdout, where a reader closing the pipe (`| head`) ends the output quietly, or to a
-file that appears whole or not at all.
+(lowest first, or highest with `descending`; NaN or an empty cell last either way; ties by id), cut
+with one top-k, and write through one writer: CSV or TSV with the header first, or JSON lines; on
+stdout, where a reader closing the pipe (`| head`) ends the output quietly, or to a file that appears
+whole or not at all.
 
-`--where` reads each value as CSV shows it (`shown`: 6 significant digits), in every format: a row
-shown as 0.265082 fails `<0.265082`, whatever digits lie beyond, so what a user sees is what was filtered.
+The sort and `--where` read each value as CSV shows it (`shown`: 6 significant digits), in every
+format: a row shown as 0.265082 fails `<0.265082`, and rows shown equal are tied (then ranked by id),
+whatever digits lie beyond. So what a user sees is what was filtered and ranked, and `merge`, which
+reads only printed values, ranks exactly as one `predict` does.
 
 Columns: rank, id, formula, n_atoms, then one per value (a model's target; beside it `<target>_std`
 for an ensemble; e_above_hull with --hull), then hull_note with --hull.
@@ -47,7 +49,7 @@ def printed(value: float) -> str:
 
 
 def shown(value: float) -> float:
-    """A value as the CSV shows it, read back: the number `--where` compares."""
+    """A value as the CSV shows it, read back: the number the sort and `--where` use."""
     return float(printed(value))
 
 
@@ -82,6 +84,10 @@ class Condition:
         """Rows that pass, comparing values as shown; NaN passes no comparison but `!=`."""
         return _OPS[self.op](ranking.shown(self.column), self.value)
 
+    def passes(self, value: float) -> bool:
+        """Whether one row whose `column` is shown as `value` passes (merge's rows, one at a time)."""
+        return bool(_OPS[self.op](value, self.value))
+
 
 def check_columns(columns: Sequence[str], sort_by: str, where: Sequence[Condition] = ()) -> None:
     """Refuse a sort or filter column the ranking lacks, before any work."""
@@ -97,24 +103,25 @@ def check_top(top: int | None) -> None:
         raise OptionError("`top` must be at least 1")
 
 
-def sort_key(value: float, descending: bool) -> tuple[bool, float]:
-    """The rank order of one value: NaN last either way, then lowest first (highest if `descending`)."""
-    return (True, 0.0) if math.isnan(value) else (False, -value if descending else value)
+def sort_key(value: float, id_: str, descending: bool) -> tuple[bool, float, str]:
+    """The rank of one row from its value as shown: NaN last either way, then lowest first (highest if
+    `descending`), rows shown equal by id. The id, not the order rows come in, breaks ties, so a ranking
+    does not depend on how its rows were split into shards, pieces or merge parts, nor on their order."""
+    return (True, 0.0, id_) if math.isnan(value) else (False, -value if descending else value, id_)
 
 
-def order(values: np.ndarray, descending: bool) -> np.ndarray:
-    """Row indices in `sort_key` order, vectorised; equal keys keep row order (a stable sort)."""
+def order(values: np.ndarray, ids: Sequence[str], descending: bool) -> np.ndarray:
+    """Row indices in `sort_key` order, vectorised (`values` as shown)."""
     nan = np.isnan(values)
-    real = np.flatnonzero(~nan)
-    signed = -values[real] if descending else values[real]
-    return np.concatenate([real[np.argsort(signed, kind="stable")], np.flatnonzero(nan)])
+    signed = np.where(nan, 0.0, -values if descending else values)
+    return np.lexsort((np.asarray(ids, dtype=str), signed, nan))
 
 
-def best(values: np.ndarray, top: int | None, descending: bool) -> np.ndarray:
-    """The first `top` rows of the stable order (all with None). Ties go to the row met first, so the
-    best K of rows kept so far plus the next chunk, chunk after chunk, is the head of the full ranking
-    (an argpartition would pick among equal values arbitrarily)."""
-    return order(values, descending)[:top]
+def best(values: np.ndarray, ids: Sequence[str], top: int | None, descending: bool) -> np.ndarray:
+    """The first `top` rows in `sort_key` order (all with None). The order is total (ids are unique), so
+    the best K of the rows kept so far plus the next chunk, chunk after chunk, is the head of the full
+    ranking (an argpartition would pick among equal values arbitrarily)."""
+    return order(values, ids, descending)[:top]
 
 
 @dataclass
@@ -138,12 +145,8 @@ class Ranking:
     def columns(self) -> list[str]:
         return [*FIXED_COLUMNS, *self.values, *([NOTE_COLUMN] if self.notes is not None else [])]
 
-    def column(self, name: str) -> np.ndarray:
-        """A value column, or n_atoms: what a sort reads."""
-        return self.n_atoms if name == "n_atoms" else self.values[name]
-
     def shown(self, name: str) -> np.ndarray:
-        """A value column as the CSV shows it, or n_atoms: what a filter reads."""
+        """A value column as the CSV shows it, or n_atoms: what a sort or a filter reads."""
         return self.n_atoms.astype(np.float64) if name == "n_atoms" else as_shown(self.values[name])
 
     def where(self, conditions: Sequence[Condition]) -> Ranking:
@@ -155,7 +158,7 @@ class Ranking:
 
     def top(self, sort_by: str, top: int | None, descending: bool) -> Ranking:
         """The first `top` rows (all with None) ranked by `sort_by`."""
-        return self.take(best(self.column(sort_by).astype(np.float64), top, descending))
+        return self.take(best(self.shown(sort_by), self.ids, top, descending))
 
     def take(self, index: np.ndarray) -> Ranking:
         return Ranking([self.ids[i] for i in index], [self.formula[i] for i in index], self.n_atoms[index],

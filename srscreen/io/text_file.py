@@ -1,0 +1,54 @@
+"""The user's own text files (labels, split files, ranked tables) read line by line as UTF-8.
+
+A file that is not such text (a graph or model file given by mistake, a spreadsheet saved as latin-1,
+a line with no end) is refused with one line naming the file and the reason, never a decoder's
+traceback: a guessed encoding would turn ids into other ids, and a binary file into nonsense rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from srscreen.errors import InputError
+
+# No table row srscreen reads is near this long; a longer "line" is a binary file or a runaway field,
+# and reading it whole would hold it in memory.
+MAX_LINE_BYTES = 1 << 20
+# How far into a file a NUL byte marks it as binary rather than badly encoded text.
+SNIFF_BYTES = 4096
+
+
+def text_lines(path: str | Path, what: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark dropped, line ends kept: csv.reader's
+    input). `what` says what the file should be ("a labels CSV"), for the messages."""
+    path = Path(path)
+    try:
+        with path.open("rb") as stream:
+            offset, first = 0, b""
+            while raw := stream.readline(MAX_LINE_BYTES + 1):
+                first = first or raw
+                if b"\x00" in raw:
+                    raise InputError(f"{path}: binary file{_kind(first)}, not {what}")
+                if len(raw) > MAX_LINE_BYTES:
+                    raise InputError(f"{path}: a line longer than {MAX_LINE_BYTES:,} bytes at byte {offset}, not {what}")
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if offset < SNIFF_BYTES and b"\x00" in stream.read(SNIFF_BYTES):
+                        raise InputError(f"{path}: binary file{_kind(first)}, not {what}") from None
+                    raise InputError(f"{path}: not UTF-8 text at byte {offset + e.start} (latin-1 or another "
+                                     f"encoding?), not {what}: save it as UTF-8") from None
+                yield text.removeprefix("\ufeff") if offset == 0 else text
+                offset += len(raw)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def _kind(head: bytes) -> str:
+    """What a binary file most likely is, when its first bytes say so."""
+    if head.startswith(b"\x89HDF"):
+        return " (HDF5: a graph file?)"
+    if head.startswith(b"PK\x03\x04"):
+        return " (zip: a model file?)"
+    return ""
