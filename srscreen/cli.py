@@ -395,9 +395,12 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
         # --resume continues the run that wrote OUT (its OUT.ckpt beside it): replacing that OUT is the point.
         check_output(out, [graphs, labels, split, *_model_files([init_model] if init_model else [])],
                      overwrite=overwrite or (resume and ckpt.exists()), beside=[ckpt, out.with_name(out.name + ".log.jsonl")])
+        init = resolve_model(init_model) if init_model else None
+        if split is not None:
+            from srscreen.trainer.split import read_split_file
+            read_split_file(split)  # unusable arguments fail in one line, before any note on the labels
         if not quiet:
             _label_notes(labels, list(config.targets))
-        init = resolve_model(init_model) if init_model else None
         with output_lock(out), progress:
             try:
                 result = train(graphs, labels, out, config, init=init, split_file=split, resume=resume, unit=unit,

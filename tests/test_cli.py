@@ -153,7 +153,9 @@ def test_evaluate_metrics_are_numpy_metrics_of_the_predictions(data):
     result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ef"], "--model", data["eg"],
                  "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
-    got = json.loads(result.stdout)
+    by_model = json.loads(result.stdout)
+    assert set(by_model) == {"ef", "eg"}  # rows name their model
+    got = {t: m for per in by_model.values() for t, m in per.items()}
     assert set(got) == {"formation_energy_per_atom", "band_gap"}
     for target, metrics in got.items():
         want = numpy_metrics(data, target)
@@ -355,7 +357,7 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["predict", g, "--model", "sr-cgcnn-unknown"], ["sr-cgcnn-unknown: not a pretrained model", "./sr-cgcnn-unknown"]),
         (["predict", g, "--model", tmp_path / "missing.pt"], ["missing.pt: cannot read model file"]),
         (["predict", g, "--model", labels], ["labels.csv: not a readable srscreen model file"]),
-        (["predict", g, "--model", ef, "--model", ef], ["two models predict the same target"]),
+        (["predict", g, "--model", ef, "--model", ef], ["two models predict formation_energy_per_atom", "give each target once"]),
         (["predict", g, "--model", ef, "--sort", "volume"], ["--sort volume: no such column"]),
         (["predict", g, "--model", ef, "--top", "0"], ["--top must be at least 1"]),
         (["predict", g, "--model", ef, "--format", "xml"], ["--format must be csv, tsv or jsonl", "xml"]),
