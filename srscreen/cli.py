@@ -413,9 +413,13 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
     m = result.model_file
     t = m.training
     test = t.get("test") or {}
+    baseline = t.get("baseline_test") or {}
     score = "val MAE" if len(m.targets) == 1 else "val score (mean MAE/std over targets)"
-    err.print(f"wrote {out}: best epoch {t['best_epoch']} of {t['epochs_run']}, {score} {t['val_mae']:.4f}"
+    stopped = (f" (stopped early: no better validation MAE in {config.patience} epochs)"
+               if t["epochs_run"] < config.epochs else "")
+    err.print(f"wrote {out}: best epoch {t['best_epoch']} of {t['epochs_run']}{stopped}, {score} {t['val_mae']:.4f}"
               + "".join(f"; {target} test MAE {test[target]['mae']:.4f} {m.unit_of(target)} on {test[target]['count']:,} crystals"
+                        + (f" ({init_model} on the same crystals: {baseline[target]['mae']:.4f})" if target in baseline else "")
                         for target in m.targets if target in test),
               soft_wrap=True)
 

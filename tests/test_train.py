@@ -443,3 +443,22 @@ def test_ema_averages_weights_and_batchnorm_statistics():
     assert torch.equal(ema.feature_table, model.feature_table)
     ema_update(ema, model, decay=0.9, step=0)  # early: decay (1 + 0) / 10 = 0.1, mostly the new weights
     assert torch.allclose(ema.heads[0].fc_out.bias, torch.tensor([0.1 * 0.1 + 0.9]))
+
+
+def test_finetune_summary_gives_the_starting_models_figure_and_says_when_it_stopped_early(data, base_model, tmp_path):
+    """The closing line compares with the model fine-tuning started from, on the same test crystals."""
+    result = cli("finetune", data["graphs"], "--labels", data["labels"], "--target", "formation_energy_per_atom",
+                 "--from", base_model, "-o", tmp_path / "tuned.pt", "--epochs", "12", "--patience", "1",
+                 "--batch-size", "8", "--lr", "0.05", "--threads", "1", "-q")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    tuned = ModelFile.load(tmp_path / "tuned.pt")
+    baseline = tuned.training["baseline_test"]["formation_energy_per_atom"]
+    ranking = srscreen.predict(data["graphs"], [ModelFile.load(base_model)])
+    row = {id_: i for i, id_ in enumerate(ranking.ids)}
+    test_ids = tuned.training["split"]["test"]
+    want = np.array([data["values"][i][0] for i in test_ids])
+    got = ranking.values["formation_energy_per_atom"][[row[i] for i in test_ids]]
+    assert baseline["mae"] == pytest.approx(float(np.abs(got - want).mean()), rel=1e-5)
+    assert f"on the same crystals: {baseline['mae']:.4f}" in result.stderr
+    stopped = tuned.training["epochs_run"] < 12
+    assert ("stopped early" in result.stderr) == stopped

@@ -312,8 +312,24 @@ class Trainer:
             model_file = replace(model_file, calibration=self._calibration(model_file))
         if len(split.test):
             model_file.training["test"] = {t: asdict(m) for t, m in self._metrics(self.model, split.test, model_file).items()}
+            if init is not None:
+                model_file.training["baseline_test"] = self._baseline()
         model_file.save(self.out)
         return TrainResult(model_file, self.history)
+
+    def _baseline(self) -> dict[str, dict]:
+        """The starting model's metrics on the same test crystals, for the targets it predicts: what
+        fine-tuning is measured against (an ensemble starts from its first member, as fine-tuning does)."""
+        start = self.init.member(0)
+        out = torch.from_numpy(predict_positions(start.build_model(), self.graphs, self.split.test)).double()
+        columns = {k: v.numpy() for k, v in start.values(out).items()}
+        baseline = {}
+        for i, t in enumerate(self.config.targets):
+            y = self.y_all[self.split.test, i]
+            known = np.isfinite(y)
+            if t in start.targets and known.any():
+                baseline[t] = asdict(metrics(columns[t][known], y[known]))
+        return baseline
 
     def _bounds(self) -> dict[str, list]:
         """The targets' physical bounds, which predictions are clipped to (the same in validation as in use)."""
