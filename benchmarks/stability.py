@@ -15,10 +15,19 @@ On the shared labelled MP set (../shared/datasets/mp-cgcnn, 33,065 crystals):
 - also, as `predict --hull` is used: each held-out crystal against the reference of the others only
   (no held-out crystal in the hull; values may be negative), DFT and predicted Ef alike. The hull is then
   the same for both, so the E_hull MAE there is the Ef MAE: only the classification differs.
+- with a model that gives a formation-energy sigma (an ensemble, or a model trained with `--scale-head`):
+  `srscreen predict --hull --reference OTHERS.csv` (the other crystals' lowest DFT Ef per composition)
+  gives each held-out crystal `e_above_hull` and `p_stable`. Two rankings of them are compared, by
+  `p_stable` (highest first) and by `e_above_hull` (lowest first), equal values by id as `--sort` breaks
+  them: precision and DAF among the first 10% of each; F1 of `p_stable > 0.5` and of `e_above_hull <= 0`
+  (the same crystals in exact arithmetic: Phi(-e/sigma) > 0.5 exactly when e < 0); and a reliability
+  table of p_stable (5 equal bins: mean p_stable against the fraction truly stable against the same
+  reference, and their count-weighted gap, the ECE). A model without sigma skips this part with a note.
 Also times `ReferenceHull.e_above_hull` on ~10^6 rows (the set's formulas x 30) with the shipped
 reference, cold (every chemical system's hull built) and warm.
 
-Writes benchmarks/results/stability.json and stability.png (predicted vs DFT hull distance).
+Writes benchmarks/results/stability.json (the p_stable comparison under `p_stable`) and stability.png
+(predicted vs DFT hull distance).
 Caveat printed with the table: the CGCNN checkpoint was trained on 28,046 crystals of the same MP id list
 (its split is not published), so it has probably seen many held-out crystals: its figures are optimistic.
 """
@@ -27,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
+import math
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -40,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from srscreen.model.model_file import ModelFile
+from srscreen.model.registry import resolve_model
 from srscreen.screening.hull import DEFAULT_REFERENCE, ReferenceHull
 from srscreen.screening.reference_hull import composition_of
 
@@ -50,21 +63,9 @@ CGCNN = SHARED / "reference" / "cgcnn"
 RESULTS = ROOT / "benchmarks" / "results"
 STABLE_TOL = 1e-6  # eV/atom: E_hull at or below this is "on the hull"
 RULES = {None: "cgcnn", "knn-pbc-v1": "cgcnn", "knn-ties-v2": "knn-ties"}
-
-
-def model_file_class():
-    """srscreen's ModelFile, wherever the package layout keeps it."""
-    for name in ("srscreen.model.model_file", "srscreen.model.network.checkpoint", "srscreen.model.network", "srscreen.io.checkpoint"):
-        try:
-            return importlib.import_module(name).ModelFile
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError("srscreen's ModelFile not found")
-
-
-def model_path(name: str) -> Path:
-    path = Path(name)
-    return path if path.is_file() else Path(str(resources.files("srscreen.pretrained").joinpath(f"{name}.pt")))
+ENERGY = "formation_energy_per_atom"  # the column of a model's Ef head, found by target name
+TOP_FRACTION = 0.1  # the share of each ranking whose precision and DAF are compared
+RELIABILITY_BINS = 5
 
 
 def read_labels(path: Path) -> dict[str, float]:
@@ -93,14 +94,29 @@ def featurize_for(model, atom_features: Path | None, source: Path, work: Path, c
     return cache[key]
 
 
-def predict_ef(graphs: Path, model: Path, out: Path) -> dict[str, float]:
-    srscreen("predict", str(graphs), "--model", str(model), "-o", str(out), "-q", "--threads", str(JOBS))
+def predict_rows(graphs: Path, model: str | Path, out: Path, *options: str) -> dict[str, dict[str, str]]:
+    """`srscreen predict`'s rows by id, values as printed."""
+    srscreen("predict", str(graphs), "--model", str(model), "-o", str(out), "-q", "--threads", str(JOBS), *options)
     with out.open(newline="") as stream:
-        return {r["id"]: float(r["formation_energy_per_atom"]) for r in csv.DictReader(stream)}
+        return {r["id"]: r for r in csv.DictReader(stream)}
+
+
+def write_reference(hull: ReferenceHull, path: Path) -> Path:
+    """The hull's compositions as a `--reference` CSV, energies in full precision, so that `predict --hull`
+    places crystals against the same hull as `hull`."""
+    with path.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["formula", ENERGY])
+        writer.writerows((formula, repr(ef)) for formula, ef in hull.rows())
+    return path
 
 
 def classification(pred: np.ndarray, true: np.ndarray) -> dict:
-    p, t = pred <= STABLE_TOL, true <= STABLE_TOL
+    return {**scores(pred <= STABLE_TOL, true <= STABLE_TOL), "mae_e_hull": float(np.abs(pred - true).mean())}
+
+
+def scores(p: np.ndarray, t: np.ndarray) -> dict:
+    """Confusion counts, precision, recall, F1 and DAF of the stable calls `p` against the truth `t`."""
     tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -109,8 +125,50 @@ def classification(pred: np.ndarray, true: np.ndarray) -> dict:
             "tp": tp, "fp": fp, "fn": fn, "tn": int((~p & ~t).sum()), "prevalence": prevalence,
             "precision": precision, "recall": recall,
             "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "daf": precision / prevalence if prevalence else float("nan"),
-            "mae_e_hull": float(np.abs(pred - true).mean())}
+            "daf": precision / prevalence if prevalence else float("nan")}
+
+
+def top_share(values: np.ndarray, order: np.ndarray, stable: np.ndarray) -> dict:
+    """Precision and DAF among the first TOP_FRACTION of the ranking `order` of `values`; `tied_at_cut`
+    counts the crystals sharing the last kept value, among which the cut falls by id."""
+    k = max(1, math.ceil(TOP_FRACTION * len(order)))
+    hits, precision = int(stable[order[:k]].sum()), float(stable[order[:k]].mean())
+    return {"k": k, "stable": hits, "precision": precision, "daf": precision / float(stable.mean()),
+            "tied_at_cut": int((values == values[order[k - 1]]).sum())}
+
+
+def reliability(p: np.ndarray, stable: np.ndarray) -> dict:
+    """Mean p_stable against the observed stable fraction in RELIABILITY_BINS equal bins of p_stable, and
+    the expected calibration error (their gap, weighted by the crystals in each bin)."""
+    edges = np.linspace(0.0, 1.0, RELIABILITY_BINS + 1)
+    index = np.digitize(p, edges[1:-1])  # bin b holds edges[b] <= p < edges[b + 1]; the last includes 1
+    bins = []
+    for b in range(RELIABILITY_BINS):
+        inside = index == b
+        seen = bool(inside.any())
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(inside.sum()),
+                     "mean_p_stable": float(p[inside].mean()) if seen else None,
+                     "stable_fraction": float(stable[inside].mean()) if seen else None})
+    ece = sum(b["count"] * abs(b["mean_p_stable"] - b["stable_fraction"]) for b in bins if b["count"]) / len(p)
+    return {"bins": bins, "ece": ece}
+
+
+def p_stable_comparison(rows: dict[str, dict[str, str]], ids: list[str], true_e: np.ndarray) -> dict:
+    """Ranking the held-out crystals `ids` (sorted) by predict's `p_stable` against ranking them by its
+    `e_above_hull`; `true_e` is their DFT E_hull against the same reference. Rows predict could not place
+    (an element outside the reference) are left out and counted."""
+    placed = [k for k, i in enumerate(ids) if rows[i]["e_above_hull"] and rows[i]["p_stable"]]
+    e = np.array([float(rows[ids[k]]["e_above_hull"]) for k in placed])
+    p = np.array([float(rows[ids[k]]["p_stable"]) for k in placed])
+    std = np.array([float(rows[ids[k]][f"{ENERGY}_std"]) for k in placed])
+    stable = true_e[placed] <= STABLE_TOL
+    by_p, by_e = np.argsort(-p, kind="stable"), np.argsort(e, kind="stable")  # ids are sorted: ties by id
+    return {"count": len(placed), "not_placed": len(ids) - len(placed), "prevalence": float(stable.mean()),
+            "top_fraction": TOP_FRACTION, "ef_std_median": float(np.median(std)),
+            "p_stable_printed_as_1": int((p == 1).sum()),
+            "by_p_stable": top_share(p, by_p, stable), "by_e_above_hull": top_share(e, by_e, stable),
+            "p_stable_above_half": scores(p > 0.5, stable), "e_above_hull_at_most_0": scores(e <= STABLE_TOL, stable),
+            "reliability": reliability(p, stable)}
 
 
 def throughput(formulas: list[str], repeat: int, seed: int) -> dict:
@@ -175,18 +233,25 @@ def main() -> None:
     JOBS = args.jobs
     warnings.simplefilter("ignore", UserWarning)  # pymatgen: no electronegativity for He, ...
     started, load_start = time.perf_counter(), os.getloadavg()
-    ModelFile = model_file_class()
 
     labels = read_labels(args.data / "labels.csv")
     ids = sorted(labels)
     comps = {i: composition_of(args.data / "structures" / f"{i}.cif") for i in ids}
-    sr_path = model_path(args.model)
-    sr = ModelFile.load(sr_path)
+    sr = resolve_model(args.model)
+    sr_path = Path(sr.source)
+    if ENERGY not in sr.targets:
+        raise SystemExit(f"{args.model} predicts {', '.join(sr.targets)}, not {ENERGY}")
     test = sorted(set(sr.training["split"]["test"]) & set(labels))
     n = min(len(test), round(args.fraction * len(ids)))
     held = sorted(np.random.default_rng(args.seed).choice(test, size=n, replace=False).tolist())
     held_set = set(held)
     print(f"{len(ids)} labelled crystals; holding out {n} of the {len(test)} in {sr_path.name}'s test split")
+    rest = [(comps[i], labels[i]) for i in ids if i not in held_set]
+    rest_hull = ReferenceHull(rest, source="other crystals")
+    with_sigma = f"{ENERGY}_std" in sr.columns
+    if not with_sigma:
+        print(f"{args.model} gives no {ENERGY}_std (neither an ensemble nor a scale head): "
+              "the p_stable comparison is skipped")
 
     with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
         work = Path(tmp)
@@ -197,24 +262,27 @@ def main() -> None:
         cgcnn_path = work / "cgcnn-ef.pt"
         srscreen("import-cgcnn", str(args.cgcnn), "--atom-features", str(args.atom_init),
                  "--target", "formation_energy_per_atom", "--unit", "eV/atom", "-o", str(cgcnn_path))
-        models = {args.model: (sr_path, sr, None), "cgcnn (original)": (cgcnn_path, ModelFile.load(cgcnn_path), args.atom_init)}
+        models = {args.model: (args.model, sr, None), "cgcnn (original)": (cgcnn_path, ModelFile.load(cgcnn_path), args.atom_init)}
+        # With a sigma, srscreen's model also ranks as `predict --hull` does, against the other crystals.
+        hull_options = ["--hull", "--reference", str(write_reference(rest_hull, work / "others.csv"))]
         cache: dict = {}
-        predictions = {}
+        rows = {}
         for name, (path, model, atom_features) in models.items():
             graphs = featurize_for(model, atom_features, source, work, cache)
-            predictions[name] = predict_ef(graphs, path, work / f"pred-{len(predictions)}.csv")
+            options = hull_options if with_sigma and name == args.model else []
+            rows[name] = predict_rows(graphs, path, work / f"pred-{len(rows)}.csv", *options)
+    predictions = {name: {i: float(r[ENERGY]) for i, r in by_id.items()} for name, by_id in rows.items()}
     common = [i for i in held if all(i in p for p in predictions.values())]
     print(f"{len(common)} of {n} held-out crystals predicted by both models")
 
     formulas = [comps[i].reduced_formula for i in common]
     dft = np.array([labels[i] for i in common])
-    rest = [(comps[i], labels[i]) for i in ids if i not in held_set]
     full_hull = ReferenceHull([(comps[i], labels[i]) for i in ids], source="all DFT")
-    rest_hull = ReferenceHull(rest, source="other crystals")
     true_pooled, _ = full_hull.e_above_hull(formulas, dft)
     true_reference, _ = rest_hull.e_above_hull(formulas, dft)
 
-    results = {"data": str(args.data), "held_out": len(common), "fraction": args.fraction, "seed": args.seed,
+    results = {"command": shlex.join(["python", "benchmarks/stability.py", *sys.argv[1:]]),
+               "data": str(args.data), "held_out": len(common), "fraction": args.fraction, "seed": args.seed,
                "stable_tolerance_eV": STABLE_TOL, "held_out_from": f"{sr_path.name} training.split.test",
                "models": {}, "model_files": {}}
     arrays = {}
@@ -226,10 +294,12 @@ def main() -> None:
         results["models"][name] = {"ef_mae": float(np.abs(pred - dft).mean()),
                                    "pooled": classification(pred_pooled, true_pooled),
                                    "reference": classification(pred_reference, true_reference)}
-        results["model_files"][name] = {"file": str(path) if name == args.model else f"import-cgcnn {args.cgcnn}",
+        results["model_files"][name] = {"file": str(sr_path) if name == args.model else f"import-cgcnn {args.cgcnn}",
                                         "graph_settings": model.graph_settings,
                                         "trained": model.training.get("command") or model.training.get("origin")}
         arrays[name] = {"pooled": (true_pooled, pred_pooled), "reference": (true_reference, pred_reference)}
+    if with_sigma:
+        results["p_stable"] = {"model": args.model, **p_stable_comparison(rows[args.model], common, true_reference)}
 
     if args.throughput_repeat:
         results["throughput"] = throughput([comps[i].reduced_formula for i in ids], args.throughput_repeat, args.seed)
@@ -261,7 +331,33 @@ def report(results: dict) -> None:
         print(f"\ne_above_hull on {t['rows']:,} rows ({t['unique_formulas']:,} formulas, {t['systems_built']:,} hulls built): "
               f"cold {t['cold_s']:.2f} s ({t['cold_rows_per_s']:,.0f} rows/s), warm {t['warm_s']:.2f} s "
               f"({t['warm_rows_per_s']:,.0f} rows/s); reference load {t['reference_load_s']:.2f} s")
+    if "p_stable" in results:
+        report_p_stable(results["p_stable"], results["command"])
     print(f"wall {results['wall_s']:.0f} s")
+
+
+def report_p_stable(r: dict, command: str) -> None:
+    top = f"top {r['top_fraction']:.0%}"
+    print(f"\n`{command}`: {r['count']} held-out crystals placed by `srscreen predict --model {r['model']} --hull` "
+          f"against the other crystals' hull ({r['not_placed']} not placed); truly stable: DFT E_hull <= 0 against "
+          f"the same hull, prevalence {r['prevalence']:.3f}; median Ef sigma {r['ef_std_median']:.4f} eV/atom\n")
+    print(f"| ranking | {top}: crystals | {top}: precision | {top}: DAF | classifier | precision | recall | F1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ranking, label, classifier, name in (("by_p_stable", "`p_stable`, highest first", "p_stable_above_half", "`p_stable > 0.5`"),
+                                             ("by_e_above_hull", "`e_above_hull`, lowest first", "e_above_hull_at_most_0", "`e_above_hull <= 0`")):
+        t, c = r[ranking], r[classifier]
+        print(f"| {label} | {t['k']} | {t['precision']:.3f} | {t['daf']:.2f} | {name} | {c['precision']:.3f} | "
+              f"{c['recall']:.3f} | {c['f1']:.3f} |")
+    tied = r["by_p_stable"]["tied_at_cut"]
+    print("\np_stable > 0.5 exactly when e_above_hull < 0, so the two classifiers differ only at e_above_hull = 0. "
+          f"p_stable is printed as 1 for {r['p_stable_printed_as_1']} of the crystals"
+          + (f"; the {top} cut falls among {tied} equal p_stable values, taken in id order" if tied > 1 else "") + ".\n")
+    print("| p_stable | crystals | mean p_stable | truly stable |")
+    print("|---|---|---|---|")
+    for b in r["reliability"]["bins"]:
+        shown = (f"{b['mean_p_stable']:.3f} | {b['stable_fraction']:.3f}" if b["count"] else "– | –")
+        print(f"| {b['low']:.1f}–{b['high']:.1f} | {b['count']} | {shown} |")
+    print(f"\nExpected calibration error (count-weighted gap): {r['reliability']['ece']:.3f}")
 
 
 JOBS = 1
