@@ -205,3 +205,29 @@ def test_selecting_targets_keeps_their_predictions(data):
     assert set(kept) == {EG, f"{EG}_std"}
     for column in kept:
         torch.testing.assert_close(kept[column], full[column], rtol=0, atol=0)
+
+
+def test_pretrained_names_of_earlier_releases_keep_working(tmp_path, monkeypatch):
+    """A new release (v3) adds its models; the names of earlier ones still resolve, the newest file winning."""
+    import srscreen.model.registry as registry
+
+    for release, names in (("v2", ("a", "b")), ("v3", ("b", "c")), ("notes", ("x",))):
+        (tmp_path / release).mkdir()
+        for name in names:
+            (tmp_path / release / f"{name}.pt").write_bytes(b"")
+    monkeypatch.setattr(registry, "PRETRAINED_ROOT", tmp_path)
+    files = registry.pretrained_files()
+    assert sorted(files) == ["a", "b", "c"] == registry.pretrained_names()
+    assert files["a"].parent.name == "v2" and files["b"].parent.name == "v3" and registry.pretrained_dir().name == "v3"
+
+
+def test_python_api_of_a_multi_target_model(data, prototypes):
+    model = srscreen.load_model(data["both"])
+    structures = list(prototypes.values())[:3]
+    columns = model.predict_columns(structures)
+    assert set(columns) == {EF, EG, f"{EF}_std", f"{EG}_std"} and all(len(v) == 3 for v in columns.values())
+    np.testing.assert_allclose(model.predict_structures(structures, target=EG), columns[EG])
+    mean, std = model.predict_structures(structures, target=EF, with_std=True)
+    np.testing.assert_allclose(std, columns[f"{EF}_std"])
+    with pytest.raises(srscreen.errors.OptionError, match="give `target`"):
+        model.predict_structures(structures)

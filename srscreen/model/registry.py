@@ -13,16 +13,27 @@ DEFAULT_MODELS = ("sr-cgcnn-ef", "sr-cgcnn-eg")
 PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
 
 
+def releases() -> list[Path]:
+    """The releases of the pretrained models, oldest first: `srscreen/pretrained/vN/`, each a folder of
+    model files and their card."""
+    return sorted((p for p in PRETRAINED_ROOT.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
+                  key=lambda p: int(p.name[1:]))
+
+
 def pretrained_dir() -> Path:
-    """The newest release of the pretrained models: `srscreen/pretrained/vN/` with the largest N, each
-    release a folder of model files and their card (older releases stay loadable by path)."""
-    releases = sorted((p for p in PRETRAINED_ROOT.glob("v*") if p.is_dir() and p.name[1:].isdigit()),
-                      key=lambda p: int(p.name[1:]))
-    return releases[-1] if releases else PRETRAINED_ROOT
+    """The newest release of the pretrained models."""
+    found = releases()
+    return found[-1] if found else PRETRAINED_ROOT
+
+
+def pretrained_files() -> dict[str, Path]:
+    """Every installed pretrained name and its file: a release keeps the names of those before it unless
+    it ships a model of the same name, so a name once shipped keeps working."""
+    return {p.stem: p for release in releases() for p in sorted(release.glob("*.pt"))}
 
 
 def pretrained_names() -> list[str]:
-    return sorted(p.stem for p in pretrained_dir().glob("*.pt"))
+    return sorted(pretrained_files())
 
 
 def model_path(name_or_path: str) -> Path | None:
@@ -43,7 +54,7 @@ def resolve_model(name_or_path: str) -> ModelFile:
     """
     path = model_path(name_or_path)
     if path is None:
-        path = pretrained_dir() / f"{name_or_path}.pt"
+        path = pretrained_files()[name_or_path]
     elif os.sep not in name_or_path and "/" not in name_or_path and not path.suffix:
         known = ", ".join(pretrained_names()) or "none installed"
         exists = f"; for the file {name_or_path} here, write ./{name_or_path}" if path.exists() else ""

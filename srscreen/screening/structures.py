@@ -63,7 +63,10 @@ class Model:
         """Predictions of `target` (a one-target model's own by default) for many pymatgen Structures, in
         input order, batched; with `with_std` (a model with a spread), also each prediction's calibrated
         standard deviation. `predict_columns` gives every target at once."""
-        target = target or self.file.target
+        if target is None and len(self.targets) > 1:
+            raise OptionError(f"{self.file.source} predicts {', '.join(self.targets)}: give `target`, or take every "
+                              "column with predict_columns")
+        target = target or self.targets[0]
         if target not in self.targets:
             raise OptionError(f"`target` {target!r}: {self.file.source} predicts {', '.join(self.targets)}")
         if with_std and not self.file.has_std:
