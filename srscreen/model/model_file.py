@@ -327,8 +327,8 @@ class ModelFile:
         def of(values: list) -> list:
             return [values[self.targets.index(t)] for t in targets]
 
-        calibration = ({**self.calibration, **{k: {t: v[t] for t in targets} for k, v in self.calibration.items()
-                                                 if isinstance(v, dict)}} if self.calibration else {})
+        # Per-target entries of the calibration ("scale", "validation_crystals") keep the selected targets.
+        calibration = {k: {t: v[t] for t in targets} if isinstance(v, dict) else v for k, v in self.calibration.items()}
         return replace(self, architecture={**self.architecture, "n_targets": len(targets)},
                        state_dict=heads(self.state_dict), targets=list(targets), units=of(self.units),
                        normalizers=of(self.normalizers),
