@@ -271,12 +271,12 @@ def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO, max_byte
     frames: list[str] = []
     first = 0
     for frame in _split_frames(text, fmt, max_bytes):
-        if frame is None:  # too large: the chunk so far, then the frame's failure, then on after it
+        if isinstance(frame, _Fault):  # the chunk so far, then the frame's failure, then on after it
             if frames:
                 yield _chunk(source, name, first, frames)
                 first += len(frames)
                 frames = []
-            yield Item(key=f"{source}#{first}", source=source, name=name, error=f"frame {first}: {too_large(max_bytes)}")
+            yield Item(key=f"{source}#{first}", source=source, name=name, error=f"frame {first}: {frame}")
             first += 1
             continue
         frames.append(frame)
@@ -314,17 +314,24 @@ def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:
                 frames=len(frames))
 
 
-def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[str | None]:
-    """The text of each frame (a JSON line, an extxyz frame), or None for one over `max_chars`: no line or
-    frame is held whole past the limit, whatever the file says (an endless line, a header of 10^12 atoms)."""
+class _Fault(str):
+    """Why a frame is not handed to a parser."""
+
+
+def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[str | _Fault]:
+    """The text of each frame (a JSON line, an extxyz frame), or a `_Fault` for one over `max_chars` or cut
+    short: no line or frame is held whole past the limit, whatever the file says (an endless line, a header
+    of 10^12 atoms), and no parser is given a frame that announces more atoms than it holds (ASE would
+    read on for each one it announces)."""
+    large = _Fault(too_large(max_chars))
     lines = _bounded_lines(text, max_chars)
     if fmt == "jsonl":
-        yield from (None if line is None else line if line.endswith("\n") else line + "\n"
+        yield from (large if line is None else line if line.endswith("\n") else line + "\n"
                     for line in lines if line is None or line.strip())
         return
     for head in lines:
         if head is None:
-            yield None
+            yield large
             continue
         if not head.strip():
             continue
@@ -333,14 +340,20 @@ def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[
         except ValueError:
             # Not a frame header: hand the rest over (up to the limit) so the parser records the failure.
             rest = text.read(max_chars + 1)
-            yield None if len(head) + len(rest) > max_chars else head + rest
+            yield large if len(head) + len(rest) > max_chars else head + rest
             return
-        frame, size = [head], len(head)
+        frame, size, taken = [head], len(head), 0
         for line in islice(lines, max(n, 0) + 1):
+            taken += 1
             size += max_chars + 1 if line is None else len(line)
             if size <= max_chars:
                 frame.append(line)
-        yield "".join(frame) if size <= max_chars else None
+        if size > max_chars:
+            yield large
+        elif taken < max(n, 0) + 1:
+            yield _Fault(f"announces {n} atoms, but the file ends after {max(taken - 1, 0)} of them")
+        else:
+            yield "".join(frame)
 
 
 def _bounded_lines(text: io.TextIOBase, max_chars: int) -> Iterator[str | None]:
