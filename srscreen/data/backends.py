@@ -3,9 +3,9 @@
 Both are joblib backends behind one `parallel_config`, so the pipeline is the same code either way:
 tasks go out, results stream back in input order to the one writer in this process.
 
-Local workers never outlive the run: an error or a SIGTERM in the parent stops them (SIGTERM raises
-`SystemExit(143)` while the run holds the workers, so it unwinds like any error), and each worker ends
-itself within a second of its parent's death, however the parent died (SIGKILL, a crash).
+Local workers never outlive the run: an error or a SIGTERM in the parent stops them (inside
+`sigterm_unwinds`, SIGTERM raises `SystemExit(143)`, so the run unwinds like on any error), and each
+worker ends itself within a second of its parent's death, however the parent died (SIGKILL, a crash).
 """
 
 from __future__ import annotations
@@ -54,8 +54,7 @@ def compute_backend(backend: str = "local", *, jobs: int = -1, scheduler: str | 
     """
     check_backend(backend, scheduler)
     if backend == "local":
-        with parallel_config(backend="loky", n_jobs=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),)), \
-                _sigterm_unwinds():
+        with parallel_config(backend="loky", n_jobs=jobs, initializer=_exit_with_parent, initargs=(os.getpid(),)):
             yield
         return
     from dask.distributed import Client
@@ -92,10 +91,11 @@ def _exit_with_parent(parent: int) -> None:
 
 
 @contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
+def sigterm_unwinds() -> Iterator[None]:
     """While the block runs, SIGTERM raises SystemExit(143) in the main thread instead of ending the
-    process on the spot: the run then stops its workers and removes its temporary files as on any error.
-    Left alone when this is not the main thread or someone else already handles SIGTERM."""
+    process on the spot: the run then stops its workers and removes its temporary files as on any error
+    (a write in progress through `hdf5_out` finishes its file first). Left alone when this is not the
+    main thread or someone else already handles SIGTERM."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return

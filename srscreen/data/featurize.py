@@ -23,7 +23,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from srscreen.graph import elements
-from srscreen.data.backends import check_backend, compute_backend, local_workers, stop_workers
+from srscreen.data.backends import check_backend, compute_backend, local_workers, sigterm_unwinds, stop_workers
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.csr import Graphs
 from srscreen.graph.neighbours import build_graphs
@@ -282,6 +282,9 @@ def featurize(
     table; `out` may lie inside the source folder, whose listing then leaves out featurize's own files.
     A second run into the same `out` while one is writing it is refused (an flock on OUT.lock).
     `backend` "dask" runs the workers on the dask.distributed cluster at `scheduler` (see backends.py).
+    Local workers are `jobs` processes, never more than the cores (`backends.local_workers`) nor than the
+    tasks; none outlives the run, and SIGTERM unwinds it (exit status 143) like an error. A full disk raises
+    `DiskFullError` naming `out`, every file whole or absent: the same call then resumes.
     `like` (a `ModelFile`) builds the graphs that model takes: its neighbour rule, radius, max_nbr, tie
     tolerance and element table replace those of `options` and `atom_features` (its policies stay).
 
@@ -316,7 +319,7 @@ def featurize(
     if out.is_dir():
         raise InputError(f"{out} is a folder; name the graph file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(out):
+    with output_lock(out), sigterm_unwinds():
         try:
             return _featurize_locked(source, out, attrs, options, table, jobs=jobs, overwrite=overwrite,
                                      on_progress=on_progress, backend=backend, scheduler=scheduler)

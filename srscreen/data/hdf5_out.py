@@ -43,6 +43,13 @@ class _HeldAfterFailure:
         return self._pos
 
     def read(self, size: int = -1) -> bytes:
+        try:
+            return self._read(size)
+        except BaseException as e:  # noqa: BLE001 - a signal's exception: kept for `check`, the read done again
+            self.error = self.error or e
+            return self._read(size)
+
+    def _read(self, size: int) -> bytes:
         size = max(0, self._end - self._pos) if size < 0 else size
         self._file.seek(self._pos)
         data = bytearray(self._file.read(size) or b"")
