@@ -252,6 +252,27 @@ def test_a_full_disk_at_a_finetune_checkpoint_keeps_the_last_whole_one(training,
     _no_temporary_files(tmp_path)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_full_disk_at_the_training_log_names_the_log_and_how_to_resume(training, tmp_path, monkeypatch):
+    """The per-epoch log cannot grow: one line naming it and the whole checkpoint to resume from."""
+    real_open = Path.open
+
+    def open_(self, mode="r", *args, **kwargs):
+        if self.name.endswith(".log.jsonl") and "a" in mode:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    out = tmp_path / "tuned.pt"
+    result = cli("finetune", training["graphs"], "--labels", training["labels"], "--target", "band_gap", "--from",
+                 training["base"], "-o", out, "--epochs", "2", "--batch-size", "8", "--threads", "1", "-q")
+    monkeypatch.undo()
+    assert result.exit_code == 2 and "Traceback" not in result.output, (result.output, result.exception)
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and "tuned.pt.log.jsonl" in line and NO_SPACE in line and "--resume" in line, line
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- real processes: a real full disk, signals
 
 

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from srscreen.data.graph_file import check_fits_model
 from srscreen.data.labels import match, read_labels
 from srscreen.data.training_set import GraphSet, batches
-from srscreen.errors import InputError, OptionError
+from srscreen.errors import DiskFullError, InputError, OptionError
 from srscreen.graph.elements import cgcnn_feature_table, table_id
-from srscreen.io.atomic_write import replace_when_done
+from srscreen.io.atomic_write import is_disk_full, replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
 from srscreen.model.model_file import ModelFile, renumber_heads, within_bounds
@@ -248,8 +248,14 @@ class Trainer:
         """Log the epoch's line, then replace OUT.ckpt atomically: a kill at any moment leaves a
         whole checkpoint to resume from (and `_resume` trims a line logged after it)."""
         self.history.append(record)
-        with self.log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
+        try:
+            with self.log_path.open("a") as log:
+                log.write(json.dumps(record) + "\n")
+        except OSError as e:  # the checkpoint before this epoch is whole: say so, and which file failed
+            resume = f"{self.ckpt_path} holds the epochs before; free space and run the same command with --resume"
+            if is_disk_full(e, self.log_path.parent):
+                raise DiskFullError(f"{self.log_path}: no space left on device; {resume}", self.log_path) from e
+            raise InputError(f"{self.log_path}: cannot write the training log ({e.strerror or e}); {resume}") from e
         ema = self.ema.state_dict() if self.ema is not None else {}
         state = {"config": config_dict(self.config), "epoch": epoch, "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "ema": ema, "best_val_mae": self.best["val_mae"],
