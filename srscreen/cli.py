@@ -375,7 +375,8 @@ def _use_threads(threads: int) -> None:
 
 
 def _label_notes(labels: Path, targets: list[str]) -> None:
-    """Say what the labels of each target lose or count once (`LabelReport.notes`) before a run uses them."""
+    """Say what the labels of each target lose or count once (`LabelReport.notes`): the run's figures are
+    over the rest."""
     from srscreen.data.labels import read_labels
     for target in targets:
         for note in read_labels(labels, target).report.notes():
@@ -753,8 +754,8 @@ def evaluate_cmd(
         if plot is not None:
             check_output(plot, [graphs, labels, *_model_files(model)], overwrite=overwrite)
         models = _models(model)
-        _label_notes(labels, list(dict.fromkeys(t for m in models for t in m.targets)))
         results = evaluate(graphs, labels, models, device=device, plot=plot)
+        _label_notes(labels, list(dict.fromkeys(t for m in models for t in m.targets)))  # after: an error is one line
     except USAGE_ERRORS as e:
         _fail(str(e))
     if as_json:
@@ -820,10 +821,9 @@ def ensemble_cmd(
     from srscreen.screening.calibrate import assemble, calibrate
     try:
         check_output(out, [*members, graphs, labels], overwrite=overwrite)
-        ensemble = assemble([ModelFile.load(p) for p in members])
-        _label_notes(labels, ensemble.targets)
-        ensemble = calibrate(ensemble, graphs, labels, device=device)
+        ensemble = calibrate(assemble([ModelFile.load(p) for p in members]), graphs, labels, device=device)
         ensemble.save(out)
+        _label_notes(labels, ensemble.targets)
     except USAGE_ERRORS as e:
         _fail(str(e))
     test, scales = ensemble.test_metrics(), ensemble.calibration["scale"]

@@ -67,6 +67,8 @@ import numpy as np
 from ase.data import covalent_radii
 from pymatgen.core.periodic_table import Element
 
+from srscreen.errors import InputError
+
 FEATURE_LENGTH = 92
 BUILTIN_TABLE_NAME = "cgcnn92-srscreen"
 MAX_Z = 100  # last element of the built-in table, as in the reference
@@ -148,12 +150,12 @@ def load_atom_features(path: str | os.PathLike[str]) -> np.ndarray:
     """Load an original CGCNN ``atom_init.json`` ({"Z": [floats]}) as a (max_Z+1, F) table.
 
     Lets a model trained with the original features be reproduced exactly; rows of
-    absent elements are zeros. Raises ValueError naming the file on malformed input.
+    absent elements are zeros. Raises InputError (a ValueError) naming the file on malformed input.
     """
     path = Path(path)
 
-    def fail(reason: str) -> ValueError:
-        return ValueError(f"{path}: invalid atom feature file: {reason}")
+    def fail(reason: str) -> InputError:
+        return InputError(f"{path}: invalid atom feature file: {reason}")
 
     try:
         raw = json.loads(path.read_text())

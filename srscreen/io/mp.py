@@ -205,6 +205,8 @@ def fetch_mp(
         raise OptionError("give a query: `chemsys`, `elements`, `ids`, `stable`, `energy_above_hull`, `band_gap` or `formation_energy`")
     if chunk_size < 1:
         raise OptionError("`chunk_size` must be at least 1")
+    if retries < 0:
+        raise OptionError(f"`retries` must be 0 or more, not {retries}")
     _require_mp_api()
     key = _api_key(api_key)
     out = Path(out)

@@ -61,5 +61,8 @@ def read_split_file(path: Path) -> dict[str, str]:
             if line_no == 1:
                 continue  # header
             raise InputError(f"{path}:{line_no}: split {part!r} of {id_} is not train, val or test")
-        part_of[id_] = part
+        if part_of.setdefault(id_, part) != part:
+            raise InputError(f"{path}:{line_no}: {id_} is given to {part} and, on an earlier line, to {part_of[id_]}")
+    if not part_of:
+        raise InputError(f"{path}: no id,split rows (train, val or test)")
     return part_of
