@@ -260,3 +260,20 @@ def test_a_graph_file_given_as_a_ranking_in_a_real_process(data):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "g.h5: binary file" in proc.stderr
+
+
+def test_split_file_with_one_id_in_two_parts_is_refused(tmp_path):
+    from srscreen.trainer.split import read_split_file
+
+    path = tmp_path / "s.csv"
+    path.write_text("id,split\na,train\nb,val\na,train\nb,test\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}:5: b is given to test and, on an earlier line, to val")):
+        read_split_file(path)
+
+
+def test_a_plot_format_matplotlib_does_not_write_is_one_line(data):
+    pytest.importorskip("matplotlib")
+    plot = data["root"] / "parity.txt"
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["model"], "--plot", plot)
+    assert_usage_error(result, f"--plot {plot}", "'txt'")
+    assert not plot.exists()

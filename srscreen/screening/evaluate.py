@@ -75,5 +75,9 @@ def parity_plot(pairs: dict[str, tuple[np.ndarray, np.ndarray]], units: dict[str
         ax.set_ylabel(f"predicted ({units[target]})")
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except ValueError as e:  # a format matplotlib does not write, named by the extension
+        raise OptionError(f"`plot` {path}: {e}") from None
+    finally:
+        plt.close(fig)
