@@ -112,7 +112,8 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (SrscreenError, OSError)
 
 
 # Library parameters whose flag is not the parameter's name with dashes (`max_nbr` -> --max-nbr).
-FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc", "new_heads": "new-head", "target_weights": "target-weight"}
+FLAG_NAMES = {"sort_by": "sort", "rule": "graph-rule", "descending": "desc", "new_heads": "new-head", "target_weights": "target-weight",
+              "milestones": "milestone"}
 _PARAMETER = re.compile(r"`([a-z][a-z_]*)(?:=([^`]*))?`")
 
 

@@ -191,3 +191,15 @@ def test_members_that_do_not_fit_together_are_refused_in_one_line(data, tmp_path
     result = cli("ensemble", data["members"][0], "--graphs", data["graphs"], "--labels", data["labels"],
                  "-o", tmp_path / "ens.pt")
     assert_usage_error(result, "at least 2 members")
+
+
+def test_members_of_different_splits_are_refused_with_what_to_do(data, tmp_path):
+    """Seeds without one --split file have no validation crystal that every member left out."""
+    other = tmp_path / "other-split.pt"
+    train(data["graphs"], data["labels"], other, TrainConfig(target=EF, atom_fea_len=8, h_fea_len=8, epochs=1,
+                                                             batch_size=8, seed=7))
+    result = cli("ensemble", data["members"][0], other, "--graphs", data["graphs"], "--labels", data["labels"],
+                 "-o", tmp_path / "ens.pt")
+    message = assert_usage_error(result, "not trained on one split", "--split")
+    assert "--validation-ids" not in message
+    assert not (tmp_path / "ens.pt").exists()

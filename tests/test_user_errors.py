@@ -91,6 +91,9 @@ def user_errors(data) -> dict[str, tuple[list, list[str]]]:
         "train-weight-decay-inf": ([*train, "--weight-decay", "inf"], ["--weight-decay", "inf"]),
         "train-ema-decay-nan": ([*train, "--ema-decay", "nan"], ["--ema-decay", "nan"]),
         "train-threads-negative": ([*train, "--threads", "-2"], ["--threads", "-2"]),
+        "train-milestone-negative": ([*train, "--milestone", "-5"], ["--milestone", "-5"]),
+        "featurize-radius-huge": (["featurize", root / "db", root / "r.h5", "--radius", "1e300", "--quiet"],
+                                  ["--radius", "1e+300", "at most 30"]),
         "finetune-labels-latin1": (with_labels(finetune, data["latin1"]), ["latin1.csv", data["latin1_at"]]),
         "finetune-labels-binary": (with_labels(finetune, data["binary"]), ["binary.csv", "binary file"]),
         "evaluate-labels-latin1": (with_labels(evaluate, data["latin1"]), ["latin1.csv", data["latin1_at"]]),
@@ -129,7 +132,7 @@ def user_errors(data) -> dict[str, tuple[list, list[str]]]:
 CASES = [
     "predict-batch-atoms-negative", "predict-threads-negative", "featurize-atom-features-not-a-table",
     "finetune-lr-nan", "finetune-lr-negative", "finetune-weight-decay-negative", "train-weight-decay-inf",
-    "train-ema-decay-nan", "train-threads-negative", "finetune-labels-latin1", "finetune-labels-binary",
+    "train-ema-decay-nan", "train-threads-negative", "train-milestone-negative", "featurize-radius-huge", "finetune-labels-latin1", "finetune-labels-binary",
     "evaluate-labels-latin1", "evaluate-labels-binary", "evaluate-labels-graph-file", "evaluate-labels-folder",
     "evaluate-blank-labels-on-a-folder",
     "labels-two-values-for-one-id", "labels-value-beyond-limit", "labels-value-overflowing", "labels-not-a-number",

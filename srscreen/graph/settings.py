@@ -31,6 +31,10 @@ class GraphError(SrscreenError):
     """A structure that has no valid crystal graph under the chosen policy (reason in the message)."""
 
 
+# Å: beyond this the neighbour search's periodic images (~radius³ per atom) cost memory and time without end.
+MAX_RADIUS = 30.0
+
+
 @dataclass(frozen=True)
 class GraphSettings:
     """How graphs are built. Saved in shard files and model files so a mismatch is caught."""
@@ -46,8 +50,9 @@ class GraphSettings:
         if self.rule not in ALGORITHMS:
             raise OptionError(f"`rule` must be one of {', '.join(ALGORITHMS)}, not {self.rule!r}")
         # `not` of the comparison: NaN fails every comparison, so `nan <= 0` would let it through
-        if not (math.isfinite(self.radius) and self.radius > 0):
-            raise OptionError(f"`radius` must be a positive, finite number of Å, not {self.radius}")
+        if not (math.isfinite(self.radius) and 0 < self.radius <= MAX_RADIUS):
+            raise OptionError(f"`radius` must be a number of Å above 0 and at most {MAX_RADIUS:g} (the neighbour search "
+                              f"grows as its cube; CGCNN's graphs use 8), not {self.radius}")
         if not (math.isfinite(self.tie_tolerance) and self.tie_tolerance >= 0):
             raise OptionError(f"`tie_tolerance` must be a finite number of Å, 0 or more, not {self.tie_tolerance}")
         if not (math.isfinite(self.min_distance) and self.min_distance >= 0):

@@ -65,7 +65,8 @@ def calibrate(ensemble: ModelFile, graph_path: str | Path, labels_path: str | Pa
     validation_ids = list(validation_ids if validation_ids is not None else split.get("val") or [])
     test_ids = list(test_ids if test_ids is not None else split.get("test") or [])
     if not validation_ids:
-        raise OptionError("the members do not share a training split: give `validation_ids` to calibrate on")
+        raise OptionError("the members were not trained on one split, so no crystal is unseen by all of them: train "
+                          "every member with the same --split file (from Python, give validation_ids)")
     raw = replace(ensemble, calibration={"scale": {t: 1.0 for t in ensemble.targets}})
     ranking = predict(graph_path, [raw], device=device)
     row_of = {id_: i for i, id_ in enumerate(ranking.ids)}

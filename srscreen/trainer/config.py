@@ -80,6 +80,8 @@ def check_config(config: TrainConfig) -> None:
         raise OptionError(f"`schedule` must be multistep, cosine or constant, not {config.schedule!r}")
     if config.epochs < 1:
         raise OptionError(f"`epochs` must be at least 1, not {config.epochs}")
+    if any(m < 1 for m in config.milestones):
+        raise OptionError(f"`milestones` must be epochs of 1 or more, not {', '.join(map(str, config.milestones))}")
     if config.batch_size < 2:
         raise OptionError(f"`batch_size` must be at least 2 (BatchNorm needs two crystals), not {config.batch_size}")
     if not (0 <= config.val_fraction and 0 <= config.test_fraction and config.val_fraction + config.test_fraction < 1):
