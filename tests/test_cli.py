@@ -344,7 +344,7 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["featurize", data["clean"], tmp_path / "x.h5", "--on-isolated-atoms", "drop"],
          ["--on-isolated-atoms", "drop", "'fail' or 'pad'"]),
         (["featurize", tmp_path / "nowhere", tmp_path / "x.h5"], ["nowhere", "no such file or folder"]),
-        *((["featurize", data["clean"], tmp_path / "x.h5", "--radius", r], ["--radius", "positive, finite", r])
+        *((["featurize", data["clean"], tmp_path / "x.h5", "--radius", r], ["--radius", "above 0 and at most 30", r])
           for r in ("nan", "inf", "-1")),
         (["featurize", data["clean"], tmp_path / "x.h5", "--tie-tolerance", "nan"], ["--tie-tolerance", "nan"]),
         (["predict", g, "--model", ef, "--where", "band_gap>nan"], ["band_gap>nan", "nothing compares with nan"]),
