@@ -531,7 +531,7 @@ def predict_cmd(
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
-    fast: bool = typer.Option(False, "--fast", help="Skip the spread: each model's first member alone, without scale heads, so no *_std or p_stable columns (an ensemble of N members runs ~N times faster; a model with scale heads, a few % faster)."),
+    fast: bool = typer.Option(False, "--fast", help="Skip the spread for speed: each model's first member alone, without scale heads, so no *_std or p_stable columns. A 3-member Ef+Eg ensemble with sigma costs ~1.45x the time of the old Ef and Eg pair; --fast ~0.65x (2.2x faster; benchmarks/predict_modes.py). Single models without scale heads: no change."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
