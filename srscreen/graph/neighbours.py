@@ -40,12 +40,30 @@ from srscreen.io.cell import cell_volume
 _PBC = np.ones(3, dtype=np.int64)
 # find_points_in_spheres reports an atom as its own neighbour at distance 0 (same image).
 _SELF_TOL = 1e-8
+# find_points_in_spheres allocates ~270 bytes per cube of the search radius over the box that holds the
+# atoms (plus the radius): atoms spread over 1e6 Å asked it for petabytes and the OOM killer ended the
+# whole run. A cell needing more cubes than this (~270 MB) is a failure; a crystal of --max-atoms 1000
+# needs a few thousand.
+MAX_SEARCH_CUBES = 1_000_000
 
 
 def _first_radius(lattice: list[list[float]], n_atoms: int, settings: GraphSettings) -> float:
     """Radius of a sphere expected to hold ~1.5 * (max_nbr + 1) atoms at this cell's number density."""
     r = (3.0 * 1.5 * (settings.max_nbr + 1) * cell_volume(lattice) / (4.0 * math.pi * n_atoms)) ** (1.0 / 3.0)
     return min(settings.radius, max(r, 1.0))
+
+
+def _sparse_fault(cart: np.ndarray, r: float) -> str | None:
+    """Why atoms at `cart` are too spread out for find_points_in_spheres at radius `r` (its cube count,
+    as it computes it, above MAX_SEARCH_CUBES), or None."""
+    span = cart.max(axis=0) - cart.min(axis=0)
+    edge = max(r, 1.0)  # find_points_in_spheres searches at min_r = 1 Å at least
+    cubes = math.prod(math.ceil((float(x) + 2.0 * edge) / edge) for x in span)
+    if cubes <= MAX_SEARCH_CUBES:
+        return None
+    x, y, z = span.tolist()
+    return (f"atoms spread over {x:.3g} x {y:.3g} x {z:.3g} Å: too sparse a cell for the neighbour search "
+            f"({cubes:.3g} cubes of {edge:.3g} Å, at most {MAX_SEARCH_CUBES:,})")
 
 
 _D32_BITS = 31  # a non-negative float32 as int: ordered like the value, below 2**31
@@ -67,10 +85,13 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     first_radii = np.zeros(n_structures)
     searched: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
     cells: list[tuple[np.ndarray, np.ndarray]] = []
+    too_sparse: list[str | None] = [None] * n_structures
     # Per structure only the search itself; everything else runs once over the batch below.
     row0 = 0  # first row of the structure in the batch
     for s, (lattice, frac, _) in enumerate(structures):
         frac = np.asarray(frac, dtype=np.float64)
+        if frac.size and (frac.min() < -1.0 or frac.max() >= 2.0):
+            frac = frac - np.floor(frac)  # atoms written cells away: the same crystal, and a search box of one cell
         if cgcnn:  # CGCNN's tie order hangs on the last bit of each distance: positions as pymatgen computes them
             given = np.array(lattice, dtype=np.float64).reshape(3, 3)  # keeps the memory order, as pymatgen's Lattice
             cart = np.array([np.dot(f, given) for f in frac]).reshape(-1, 3)
@@ -84,6 +105,11 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
             continue
         # CGCNN's tie order is that of one full-radius search, so that rule searches once.
         r0 = first_radii[s] = settings.radius if cgcnn else _first_radius(lattice.tolist(), n, settings)
+        too_sparse[s] = _sparse_fault(cart, r0)
+        if too_sparse[s] is not None:  # not searched: its atoms have no pairs, and the wider passes skip it
+            first_radii[s] = settings.radius
+            row0 += n
+            continue
         ci, ni, _, d = find_points_in_spheres(cart, cart, r0, _PBC, lattice, tol=_SELF_TOL)
         searched.append((ci, ni, d, row0))
         row0 += n
@@ -95,7 +121,7 @@ def build_graphs(structures: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     if not cgcnn:
         centre, ni, d = _complete(centre, ni, d, np.repeat(first_radii, sizes), offsets, cells, settings)
     counts = np.bincount(centre, minlength=n_total)
-    errors = _errors(centre, ni, d, counts, offsets, settings)
+    errors = [sparse or error for sparse, error in zip(too_sparse, _errors(centre, ni, d, counts, offsets, settings))]
     if cgcnn:
         n_edges, nbr_idx, nbr_dist = _cgcnn_edges(centre, ni, d, counts, settings)
     else:
