@@ -45,3 +45,56 @@ def test_a_giant_sparse_cell_is_a_failure_and_far_out_atoms_are_wrapped(tmp_path
     graphs = graphs_in(out)
     assert sorted(graphs) == ["far", "good"]
     assert graphs["far"].nbr_dist.tolist() == pytest.approx(graphs["good"].nbr_dist.tolist(), abs=1e-4)
+
+
+def _set_zip_header(data: bytes, member: int, local_offset: int, central_offset: int, value: int) -> bytes:
+    """`data` with a 2-byte field of the `member`-th zip entry set in both its local and central headers."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
+        at = -1
+        for _ in range(member + 1):
+            at = out.index(signature, at + 1)
+        out[at + offset : at + offset + 2] = value.to_bytes(2, "little")
+    return bytes(out)
+
+
+def test_archive_members_that_cannot_be_read_are_failures_not_a_traceback_or_silence(tmp_path, prototypes):
+    """An encrypted zip member stopped the run with zipfile's 'password required' traceback, a compression
+    method zipfile lacks likewise; hard links, symbolic links and devices in a tar vanished without a
+    word. Each is now a failure naming the member and why, and the readable members are featurized."""
+    import io
+    import tarfile
+    import zipfile
+
+    from helpers.screening_data import cli
+
+    nacl, cu = cif_text(prototypes["NaCl"]).encode(), cif_text(prototypes["Cu"]).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("locked.cif", nacl)
+        z.writestr("deflate64.cif", nacl)
+        z.writestr("open.cif", cu)
+    data = _set_zip_header(buffer.getvalue(), 0, 6, 8, 0x1 | 0x8)  # general flags: encrypted
+    data = _set_zip_header(data, 1, 8, 10, 9)  # compression method 9, deflate64
+    (tmp_path / "a.zip").write_bytes(data)
+    with tarfile.open(tmp_path / "b.tar", "w") as t:
+        info = tarfile.TarInfo("real.cif")
+        info.size = len(nacl)
+        t.addfile(info, io.BytesIO(nacl))
+        for name, kind in (("hard.cif", tarfile.LNKTYPE), ("soft.cif", tarfile.SYMTYPE), ("dev.cif", tarfile.CHRTYPE)):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, "real.cif"
+            t.addfile(link)
+    for archive, good, reasons in (
+        ("a.zip", "open", {"locked": "encrypted zip member", "deflate64": "unreadable zip member"}),
+        ("b.tar", "real", {"hard": "is a hard link", "soft": "is a symbolic link", "dev": "not a regular file"}),
+    ):
+        out = tmp_path / f"{archive}.h5"
+        result = cli("featurize", tmp_path / archive, out, "-j", "1", "-q")
+        assert result.exit_code == 0, (result.stderr, result.exception)
+        with GraphFile(out) as graphs:
+            assert list(graphs.ids()) == [good]
+            found = {f.id: f.reason for f in graphs.failures()}
+        assert sorted(found) == sorted(reasons)
+        for id_, words in reasons.items():
+            assert words in found[id_], found[id_]

@@ -376,9 +376,18 @@ def _archive_inputs(path: Path, max_bytes: int) -> Iterator[Item | Skipped]:
         if path.name.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 for info in archive.infolist():
-                    if not info.is_dir():
-                        with archive.open(info) as member:
-                            yield from _member_inputs(path, info.filename, member, max_bytes, info.file_size)
+                    if info.is_dir():
+                        continue
+                    if info.flag_bits & 0x1:  # zipfile would stop the run asking for the password
+                        yield _member_failure(path, info.filename, "encrypted zip member (a password is needed): not read")
+                        continue
+                    try:
+                        member = archive.open(info)
+                    except NotImplementedError as e:  # a compression method zipfile lacks (deflate64, ...)
+                        yield _member_failure(path, info.filename, f"unreadable zip member: {e}")
+                        continue
+                    with member:
+                        yield from _member_inputs(path, info.filename, member, max_bytes, info.file_size)
         else:
             with tarfile.open(path, "r|*") as archive:
                 for info in archive:
@@ -386,8 +395,20 @@ def _archive_inputs(path: Path, max_bytes: int) -> Iterator[Item | Skipped]:
                         member = archive.extractfile(info)
                         if member is not None:
                             yield from _member_inputs(path, info.name, member, max_bytes, info.size)
+                    elif not info.isdir():  # counted, not dropped: inputs = featurized + failed
+                        kind = ("a hard link" if info.islnk() else "a symbolic link" if info.issym()
+                                else "not a regular file (a device or FIFO)")
+                        yield _member_failure(path, info.name, f"archive member is {kind}, not read (archive the file itself)")
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError) as e:
         yield Item(key=f"{path}::", source=str(path), name=path.name, error=f"unreadable archive: {e}")
+
+
+def _member_failure(archive: Path, member_name: str, reason: str) -> Item | Skipped:
+    """A member that cannot be read: a failure with `reason` when named like a structure file, else skipped."""
+    source = f"{archive}::{member_name}"
+    if detect_format(member_name)[0] is None:
+        return Skipped(source, UNKNOWN_KIND)
+    return Item(key=source, source=source, name=member_name, error=reason)
 
 
 def _member_inputs(archive: Path, member_name: str, member: BinaryIO, max_bytes: int,
