@@ -98,3 +98,35 @@ def test_archive_members_that_cannot_be_read_are_failures_not_a_traceback_or_sil
         assert sorted(found) == sorted(reasons)
         for id_, words in reasons.items():
             assert words in found[id_], found[id_]
+
+
+def test_a_source_that_is_a_link_loop_is_one_line(tmp_path):
+    """`featurize loop.cif OUT` where loop.cif links to itself stopped with pathlib's 'Symlink loop' traceback."""
+    from helpers.screening_data import assert_usage_error, cli
+
+    (tmp_path / "loop.cif").symlink_to("loop.cif")
+    result = cli("featurize", tmp_path / "loop.cif", tmp_path / "g.h5", "-j", "1", "-q")
+    assert_usage_error(result, "loop.cif", "Too many levels of symbolic links")
+    assert not (tmp_path / "g.h5").exists() and not (tmp_path / "g.h5.partial").exists()
+
+
+def test_an_out_that_is_a_broken_link_is_the_users_file(tmp_path, prototypes):
+    """A symbolic link leading nowhere (or to itself) at OUT was replaced by the output without
+    --overwrite: Path.exists() follows links, so the link counted as no file."""
+    from helpers.screening_data import assert_usage_error, cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    graphs = tmp_path / "g.h5"
+    assert cli("featurize", src, graphs, "-j", "1", "-q").exit_code == 0
+    (tmp_path / "nowhere").symlink_to("missing")
+    (tmp_path / "loop").symlink_to("loop")
+    for link in ("nowhere", "loop"):
+        out = tmp_path / link
+        for command in (["featurize", src, out, "-j", "1", "-q"], ["predict", graphs, "-o", out, "-q"],
+                        ["merge", tmp_path / "none.csv", "-o", out]):
+            assert_usage_error(cli(*command), str(out), "symbolic link that leads nowhere")
+            assert out.is_symlink() and not out.exists(), command
+    result = cli("featurize", src, tmp_path / "nowhere", "-j", "1", "-q", "--overwrite")
+    assert result.exit_code == 0 and not (tmp_path / "nowhere").is_symlink()

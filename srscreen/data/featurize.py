@@ -34,7 +34,7 @@ from srscreen.data.shard_writer import ShardWriter
 from srscreen.errors import DiskFullError, InputError, OptionError
 from srscreen.io.compression import MAX_STRUCTURE_MB
 from srscreen.io.fingerprint import SourceListing, compare, list_source
-from srscreen.io.outputs import check_not_an_input, lock_path, output_lock
+from srscreen.io.outputs import check_no_broken_link, check_not_an_input, lock_path, output_lock
 from srscreen.io.sources import Item, Skipped, check_source, iter_inputs
 
 # Structures per worker task: ~50 ms of work for MP-sized CIFs. Fewer, larger tasks keep joblib/loky's
@@ -291,6 +291,7 @@ def featurize(
     `on_progress(structures, failed)` is called after each chunk with running totals.
     """
     out, source = Path(out), Path(source)
+    check_source(source)  # before OUT.partial is made: a mistyped source (or a FIFO) must not pin the run
     table, table_name = _element_table(atom_features, like)
     if like is not None:
         trained = GraphSettings.from_attrs(like.graph_settings)
@@ -311,13 +312,13 @@ def featurize(
         ),
         "source": str(Path(source).resolve()),
     }
-    check_source(source)  # before OUT.partial is made: a mistyped source (or a FIFO) must not pin the run
     if not options.max_file_mb > 0:
         raise OptionError(f"`max_file_mb` must be positive, not {options.max_file_mb}")
     check_backend(backend, scheduler)
     check_not_an_input([out, partial_dir(out), lock_path(out)], [source, atom_features])
     if out.is_dir():
         raise InputError(f"{out} is a folder; name the graph file to write")
+    check_no_broken_link(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out), sigterm_unwinds():
         try:

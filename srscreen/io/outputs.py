@@ -63,6 +63,15 @@ def check_output(out: Path, reads: Iterable[Path | None] = (), *, overwrite: boo
         raise InputError(f"{out} is a folder; name the file to write")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; use `overwrite=True` to replace it, or write to another path")
+    check_no_broken_link(out, overwrite=overwrite)
+
+
+def check_no_broken_link(out: Path, *, overwrite: bool) -> None:
+    """A symbolic link at OUT that leads nowhere (or round in a loop) is still the user's file: the
+    rename that writes OUT would replace it, so only with `overwrite`."""
+    if not overwrite and os.path.islink(out) and not os.path.exists(out):
+        raise InputError(f"{out} is a symbolic link that leads nowhere (to {os.readlink(out)}); use `overwrite=True` "
+                         "to replace it, or write to another path")
 
 
 def lock_path(out: Path) -> Path:

@@ -10,6 +10,7 @@ that is not a structure is reported as skipped, so counts always reconcile.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import io
 import lzma
@@ -101,6 +102,11 @@ def check_source(source: str | os.PathLike) -> None:
     if reason is not None:
         raise InputError(f"{source}: {reason}")
     if not os.path.isfile(source):
+        try:
+            os.stat(source)
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # a link loop: ELOOP, 'Too many levels of symbolic links'
+                raise InputError(f"{source}: {e.strerror}") from None
         raise FileNotFoundError(f"{source}: no such file or folder")
 
 
