@@ -371,6 +371,11 @@ def _use_threads(threads: int) -> None:
     import torch
     if threads < 0:
         _fail(f"--threads must be 0 (torch's default) or more, not {threads}")
+    from srscreen.data.backends import local_workers
+    if threads > local_workers(threads):  # --threads 100000 made torch start threads until the process crashed
+        err.print(f"warning: --threads {threads} capped to {local_workers(threads)}, the cores this process may use",
+                  highlight=False)
+        threads = local_workers(threads)
     if threads > 0:
         torch.set_num_threads(threads)
 

@@ -130,3 +130,22 @@ def test_an_out_that_is_a_broken_link_is_the_users_file(tmp_path, prototypes):
             assert out.is_symlink() and not out.exists(), command
     result = cli("featurize", src, tmp_path / "nowhere", "-j", "1", "-q", "--overwrite")
     assert result.exit_code == 0 and not (tmp_path / "nowhere").is_symlink()
+
+
+def test_threads_beyond_the_cores_are_capped_with_a_warning(tmp_path, prototypes, monkeypatch):
+    """`predict --threads 100000` made torch start threads until the process segfaulted."""
+    import torch
+    from helpers.screening_data import cli
+
+    from srscreen.data.backends import local_workers
+
+    asked: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    assert cli("featurize", src, tmp_path / "g.h5", "-j", "1", "-q").exit_code == 0
+    result = cli("predict", tmp_path / "g.h5", "--threads", "100000", "-q")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert asked == [local_workers(100000)]
+    assert f"--threads 100000 capped to {asked[0]}" in result.stderr
