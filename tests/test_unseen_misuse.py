@@ -149,3 +149,37 @@ def test_threads_beyond_the_cores_are_capped_with_a_warning(tmp_path, prototypes
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert asked == [local_workers(100000)]
     assert f"--threads 100000 capped to {asked[0]}" in result.stderr
+
+
+@pytest.mark.parametrize("policy", ["fail", "majority"])
+def test_impossible_occupancies_are_failures_under_every_policy(tmp_path, prototypes, policy):
+    """Occupancies no site can have (-1, 0, 1.5, or 0.8 + 0.8 at one position): 'majority' featurized
+    each as a full site, and 'fail' took 1.5 for one; in CIF (fast and full paths) and pymatgen JSON."""
+    import json
+
+    from helpers.screening_data import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    nacl = prototypes["NaCl"].get_primitive_structure()
+    text = cif_text(nacl)
+    na = "  Na  Na1  1  0.00000000  0.00000000  0.00000000  1\n"
+    assert na in text
+    for name, occupancy in (("neg", "-1"), ("zero", "0"), ("over", "1.5")):
+        (src / f"{name}.cif").write_text(text.replace(na, na[:-2] + occupancy + "\n"))
+    (src / "sum.cif").write_text(text.replace(na, na[:-2] + "0.8\n" + na.replace("Na  Na1", "K  K1")[:-2] + "0.8\n"))
+    (src / "good.cif").write_text(text)
+    for name, species in (("neg", [("Na", -1.0)]), ("over", [("Na", 1.5)]), ("sum", [("Na", 0.8), ("K", 0.8)])):
+        d = nacl.as_dict()
+        site = next(s for s in d["sites"] if s["species"][0]["element"] == "Na")
+        site["species"] = [{"element": e, "occu": o} for e, o in species]
+        (src / f"{name}_json.json").write_text(json.dumps(d))
+    out = tmp_path / "g.h5"
+    result = cli("featurize", src, out, "-j", "1", "-q", "--on-disorder", policy)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    with GraphFile(out) as graphs:
+        assert list(graphs.ids()) == ["good"]
+        reasons = {f.id: f.reason for f in graphs.failures()}
+    assert sorted(reasons) == sorted(["neg", "zero", "over", "sum", "neg_json", "over_json", "sum_json"])
+    assert all(r.startswith("impossible occupancy") for r in reasons.values()), reasons
+    assert "Na1:0.8 K1:0.8" in reasons["sum"]

@@ -111,8 +111,20 @@ def check_lattice(lattice: np.ndarray, n_atoms: int) -> None:
 
 
 
+def check_occupancies(occupancies: list[tuple[str, float]]) -> None:
+    """A ReadError for the (species, occupancy) pairs of one position when no site can have them, under
+    every disorder policy: each above 0 and together at most 1 (within OCCUPANCY_TOL). 'majority' took
+    Na from a site of Na -1, and an occupancy of 1.5 passed as a full site."""
+    fractions = [o for _, o in occupancies]
+    if min(fractions) > 0.0 and sum(fractions) <= 1.0 + OCCUPANCY_TOL:  # NaN fails the first
+        return
+    shown = " ".join(f"{name}:{o:g}" for name, o in occupancies)
+    raise ReadError(f"impossible occupancy ({shown}): each must be above 0 and together at most 1 at one site")
+
+
 def species_number(occupancies: list[tuple[int, float]], policy: DisorderPolicy) -> int:
     """The element of a site; partial occupancy is an error unless the policy takes the majority."""
+    check_occupancies([(f"Z{z}", o) for z, o in occupancies])
     if len(occupancies) == 1 and occupancies[0][1] >= 1.0 - OCCUPANCY_TOL:
         return occupancies[0][0]
     if policy == "fail":

@@ -14,7 +14,7 @@ import numpy as np
 from srscreen.io.cell import cell_parameters_fault
 from srscreen.errors import one_line
 from srscreen.io.formats.pymatgen_json import from_pymatgen
-from srscreen.io.parsed import DisorderPolicy, OCCUPANCY_TOL, ParseFailure, Parsed, ReadError, check_not_isotope, checked, symbol_numbers, volume_checked
+from srscreen.io.parsed import DisorderPolicy, OCCUPANCY_TOL, ParseFailure, Parsed, ReadError, check_not_isotope, check_occupancies, checked, symbol_numbers, volume_checked
 
 
 def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
@@ -46,14 +46,17 @@ def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed |
             for s in sites:
                 if s.element.atomic_number <= 1:  # gemmi reads D as hydrogen and T as no element
                     check_not_isotope(re.match(r"[A-Za-z]*", s.type_symbol or s.label).group())
+            positions = _by_position(sites)
+            for group in positions:
+                check_occupancies([(s.label, s.occ) for s in group])
             partial = [s for s in sites if s.occ < 1.0 - OCCUPANCY_TOL]
             if partial and policy == "fail":
                 raise ReadError(
                     f"disordered site {partial[0].label} (occupancy {partial[0].occ:g}); "
                     "use --on-disorder majority to order it"
                 )
-            if partial:
-                sites = _majority_sites(sites)
+            if partial:  # the 'majority' policy: the most occupied species at each position
+                sites = [max(group, key=lambda s: s.occ) for group in positions]
             frac = [s.fract.tolist() for s in sites]
             numbers = [s.element.atomic_number for s in sites]
             yield checked(id_, np.array(cell.orth.mat.tolist()).T, frac, numbers)
@@ -185,8 +188,8 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         if not written.isascii() or "_" in written:
             return None
         frac = np.ascontiguousarray(np.array(coords, dtype=np.float64).reshape(3, -1).T)
-        if occupancies and min(map(float, occupancies)) < 1.0 - OCCUPANCY_TOL:
-            return None  # disorder: the policy decides, in the full path
+        if occupancies and not 1.0 - OCCUPANCY_TOL <= min(map(float, occupancies)) <= max(map(float, occupancies)) <= 1.0 + OCCUPANCY_TOL:
+            return None  # disorder (the policy decides) or an impossible occupancy: the full path says which
     except (KeyError, ValueError, TypeError):
         return None  # no cell value, not a plain element symbol or decimal number
     if not np.isfinite(frac).all():
@@ -198,14 +201,12 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 
-def _majority_sites(sites: list) -> list:
-    """Keep, at each position, the most occupied species (the 'majority' disorder policy)."""
-    best: dict[tuple[float, float, float], object] = {}
+def _by_position(sites: list) -> list[list]:
+    """The sites grouped by position (to 0.001 of the cell), in order of first appearance."""
+    groups: dict[tuple[float, float, float], list] = {}
     for s in sites:
-        key = tuple(round(c % 1.0, 3) % 1.0 for c in s.fract.tolist())
-        if key not in best or s.occ > best[key].occ:
-            best[key] = s
-    return list(best.values())
+        groups.setdefault(tuple(round(c % 1.0, 3) % 1.0 for c in s.fract.tolist()), []).append(s)
+    return list(groups.values())
 
 
 
