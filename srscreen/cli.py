@@ -587,7 +587,7 @@ def predict_cmd(
         _fail(str(e))
     if damaged:
         _write_damaged(damaged, damaged_path)
-    _write_ranking(ranking.table(fmt), out)
+    _write_ranking(ranking.table(fmt), out, overwrite)
 
 
 def _write_damaged(damaged: list[DamagedShard], path: Path) -> None:
@@ -628,17 +628,17 @@ def merge_cmd(
         ranked = merge_rankings(parts, top=top, sort_by=sort, descending=desc, where=[Condition.parse(w) for w in where])
     except USAGE_ERRORS as e:
         _fail(str(e))
-    _write_ranking(ranked, out)
+    _write_ranking(ranked, out, overwrite)
 
 
-def _write_ranking(table: Table, out: Optional[Path]) -> None:
+def _write_ranking(table: Table, out: Optional[Path], overwrite: bool) -> None:
     """A ranking to `out` (whole or not at all) or stdout (`ranking.write_output`); errors as one line."""
     from srscreen.screening.ranking import write_output
     try:
-        write_output(table, out)
+        write_output(table, out, overwrite=overwrite)
     except OSError as e:
         _fail(f"{out or 'stdout'}: cannot write ({e.strerror or e})")
-    except ValueError as e:  # merge: a part found unreadable or unranked while its rows stream
+    except ValueError as e:  # merge: a part found unreadable or unranked while its rows stream; `out` appeared meanwhile
         _fail(str(e))
 
 

@@ -183,3 +183,39 @@ def test_impossible_occupancies_are_failures_under_every_policy(tmp_path, protot
     assert sorted(reasons) == sorted(["neg", "zero", "over", "sum", "neg_json", "over_json", "sum_json"])
     assert all(r.startswith("impossible occupancy") for r in reasons.values()), reasons
     assert "Na1:0.8 K1:0.8" in reasons["sum"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_out_that_appears_while_predict_or_merge_runs_is_kept_without_overwrite(tmp_path, prototypes, monkeypatch,
+                                                                                    overwrite):
+    """Two `predict -o same.csv` at once both passed the check at their start, and the later rename
+    replaced the other's table without --overwrite (so would a file the user made meanwhile)."""
+    from helpers.screening_data import assert_usage_error, cli
+
+    import srscreen.screening.ranking as ranking
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    (src / "Cu.cif").write_text(cif_text(prototypes["Cu"]))
+    assert cli("featurize", src, tmp_path / "g.h5", "-j", "1", "-q").exit_code == 0
+    part = tmp_path / "part.csv"
+    assert cli("predict", tmp_path / "g.h5", "-o", part, "-q").exit_code == 0
+    real = ranking.write_table
+    for command in (["predict", tmp_path / "g.h5", "-q"], ["merge", part]):
+        out = tmp_path / f"{command[0]}.csv"
+        out.unlink(missing_ok=True)
+
+        def racing(table, stream, out=out):
+            out.write_text("another process's table\n")
+            return real(table, stream)
+
+        monkeypatch.setattr(ranking, "write_table", racing)
+        result = cli(*command, "-o", out, *(["--overwrite"] if overwrite else []))
+        if overwrite:
+            assert result.exit_code == 0, (result.stderr, result.exception)
+            assert out.read_text() == part.read_text()
+        else:
+            assert_usage_error(result, str(out), "appeared while this command ran", "--overwrite")
+            assert out.read_text() == "another process's table\n"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from srscreen.errors import DiskFullError
+from srscreen.errors import DiskFullError, InputError
 
 # errnos that mean the device (or the user's quota) is full.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -19,9 +19,11 @@ _FULL_BELOW_BYTES = 1 << 20
 
 
 @contextmanager
-def replace_when_done(path: Path) -> Iterator[Path]:
+def replace_when_done(path: Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary file beside `path` to write; rename it over `path` only if the block finishes,
-    else remove it.
+    else remove it. With `replace=False` a `path` that appeared meanwhile (another process's output, a
+    file the user made) is kept and InputError raised: the file is linked into place, which fails on an
+    existing name, where a rename would replace it.
 
     The temporary name is unique to this call (`.NAME.XXXXXXXX.tmp`, made with mkstemp), so two
     processes writing the same `path` never write into one file: each renames a whole file, the last
@@ -48,7 +50,10 @@ def replace_when_done(path: Path) -> Iterator[Path]:
         try:
             yield tmp
             _sync(tmp)
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
         except DiskFullError:
             raise
         except Exception as e:
@@ -57,6 +62,20 @@ def replace_when_done(path: Path) -> Iterator[Path]:
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: the check and the rename are then two steps
+        if not os.path.lexists(path):
+            os.replace(tmp, path)
+            return
+    raise InputError(f"{path} appeared while this command ran (another process wrote it?); it is kept: use "
+                     "`overwrite=True` to replace it, or write to another path")
 
 
 def is_disk_full(error: BaseException, folder: Path) -> bool:

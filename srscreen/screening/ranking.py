@@ -220,11 +220,12 @@ def write_table(table: Table, stream: TextIO) -> int:
     return n
 
 
-def write_output(table: Table, out: str | os.PathLike | None = None) -> None:
+def write_output(table: Table, out: str | os.PathLike | None = None, *, overwrite: bool = True) -> None:
     """`table` into `out`, whole or not at all (written beside it, renamed when complete), or on stdout,
-    where a reader that stops early (`| head`) ends the output without an error."""
+    where a reader that stops early (`| head`) ends the output without an error. Without `overwrite`
+    an `out` that appeared while the table was computed is kept (InputError)."""
     if out is not None:
-        with replace_when_done(Path(out)) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
+        with replace_when_done(Path(out), replace=overwrite) as tmp, tmp.open("w", newline="", encoding="utf-8") as stream:
             write_table(table, stream)
         return
     try:
