@@ -219,3 +219,24 @@ def test_an_out_that_appears_while_predict_or_merge_runs_is_kept_without_overwri
             assert_usage_error(result, str(out), "appeared while this command ran", "--overwrite")
             assert out.read_text() == "another process's table\n"
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_long_out_names_work_or_are_refused_before_any_work(tmp_path, prototypes):
+    """`predict -o` with a legal 255-byte name predicted everything, then failed: its temporary name
+    `.NAME.XXXXXXXX.tmp` was too long. featurize and train failed on OUT.lock with an errno line naming
+    a file the user never gave. Now -o takes any legal name, and an OUT too long for the files written
+    beside it (OUT.partial/, OUT.log.jsonl) is refused first, naming OUT."""
+    from helpers.screening_data import assert_usage_error, cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    result = cli("featurize", src, tmp_path / ("g" * 250), "-j", "1", "-q")
+    assert_usage_error(result, "name too long", "at most 247 bytes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    graphs = tmp_path / ("g" * 247)
+    assert cli("featurize", src, graphs, "-j", "1", "-q").exit_code == 0
+    out = tmp_path / ("r" * 255)
+    result = cli("predict", graphs, "-o", out, "-q")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert out.read_text().startswith("rank,id,")

@@ -36,7 +36,8 @@ def replace_when_done(path: Path, *, replace: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # The name cut to fit: `.NAME.XXXXXXXX.tmp` of a 250-byte NAME is too long for the file system.
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
     except OSError as e:
         if is_disk_full(e, path.parent):
             raise _no_space(path) from e

@@ -41,7 +41,10 @@ def _inode(path: Path) -> tuple[int, int] | None:
 
 
 def check_not_an_input(written: Iterable[Path], reads: Iterable[Path | None]) -> None:
-    """Refuse when a path this command writes (or removes) is one of its inputs or a folder holding one."""
+    """Refuse when a path this command writes (or removes) is one of its inputs or a folder holding one,
+    or has a name longer than its file system takes."""
+    written = [Path(w) for w in written]
+    _check_names_fit(written)
     reads = [Path(r) for r in reads if r is not None]
     for out in written:
         out = Path(out)
@@ -52,6 +55,20 @@ def check_not_an_input(written: Iterable[Path], reads: Iterable[Path | None]) ->
                 raise InputError(f"{out} is also an input of this command ({source}); write the output to another path")
             if source_real.startswith(real.rstrip(os.sep) + os.sep):
                 raise InputError(f"{out} is a folder that holds the input {source}; write the output to another path")
+
+
+def _check_names_fit(written: list[Path]) -> None:
+    """A legal OUT name can still be too long once `.partial`, `.lock` or `.log.jsonl` is added: say so
+    before any work, naming OUT, not only after it (as an errno line naming a file the user never named)."""
+    for path in written:
+        try:
+            limit = os.pathconf(path.parent if path.parent.is_dir() else ".", "PC_NAME_MAX")
+        except (OSError, ValueError):
+            limit = 255
+        if len(os.fsencode(path.name)) > limit:
+            extra = len(os.fsencode(path.name)) - len(os.fsencode(written[0].name))
+            raise InputError(f"{written[0]}: name too long ({len(os.fsencode(written[0].name))} bytes): with the "
+                             f"files written beside it it must be at most {limit - extra} bytes")
 
 
 def check_output(out: Path, reads: Iterable[Path | None] = (), *, overwrite: bool, beside: Iterable[Path] = ()) -> None:
