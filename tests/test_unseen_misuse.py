@@ -240,3 +240,22 @@ def test_long_out_names_work_or_are_refused_before_any_work(tmp_path, prototypes
     result = cli("predict", graphs, "-o", out, "-q")
     assert result.exit_code == 0, (result.stderr, result.exception)
     assert out.read_text().startswith("rank,id,")
+
+
+def test_a_poscar_without_its_counts_line_says_so(tmp_path, prototypes):
+    """The failure's reason was pymatgen's 'list index out of range'."""
+    from conftest import poscar_text
+    from helpers.screening_data import cli
+
+    lines = poscar_text(prototypes["NaCl"]).splitlines()
+    assert lines[5].split() == ["Na", "Cl"] and lines[6].split() == ["4", "4"]
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "nocounts.vasp").write_text("\n".join(lines[:6] + lines[7:]) + "\n")
+    (src / "good.vasp").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "g.h5"
+    assert cli("featurize", src, out, "-j", "1", "-q").exit_code == 0
+    with GraphFile(out) as graphs:
+        assert list(graphs.ids()) == ["good"]
+        assert [f.reason for f in graphs.failures()] == [
+            "invalid POSCAR: line 7 must give the number of atoms of each element"]

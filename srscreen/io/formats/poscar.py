@@ -71,11 +71,14 @@ def _poscar_fault(text: str) -> str | None:
 
     if len(lines) < 5 or not all(numbers(row, 3) for row in lines[2:5]):
         return "invalid POSCAR: lines 3-5 must be the three lattice vectors, three numbers each"
+    i = 5 if len(lines) > 5 and numbers(lines[5], 1) else 6  # VASP 5 writes element symbols before the counts
     try:
-        i = 5 if numbers(lines[5], 1) else 6  # VASP 5 writes element symbols before the counts
         n_atoms = sum(int(x) for x in lines[i])
+    except (IndexError, ValueError):  # pymatgen said 'list index out of range'
+        return f"invalid POSCAR: line {i + 1} must give the number of atoms of each element"
+    try:
         i += 2 if lines[i + 1] and lines[i + 1][0][0] in "sS" else 1  # "Selective dynamics"
-    except (IndexError, ValueError):
+    except IndexError:
         return None
     given = sum(1 for row in lines[i + 1 : i + 1 + n_atoms] if numbers(row, 3))
     if given < n_atoms:
