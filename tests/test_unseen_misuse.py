@@ -259,3 +259,26 @@ def test_a_poscar_without_its_counts_line_says_so(tmp_path, prototypes):
         assert list(graphs.ids()) == ["good"]
         assert [f.reason for f in graphs.failures()] == [
             "invalid POSCAR: line 7 must give the number of atoms of each element"]
+
+
+def test_a_large_max_file_mb_reads_every_file(tmp_path, prototypes):
+    """--max-file-mb 1e6 failed every file with 'cannot read: MemoryError' (read(n) sets n bytes aside
+    first), and 1e30 stopped an extxyz with an OverflowError traceback."""
+    import gzip
+
+    from conftest import extxyz_text
+    from helpers.screening_data import assert_usage_error, cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    (src / "Cu.cif.gz").write_bytes(gzip.compress(cif_text(prototypes["Cu"]).encode()))
+    (src / "frames.extxyz").write_text(extxyz_text([prototypes["Fe"], prototypes["ZnO"]]))
+    out = tmp_path / "g.h5"
+    result = cli("featurize", src, out, "-j", "1", "-q", "--max-file-mb", "1e6")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    with GraphFile(out) as graphs:
+        assert sorted(graphs.ids()) == ["Cu", "NaCl", "frames:0", "frames:1"]
+        assert graphs.failures() == []
+    assert_usage_error(cli("featurize", src, tmp_path / "h.h5", "-j", "1", "--max-file-mb", "1e30"),
+                       "--max-file-mb", "at most")

@@ -37,6 +37,9 @@ from srscreen.io.fingerprint import SourceListing, compare, list_source
 from srscreen.io.outputs import check_no_broken_link, check_not_an_input, lock_path, output_lock
 from srscreen.io.sources import Item, Skipped, check_source, iter_inputs
 
+# --max-file-mb's ceiling: far above any structure (the largest Materials Project CIF is 11 kB).
+MAX_FILE_MB_LIMIT = 1e6
+
 # Structures per worker task: ~50 ms of work for MP-sized CIFs. Fewer, larger tasks keep joblib/loky's
 # per-task cost in the parent small (parent CPU for the 33k MP set: 1.4 s at 64 per task, 0.8 s at 256).
 ITEMS_PER_TASK = 256
@@ -312,8 +315,8 @@ def featurize(
         ),
         "source": str(Path(source).resolve()),
     }
-    if not options.max_file_mb > 0:
-        raise OptionError(f"`max_file_mb` must be positive, not {options.max_file_mb}")
+    if not 0 < options.max_file_mb <= MAX_FILE_MB_LIMIT:  # 1e30 overflowed the readers' C sizes (a traceback)
+        raise OptionError(f"`max_file_mb` must be above 0 and at most {MAX_FILE_MB_LIMIT:g} (a TB), not {options.max_file_mb}")
     check_backend(backend, scheduler)
     check_not_an_input([out, partial_dir(out), lock_path(out)], [source, atom_features])
     if out.is_dir():

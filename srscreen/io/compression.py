@@ -41,6 +41,9 @@ class TooLargeError(ReadError):
     """More than the per-structure limit after decompression."""
 
 
+_READ_CHUNK = 1 << 20
+
+
 def too_large(max_bytes: int) -> str:
     """The failure reason of an input over the limit (the flag named, so the user knows what to raise)."""
     return f"larger than {max_bytes / (1 << 20):g} MB after decompression (the per-structure limit, --max-file-mb)"
@@ -55,11 +58,21 @@ def compression_of(name: str) -> str | None:
 
 
 def read_bounded(stream: BinaryIO, max_bytes: int) -> bytes:
-    """All of `stream`, or TooLargeError once it holds more than `max_bytes` (reading one byte past it)."""
-    data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
+    """All of `stream`, or TooLargeError once it holds more than `max_bytes` (reading one byte past it).
+
+    A chunk at a time: read(n) sets n bytes aside first, so one read up to a large limit
+    (--max-file-mb 1e6) failed every file with MemoryError."""
+    chunks: list[bytes] = []
+    held = 0
+    while held <= max_bytes:
+        chunk = stream.read(min(_READ_CHUNK, max_bytes + 1 - held))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        held += len(chunk)
+    if held > max_bytes:
         raise TooLargeError(too_large(max_bytes))
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decompress(name: str, data: bytes, max_bytes: int = MAX_STRUCTURE_BYTES) -> bytes:
