@@ -282,3 +282,25 @@ def test_a_large_max_file_mb_reads_every_file(tmp_path, prototypes):
         assert graphs.failures() == []
     assert_usage_error(cli("featurize", src, tmp_path / "h.h5", "-j", "1", "--max-file-mb", "1e30"),
                        "--max-file-mb", "at most")
+
+
+def test_json_lines_that_are_not_objects_and_a_bom_lose_nothing(tmp_path, prototypes):
+    """A JSON line `[1, 2]` stopped its whole chunk with AttributeError: the good lines after it were
+    lost under one failure for the file. A .json starting with a byte-order mark was refused."""
+    import json
+
+    from helpers.screening_data import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    nacl, cu = json.dumps(prototypes["NaCl"].as_dict()), json.dumps(prototypes["Cu"].as_dict())
+    (src / "lines.jsonl").write_text("\n".join([nacl, "[1, 2]", '"text"', cu, nacl]) + "\n")
+    (src / "bom.json").write_bytes(b"\xef\xbb\xbf" + cu.encode())
+    out = tmp_path / "g.h5"
+    result = cli("featurize", src, out, "-j", "1", "-q")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    with GraphFile(out) as graphs:
+        assert sorted(graphs.ids()) == ["bom", "lines:0", "lines:3", "lines:4"]
+        reasons = {f.id: f.reason for f in graphs.failures()}
+    assert reasons == {"lines:1": "not a pymatgen structure dict: a JSON list",
+                       "lines:2": "not a pymatgen structure dict: a JSON str"}

@@ -35,6 +35,8 @@ def structure_from_dict(id_: str, d: dict, policy: DisorderPolicy) -> Parsed | P
     from pymatgen.core.periodic_table import Element
 
     try:
+        if not isinstance(d, dict):  # a JSON line or list element [1, 2] stopped its whole chunk (AttributeError)
+            raise ReadError(f"not a pymatgen structure dict: a JSON {type(d).__name__}")
         if "structure" in d and isinstance(d["structure"], dict):
             d = d["structure"]
         lattice = d.get("lattice")
@@ -81,7 +83,12 @@ def entry_id(d: object, fallback: str) -> str:
 
 
 def _loads(text: str | bytes):
-    """orjson, or the standard library for what only it reads (NaN and Infinity, which monty writes)."""
+    """orjson, or the standard library for what only it reads (NaN and Infinity, which monty writes).
+    A leading byte-order mark (Windows editors write one) is dropped: both refused the file for it."""
+    if isinstance(text, str) and text.startswith("\ufeff"):
+        text = text[1:]
+    elif isinstance(text, bytes) and text.startswith(b"\xef\xbb\xbf"):
+        text = text[3:]
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
