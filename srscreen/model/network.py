@@ -120,6 +120,14 @@ class CrystalGraphNet(nn.Module):
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         """Normalised outputs per crystal, shape (n_crystals, heads): the targets, then (with
         `scale_head`) the log of their scales."""
+        crystal_fea = self.crystal_features(batch)
+        targets = [head(crystal_fea) for head in self.heads[: self.n_targets]]
+        scales = [head(crystal_fea.detach()) for head in self.heads[self.n_targets :]]
+        return torch.stack([*targets, *scales], dim=1)
+
+    def crystal_features(self, batch: GraphBatch) -> torch.Tensor:
+        """The trunk's pooled features per crystal, (n_crystals, atom_fea_len), which every head reads:
+        a learnt description of each crystal (for a similarity, a map of a database, a Gaussian process)."""
         fea = self.atom_fea_len
         # Embedding the ~100-row table then indexing equals embedding each atom's features, and is cheaper.
         v = self.embedding(self.feature_table).index_select(0, batch.numbers)
@@ -150,10 +158,7 @@ class CrystalGraphNet(nn.Module):
         if batch.atom_node is not None:  # nodes were classes of equivalent atoms: back to atoms for pooling
             v = v.index_select(0, batch.atom_node)
 
-        crystal_fea = F.softplus(self._mean_per_crystal(v, batch))
-        targets = [head(crystal_fea) for head in self.heads[: self.n_targets]]
-        scales = [head(crystal_fea.detach()) for head in self.heads[self.n_targets :]]
-        return torch.stack([*targets, *scales], dim=1)
+        return F.softplus(self._mean_per_crystal(v, batch))
 
     def _gaussians(self, distances: torch.Tensor) -> torch.Tensor:
         """CGCNN's GaussianDistance, exp(-(d - mu)^2 / step^2), expanded on the distances' device.
