@@ -326,6 +326,47 @@ def gap_by_kind(model, graphs: Path, labels: Path, ids: list[str]) -> dict[str, 
     return out
 
 
+def gap_study(graphs: Path) -> dict:
+    """Item 4 of issue 24 on the screen models' test crystals (the recipe split): the band gap as the
+    regressor gives it, clipped at 0, and gated by the metal/non-metal head (0 where it says metal,
+    above 0.5), with the MAE over all crystals, metals and non-metals. Written to gap_study.json."""
+    import torch
+
+    from srscreen.data.training_set import GraphSet, batches
+    from srscreen.model.model_file import ModelFile
+
+    labels = graphs.resolve().with_name("campaign-labels.csv")
+    truth = {r["material_id"]: float(r[EG]) for r in csv.DictReader(labels.open())}
+    out = {}
+    for name in ("screen-eg", "screen-efeg", "screen-efeg-metal"):
+        if name not in summary():
+            continue
+        model = ModelFile.load(RESULTS / f"{name}.pt")
+        data = GraphSet.load(graphs, steps=model.architecture["steps"])
+        where = {id_: i for i, id_ in enumerate(data.ids)}
+        ids = [i for i in model.training["split"]["test"] if i in where]
+        pos = np.array([where[i] for i in ids])
+        net = model.build_model()
+        with torch.inference_mode():
+            raw = torch.cat([net(data.batch(pos[b])) for b in batches(len(pos), 512, None)]).double()
+        n = len(model.targets)
+        std, mean = (np.array([m[k] for m in model.normalizers]) for k in ("std", "mean"))
+        values = raw[:, :n].numpy() * std + mean
+        gap = values[:, model.targets.index(EG)]
+        y = np.array([truth[i] for i in ids])
+        ways = {"as regressed": gap, "clipped at 0": np.clip(gap, 0, None)}
+        if "is_metal" in model.targets:
+            metal = values[:, model.targets.index("is_metal")] > 0.5
+            ways["gated by the metal head"] = np.where(metal, 0.0, np.clip(gap, 0, None))
+            out.setdefault(name, {})["metal head accuracy"] = float(np.mean(metal == (y == 0)))
+        for way, pred in ways.items():
+            err = np.abs(pred - y)
+            out.setdefault(name, {})[way] = {"all": float(err.mean()), "metals": float(err[y == 0].mean()),
+                                             "non-metals": float(err[y > 0].mean()), "count": len(y)}
+    (RESULTS / "gap_study.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def card(ensemble, methods: dict, gap: dict) -> str:
     """The model card of the shipped ensemble, from its file, the campaign's summary and the sigma table."""
     done = summary()
@@ -393,11 +434,16 @@ def main() -> None:
     run_parser.add_argument("--workers", type=int, default=2)
     run_parser.add_argument("--stage", choices=("screen", "final", "all"), default="all")
     sub.add_parser("report")
+    gap_parser = sub.add_parser("gap")
+    gap_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
     ship_parser = sub.add_parser("ship")
     ship_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
     args = parser.parse_args()
     if args.action == "ship":
         ship(args.graphs)
+        return
+    if args.action == "gap":
+        print(json.dumps(gap_study(args.graphs), indent=1))
         return
     if args.action == "plan":
         for run in plan():
