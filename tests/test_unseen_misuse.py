@@ -304,3 +304,17 @@ def test_json_lines_that_are_not_objects_and_a_bom_lose_nothing(tmp_path, protot
         reasons = {f.id: f.reason for f in graphs.failures()}
     assert reasons == {"lines:1": "not a pymatgen structure dict: a JSON list",
                        "lines:2": "not a pymatgen structure dict: a JSON str"}
+
+
+def test_an_element_table_of_empty_vectors_is_refused(tmp_path, prototypes):
+    """Every structure failed as 'element Na (Z=11) has no features in the element table'."""
+    import json
+
+    from helpers.screening_data import assert_usage_error, cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    (tmp_path / "atom_init.json").write_text(json.dumps({"11": [], "17": []}))
+    result = cli("featurize", src, tmp_path / "g.h5", "--atom-features", tmp_path / "atom_init.json", "-j", "1")
+    assert_usage_error(result, "atom_init.json", "the vectors are empty")

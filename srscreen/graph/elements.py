@@ -174,6 +174,8 @@ def load_atom_features(path: str | os.PathLike[str]) -> np.ndarray:
     lengths = {v.shape for v in rows.values()}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:
         raise fail(f"vectors differ in length or are not flat (shapes {sorted(lengths)})")
+    if next(iter(lengths)) == (0,):  # every structure then failed as 'element Na has no features'
+        raise fail("the vectors are empty")
     bad = [z for z, v in rows.items() if not (np.abs(v) <= np.finfo(np.float32).max).all()]
     if bad:
         raise fail(f"non-finite or out-of-float32-range values for Z={min(bad)}")
