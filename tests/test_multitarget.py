@@ -231,3 +231,14 @@ def test_python_api_of_a_multi_target_model(data, prototypes):
     np.testing.assert_allclose(std, columns[f"{EF}_std"])
     with pytest.raises(srscreen.errors.OptionError, match="give `target`"):
         model.predict_structures(structures)
+
+
+def test_legacy_band_gap_models_never_predict_a_negative_gap(prototypes):
+    """The v2 band-gap file predates bounds: it gets the band gap's on loading (it gave metals -0.005 eV)."""
+    from srscreen.model.registry import pretrained_names
+
+    if "sr-cgcnn-eg" not in pretrained_names():
+        pytest.skip("the pretrained sr-cgcnn-eg is not installed")
+    model = srscreen.load_model("sr-cgcnn-eg")
+    assert model.file.bounds == {EG: [0.0, None]}
+    assert (model.predict_structures(list(prototypes.values())) >= 0).all()

@@ -70,6 +70,9 @@ _REQUIRED = (
     "normalizers",
     "training",
 )
+# Targets that are never negative: a model file trained by srscreen carries their bound, and a legacy
+# one gets it on loading (the v2 band-gap model gave metals gaps of -0.005 eV).
+NON_NEGATIVE = ("band_gap", "gap")
 # A legacy (schema 1-3) head's weights, which schema 4 keeps as the first of `heads`.
 _LEGACY_HEAD = re.compile(r"^(conv_to_fc|fcs|fc_out)\.")
 
@@ -490,6 +493,8 @@ def _upgrade_legacy(payload: dict) -> dict:
     upgraded = {k: v for k, v in payload.items() if k not in ("target", "unit", "normalizer", "ensemble")}
     upgraded.update(targets=[payload["target"]], units=[payload["unit"]], normalizers=[payload["normalizer"]],
                     state_dict=_legacy_head_keys(payload["state_dict"]))
+    if payload["target"] in NON_NEGATIVE:
+        upgraded["bounds"] = {payload["target"]: [0.0, None]}
     ensemble = payload.get("ensemble")
     if isinstance(ensemble, dict):
         members = ensemble.get("members")

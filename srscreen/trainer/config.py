@@ -91,9 +91,13 @@ def check_config(config: TrainConfig) -> None:
         )
     # One setting a message, so that a command names only a flag it has (finetune has no --ema-decay);
     # comparisons that NaN fails, so NaN is refused with the rest.
+    # Sizes have ceilings far above any useful network: beyond them a typo's network takes all memory
+    # and the system kills the run without a word.
     for name, ok, need in (
-        ("steps", config.steps >= 1, "at least 1"), ("n_h", config.n_h >= 1, "at least 1"),
-        ("atom_fea_len", config.atom_fea_len >= 1, "at least 1"), ("h_fea_len", config.h_fea_len >= 1, "at least 1"),
+        ("steps", 1 <= config.steps <= 64, "from 1 to 64"), ("n_h", 1 <= config.n_h <= 16, "from 1 to 16"),
+        ("atom_fea_len", 1 <= config.atom_fea_len <= 2048, "from 1 to 2048"),
+        ("h_fea_len", 1 <= config.h_fea_len <= 8192, "from 1 to 8192"),
+        ("seed", 0 <= config.seed < 2**63, "from 0 to 2**63 - 1"),
         ("lr", 0 < config.lr < float("inf"), "a positive finite number"),
         ("weight_decay", 0 <= config.weight_decay < float("inf"), "a non-negative finite number"),
         ("warmup_epochs", config.warmup_epochs >= 0, "non-negative"), ("patience", config.patience >= 0, "non-negative"),

@@ -29,7 +29,7 @@ from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import is_disk_full, replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
-from srscreen.model.model_file import ModelFile, renumber_heads, within_bounds
+from srscreen.model.model_file import NON_NEGATIVE, ModelFile, renumber_heads, within_bounds
 from srscreen.model.network import CrystalGraphNet
 from srscreen.model.registry import resolve_model
 from srscreen.trainer.config import (
@@ -56,8 +56,6 @@ __all__ = [
 # Crystal-epochs from which compiling pays back its one-off ~20-60 s (it saves ~0.2 ms per crystal).
 COMPILE_FROM_CRYSTAL_EPOCHS = 200_000
 UNITS = {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_form": "eV/atom", "gap": "eV"}
-# Targets that are never negative: their predictions are clipped at 0 (`ModelFile.bounds`).
-NON_NEGATIVE = ("band_gap", "gap")
 
 
 @dataclass
