@@ -365,7 +365,7 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["predict", g, "--model", ef, "--shards", "0:99"], ["--shards 0:99: the file has shards 0:1"]),
         (["predict", g, "--model", ef, "--shards", "a:b"], ["--shards 'a:b': write I:J"]),
         (["predict", g, "--model", ef, "--device", "gpu"], ["--device 'gpu': write auto, cpu, cuda or cuda:N"]),
-        (["predict", g, "--model", ef, "-o", tmp_path / "no-dir" / "out.csv"], ["no-dir/out.csv: cannot write"]),
+        (["predict", g, "--model", ef, "-o", tmp_path / "no-dir" / "out.csv"], ["no-dir/out.csv: folder", "does not exist"]),
         (["predict", tmp_path / "runs[old]" / "graphs.h5", "--model", ef], ["runs[old]/graphs.h5: no such file"]),
         (["predict", tmp_path / "x[/y]" / "graphs.h5", "--model", ef], ["x[/y]/graphs.h5: no such file"]),
         (["evaluate", g, "--labels", ef_only, "--model", eg], ["ef-only.csv: no column 'band_gap'"]),

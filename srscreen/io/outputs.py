@@ -78,6 +78,8 @@ def check_output(out: Path, reads: Iterable[Path | None] = (), *, overwrite: boo
     check_not_an_input([out, *beside], reads)
     if out.is_dir():
         raise InputError(f"{out} is a folder; name the file to write")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: folder {out.parent} does not exist")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; use `overwrite=True` to replace it, or write to another path")
     check_no_broken_link(out, overwrite=overwrite)
