@@ -24,10 +24,15 @@ Stages:
   beat single-target ones, do the auxiliary targets (Fermi energy, volume per atom, magnetic moment per
   atom) help Ef and Eg, and how well does a metal/non-metal head (L1 on 0/1 labels) gate the gap? Compared on the recipe search's 80/10/10 split against its single-target Ef run at
   the same settings (screen-batch64, val MAE 0.0589).
-- final (3 members x 300 epochs, ~3 h each, two at a time: ~6 h): the chosen targets, a scale head per
-  target, seeds 0-2, on 90% of the labelled crystals; 5% calibrates sigma (and picks each member's best
-  epoch), 5% is the test set.
-Total planned: ~8 wall-hours on 2 cores, inside the 24.
+- final (3 members x 300 epochs, ~3 h each, two at a time: ~6 h): the design the screen chose (FINAL,
+  by the rule in `final_runs`), a scale head per target, on 90% of the labelled crystals; 5% calibrates
+  sigma (and picks each member's best epoch), 5% is the test set.
+Total planned: ~9 wall-hours on 2 cores, inside the 24.
+
+What the screen found so far (val MAE at epoch 50 of 60, against single-target runs of the same recipe):
+one width-64 trunk for Ef and Eg costs Ef 16% (0.0690 vs 0.0595) and Eg 6% (0.2915 vs 0.2762), a gap
+that grew with training (8% at epoch 5). MT-CGCNN's reported gain does not hold at this width here;
+screen-efeg-w96 asks whether a wider shared trunk wins it back.
 
 Every run is one `srscreen train ... --resume`: stopping at any moment loses at most the epoch in progress,
 and `run` again resumes each unfinished run and skips finished ones (the summary, in git, says which).
@@ -65,28 +70,38 @@ SCREEN = [
      "epochs": 60},
     {"name": "screen-efeg-metal", "stage": "screen", "targets": [EF, EG, METAL], "seed": 0, "split": "recipe",
      "epochs": 60},
+    # Added when screen-efeg showed the shared width-64 trunk costing Ef 16% and Eg 6% against single-target
+    # runs (epoch 50): does a wider trunk, at about the pair's prediction cost (1.9 width-64 forwards), win back?
+    {"name": "screen-efeg-w96", "stage": "screen", "targets": [EF, EG], "seed": 0, "split": "recipe", "epochs": 60,
+     "options": {"atom-fea-len": 96}},
 ]
 # The recipe search's single-target Ef run at these settings: the baseline of the screen for Ef.
 EF_BASELINE = {"name": "screen-batch64 (recipe search)", "val_mae": {EF: 0.0589}}
 FINAL_EPOCHS = 300
 MEMBERS = 3
-
-
-def final_targets() -> list[str]:
-    """The decision rule, written before the screen ran: the auxiliary heads are kept if they lower the
-    mean of Ef's and Eg's relative validation MAE by more than 1% against Ef and Eg alone (below that is
-    within the noise the recipe search measured); until the screen is done, Ef and Eg alone."""
-    done = summary()
-    if "screen-efeg" not in done or "screen-efeg-aux" not in done:
-        return [EF, EG]
-    base, aux = done["screen-efeg"]["val_mae"], done["screen-efeg-aux"]["val_mae"]
-    change = np.mean([aux[t] / base[t] - 1 for t in (EF, EG)])
-    return [EF, EG, *AUX] if change < -0.01 else [EF, EG]
+# The final members' design, set from the screen table (`report`) by the rule in `final_runs`; None until
+# then, so that `run` stops after the screen instead of training members of a design the screen refuted.
+FINAL: dict | None = None
 
 
 def final_runs() -> list[dict]:
-    return [{"name": f"final-seed{seed}", "stage": "final", "targets": final_targets(), "seed": seed,
-             "split": "final", "epochs": FINAL_EPOCHS} for seed in range(MEMBERS)]
+    """The final members, once FINAL is set. The rule for setting it, written when screen-efeg came in:
+    the default must first be accurate (Ef <= 0.046 eV/atom held out), then fast (>= 0.5x the old pair
+    with sigma); the fast mode needs one network for both targets at about width 64 (>= 1.5x).
+    - If a multi-target run at width-64 cost (efeg, efeg-aux, efeg-metal) comes within 3% of the single-
+      target runs on both Ef and Eg: FINAL = {"targets": that run's targets, "options": {}}, 3 members,
+      and `--fast` is the first member. Of those, the auxiliary heads are kept only if they lower the mean
+      of Ef's and Eg's relative validation MAE by more than 1% against Ef and Eg alone (the noise the
+      recipe search measured).
+    - Else, if screen-efeg-w96 does (one network at the pair's cost): 2 members of it for the default, and
+      a width-64 multi-target network shipped apart for `--fast`.
+    - Else: single-target members (Ef and Eg apart, scale heads on) for the default, and the width-64
+      multi-target network for `--fast`."""
+    if FINAL is None:
+        return []
+    return [{"name": f"final-seed{seed}", "stage": "final", "targets": FINAL["targets"], "seed": seed,
+             "split": "final", "epochs": FINAL_EPOCHS, "options": FINAL.get("options", {})}
+            for seed in range(FINAL.get("members", MEMBERS))]
 
 
 def plan() -> list[dict]:
@@ -111,7 +126,7 @@ def record(run: dict) -> None:
     val = best.get("val_mae_by_target") or {run["targets"][0]: best["val_mae"]}
     test = model.test_metrics()
     row = {"name": run["name"], "targets": run["targets"], "seed": run["seed"], "split": run["split"],
-           "options": {**RECIPE, "epochs": run["epochs"]}, "epochs": len(log), "best_epoch": model.training["best_epoch"],
+           "options": options_of(run), "epochs": len(log), "best_epoch": model.training["best_epoch"],
            "compute_h": round(sum(r["epoch_s"] for r in log) / 3600, 3),
            "val_mae": {t: round(v, 4) for t, v in val.items()},
            "test_mae": {t: round(m["mae"], 4) for t, m in test.items()},
@@ -158,8 +173,13 @@ def write_splits() -> None:
     (RESULTS / "split-final.csv").write_text("id,split\n" + "".join(f"{i},{part[i]}\n" for i in ids))
 
 
+def options_of(run: dict) -> dict:
+    """A run's `srscreen train` settings: the recipe, with what the run changes."""
+    return {**RECIPE, **run.get("options", {}), "epochs": run["epochs"]}
+
+
 def command(run: dict, graphs: Path, labels: Path) -> list[str]:
-    flags = [item for key, value in {**RECIPE, "epochs": run["epochs"]}.items() for item in (f"--{key}", str(value))]
+    flags = [item for key, value in options_of(run).items() for item in (f"--{key}", str(value))]
     targets = [item for t in run["targets"] for item in ("--target", t)]
     return [sys.executable, "-c", "from srscreen.cli import main; main()", "train", str(graphs), "--labels", str(labels),
             *targets, "--scale-head", "-o", str(RESULTS / f"{run['name']}.pt"),
@@ -396,9 +416,9 @@ def card(ensemble, methods: dict, gap: dict) -> str:
         lines.append(f"| {run['name']} | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} ({row['best_epoch']}) | "
                      f"{row['compute_h']:.2f} | {row['val_mae'][EF]:.4f} | {row['val_mae'][EG]:.4f} | "
                      f"{row['test_mae'][EF]:.4f} | {row['test_mae'][EG]:.4f} |")
-    recipe = " ".join(f"--{k} {v}" for k, v in RECIPE.items())
+    recipe = " ".join(f"--{k} {v}" for k, v in options_of(final_runs()[0]).items())
     lines += ["", f"Recipe of every member: `srscreen train mp.h5 --labels campaign-labels.csv --target ... --scale-head "
-              f"--split split-final.csv --seed N --epochs {FINAL_EPOCHS} {recipe} --threads 1 --compile` "
+              f"--split split-final.csv --seed N {recipe} --threads 1 --compile` "
               "(benchmarks/campaign.py `command`).", "",
               "## Test metrics (the ensemble)", ""]
     for t in ensemble.targets:
@@ -462,7 +482,11 @@ def main() -> None:
     if not (RESULTS / "split-final.csv").exists():
         write_splits()
     stages = ("screen", "final") if args.stage == "all" else (args.stage,)
-    for stage in stages:  # the final members' targets depend on the screen: it finishes first
+    for stage in stages:  # the final members' design depends on the screen: it finishes first
+        if stage == "final" and not final_runs():
+            print("the screen is done: set FINAL in benchmarks/campaign.py by the rule in final_runs "
+                  "(python benchmarks/campaign.py report), then run again", flush=True)
+            break
         todo = [r for r in plan() if r["stage"] == stage and r["name"] not in summary()]
         with ThreadPoolExecutor(args.workers) as pool:
             list(pool.map(lambda r: run_one(r, args.graphs.resolve(), labels), todo))
