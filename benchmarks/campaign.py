@@ -153,10 +153,23 @@ def write_labels(graphs: Path, path: Path) -> None:
         writer = csv.writer(out)
         writer.writerow(["material_id", EF, EG, *AUX, METAL])
         for id_, row in base.items():
-            e, n = extra.get(id_), n_atoms.get(id_)
-            per_atom = (lambda key: repr(float(e[key]) / n)) if e and n else (lambda key: "")
-            writer.writerow([id_, row[EF], row[EG], e["efermi"] if e else "", per_atom("volume"),
-                             per_atom("total_magnetization"), int(float(row[EG]) == 0.0)])
+            e, n = extra.get(id_) or {}, n_atoms.get(id_)
+            efermi, volume, moment = (number(e.get(k)) for k in ("efermi", "volume", "total_magnetization"))
+            per_atom = [x / n if x is not None and n else None for x in (volume, moment)]
+            writer.writerow([id_, row[EF], row[EG], cell(efermi), *map(cell, per_atom), int(float(row[EG]) == 0.0)])
+
+
+def number(text: str | None) -> float | None:
+    """A label cell as a number; None where the source has none ('None', blank, absent)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def cell(value: float | None) -> str:
+    """A number as a labels cell; blank (a missing label: that head skips the crystal) for None."""
+    return "" if value is None else repr(value)
 
 
 def write_splits() -> None:
