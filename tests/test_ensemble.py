@@ -108,11 +108,27 @@ def test_calibration_recovers_the_scale_of_the_errors():
     rng = np.random.default_rng(0)
     std = rng.uniform(0.01, 0.2, 40_000)
     errors = rng.normal(0.0, 2.5 * std)
-    assert calibration_scale(errors, std) == pytest.approx(2.5, rel=0.02)
+    assert calibration_scale(errors, std) == pytest.approx(2.5, rel=0.03)
     # Rows where the members agree exactly say nothing about the scale.
     assert calibration_scale(np.r_[errors, 1.0], np.r_[std, 0.0]) == pytest.approx(calibration_scale(errors, std))
-    with pytest.raises(ValueError, match="members disagree"):
+    with pytest.raises(ValueError, match="cannot calibrate"):
         calibration_scale(np.ones(3), np.zeros(3))
+
+
+def test_calibration_of_heavy_tailed_errors_covers_both_gaussian_shares():
+    """Laplace errors with a few far outliers (a misread crystal): the Gaussian-likelihood scale covers
+    ~90% at 1 std, outside the 55-80% that issue 24 asks for; the calibrated scale puts the held-out
+    errors inside both of its windows (55-80% at 1 std, 88-99% at 2)."""
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0.001, 0.3, 40_000)
+    errors = rng.laplace(0.0, raw)
+    outliers = rng.random(40_000) < 0.05
+    errors[outliers] = rng.normal(0.0, 0.5, outliers.sum())
+    scale = calibration_scale(errors[:20_000], raw[:20_000])
+    figures = uncertainty_metrics(errors[20_000:], scale * raw[20_000:])
+    assert 0.60 < figures["within_1std"] < 0.76 and 0.88 < figures["within_2std"] < 0.99, figures
+    rms = np.sqrt(np.mean((errors / raw) ** 2))  # the Gaussian-likelihood scale, for contrast
+    assert np.mean(np.abs(errors) <= rms * raw) > 0.85
 
 
 def test_uncertainty_figures_of_a_well_calibrated_spread():

@@ -125,9 +125,9 @@ def test_calibration_recovers_a_known_sigma_from_a_scale_head():
     sigma = 1.7 * np.sqrt(2) * b
     errors = rng.normal(0.0, sigma)
     scale = calibration_scale(errors, np.sqrt(2) * b)
-    assert scale == pytest.approx(1.7, rel=0.02)
+    assert scale == pytest.approx(1.7, rel=0.03)
     within = np.mean(np.abs(errors) <= scale * np.sqrt(2) * b)
-    assert within == pytest.approx(0.683, abs=0.01)
+    assert within == pytest.approx(0.683, abs=0.015)
 
 
 def test_p_stable_matches_monte_carlo():

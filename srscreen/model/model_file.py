@@ -367,7 +367,8 @@ class ModelFile:
 
     def values(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         """Network output -> the columns this model adds to a ranking (`columns`): each target in its unit,
-        and where the model gives a spread, `<target>_std`, its calibrated standard deviation.
+        and where the model gives a spread, `<target>_std`, its calibrated standard deviation
+        (`calibration_scale`).
 
         `output` is (crystals, heads), or (members, crystals, heads) for an ensemble. The raw spread
         combines what the model has: the members' disagreement (sample variance, ddof 1) and the
