@@ -242,3 +242,10 @@ def test_legacy_band_gap_models_never_predict_a_negative_gap(prototypes):
     model = srscreen.load_model("sr-cgcnn-eg")
     assert model.file.bounds == {EG: [0.0, None]}
     assert (model.predict_structures(list(prototypes.values())) >= 0).all()
+
+
+def test_a_band_gap_head_saved_without_bounds_gets_them_on_loading(data, tmp_path):
+    from dataclasses import replace
+
+    replace(ModelFile.load(data["both"]), bounds={}).save(tmp_path / "unbounded.pt")
+    assert ModelFile.load(tmp_path / "unbounded.pt").bounds == {EG: [0.0, None]}

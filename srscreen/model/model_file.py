@@ -248,6 +248,8 @@ class ModelFile:
         if calibration and (not isinstance(scales, dict) or sorted(scales) != sorted(targets) or
                             not all(isinstance(v, float) for v in scales.values())):
             raise fail("calibration should give a numeric scale per target")
+        # A target that is never negative keeps that bound even in files written without it (v2's band gap).
+        bounds = {**{t: [0.0, None] for t in targets if t in NON_NEGATIVE}, **bounds}
         return cls(**{k: payload[k] for k in _REQUIRED if k != "schema_version"}, members=members,
                    calibration=calibration, bounds=bounds, source=source)
 
@@ -494,8 +496,6 @@ def _upgrade_legacy(payload: dict) -> dict:
     upgraded = {k: v for k, v in payload.items() if k not in ("target", "unit", "normalizer", "ensemble")}
     upgraded.update(targets=[payload["target"]], units=[payload["unit"]], normalizers=[payload["normalizer"]],
                     state_dict=_legacy_head_keys(payload["state_dict"]))
-    if payload["target"] in NON_NEGATIVE:
-        upgraded["bounds"] = {payload["target"]: [0.0, None]}
     ensemble = payload.get("ensemble")
     if isinstance(ensemble, dict):
         members = ensemble.get("members")

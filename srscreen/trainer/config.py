@@ -73,7 +73,8 @@ def check_config(config: TrainConfig) -> None:
         raise OptionError(f"`target` must name distinct label columns, not {', '.join(map(repr, config.targets)) or 'none'}")
     if config.target_weights and (len(config.target_weights) != len(config.targets) or
                                   not all(w > 0 and w < float("inf") for w in config.target_weights)):
-        raise OptionError(f"`target_weights` must be {len(config.targets)} positive numbers, one per target")
+        raise OptionError(f"`target_weights` must be one positive, finite number per target ({len(config.targets)} "
+                          f"target{'s' if len(config.targets) > 1 else ''}), not {', '.join(map(str, config.target_weights))}")
     if config.loss not in ("mse", "l1", "huber"):
         raise OptionError(f"`loss` must be mse, l1 or huber, not {config.loss!r}")
     if config.schedule not in ("multistep", "cosine", "constant"):
