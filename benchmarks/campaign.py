@@ -14,25 +14,26 @@ decay, Huber and EMA within noise.
 
 Why width 64 members, not one width-128 network: `predict`'s speed goals (fast mode >= 1.5x the old
 Ef+Eg pair of width-64 single-target models, default with sigma >= 0.5x) leave room for about one
-width-64 forward in the fast mode and four in the default. One multi-target width-64 member is half the
-old pair's cost; three of them, run as one batched network, are ~1.5x. Three width-64 members also cost
-what one width-128 network costs to train, and their mean is the usual deep-ensemble gain in accuracy,
-with a spread for sigma on top.
+width-64 forward in the fast mode and four in the default: two members per target. Two width-64 members
+cost about what one width-128 network costs to train, and their mean is the usual deep-ensemble gain in
+accuracy, with a spread for sigma on top of their scale heads.
 
 Stages:
 - screen (4 runs x 60 epochs, ~30 min each, two at a time: ~1 h): does a network with a head per target
   beat single-target ones, do the auxiliary targets (Fermi energy, volume per atom, magnetic moment per
   atom) help Ef and Eg, and how well does a metal/non-metal head (L1 on 0/1 labels) gate the gap? Compared on the recipe search's 80/10/10 split against its single-target Ef run at
   the same settings (screen-batch64, val MAE 0.0589).
-- final (3 members x 300 epochs, ~3 h each, two at a time: ~6 h): the design the screen chose (FINAL,
-  by the rule in `final_runs`), a scale head per target, on 90% of the labelled crystals; 5% calibrates
-  sigma (and picks each member's best epoch), 5% is the test set.
-Total planned: ~9 wall-hours on 2 cores, inside the 24.
+- final (5 networks x 300 epochs, ~2.8 h each, two at a time: ~7.5 h): the design the screen chose (FINAL,
+  by the rule in `final_runs`): Ef members and Eg members (seeds 0 and 1), a scale head each, and one Ef+Eg
+  network for `--fast`, on 90% of the labelled crystals; 5% calibrates sigma (and picks each member's best
+  epoch), 5% is the test set.
+Total planned: ~11 wall-hours on 2 cores, inside the 24.
 
-What the screen found so far (val MAE at epoch 50 of 60, against single-target runs of the same recipe):
-one width-64 trunk for Ef and Eg costs Ef 16% (0.0690 vs 0.0595) and Eg 6% (0.2915 vs 0.2762), a gap
-that grew with training (8% at epoch 5). MT-CGCNN's reported gain does not hold at this width here;
-screen-efeg-w96 asks whether a wider shared trunk wins it back.
+What the screen found (val MAE at the best of 60 epochs, against single-target runs of the same recipe):
+one width-64 trunk for Ef and Eg costs Ef 17% (0.0687 vs 0.0589) and Eg 6% (0.2896 vs 0.2736), a gap
+that grew with training (8% at epoch 5); auxiliary or metal heads cost Ef another 14%. MT-CGCNN's
+reported gain does not hold at this width here; a width-96 shared trunk was 3.5% behind on Ef at epoch
+14 and was stopped (see SCREEN).
 
 Every run is one `srscreen train ... --resume`: stopping at any moment loses at most the epoch in progress,
 and `run` again resumes each unfinished run and skips finished ones (the summary, in git, says which).
@@ -238,7 +239,6 @@ def report() -> None:
 
 
 SHIPPED = ROOT / "srscreen" / "pretrained" / "v3"
-SHIPPED_NAME = "sr-cgcnn"
 
 
 def sigma_methods(ensemble, graphs: Path, labels: Path, val: list[str], test: list[str]) -> dict[str, dict]:
@@ -318,13 +318,32 @@ def gp_sigma(model, graphs: Path, labels: Path, val: list[str], test: list[str],
     return results
 
 
-def ship(graphs: Path) -> None:
-    """The final members as one ensemble file of the targets users asked for (Ef and Eg; any auxiliary
-    heads dropped), its spread calibrated on the final split's validation crystals, in
-    srscreen/pretrained/v3/, with the sigma methods' comparison in results/campaign/sigma.json."""
+# The shipped file of each final network (FINAL's names): the default pair keeps v2's names, so scripts
+# that name them get the new models, and `predict --fast` runs the one-network model.
+SHIPPED_NAMES = {"final-ef": "sr-cgcnn-ef", "final-eg": "sr-cgcnn-eg", "fast-efeg": "sr-cgcnn-fast"}
+
+
+def shipped_networks(graphs: Path, labels: Path) -> dict[str, object]:
+    """Each final network's members as one model file (an ensemble where there are several), calibrated on
+    the final split's validation crystals and scored on its test crystals, by shipped name."""
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.calibrate import assemble, calibrate
 
+    shipped = {}
+    for name, targets, seeds in FINAL:
+        members = [ModelFile.load(RESULTS / f"{name}-seed{seed}.pt").select(targets) for seed in seeds]
+        model = assemble(members) if len(members) > 1 else members[0]
+        split = members[0].training["split"]
+        shipped[SHIPPED_NAMES[name]] = calibrate(model, graphs, labels, validation_ids=split["val"],
+                                                 test_ids=split["test"])
+    return shipped
+
+
+def ship(graphs: Path) -> None:
+    """The final networks as the v3 release in srscreen/pretrained/v3/: `sr-cgcnn-ef` and `sr-cgcnn-eg`
+    (the default, one ensemble per target with scale heads) and `sr-cgcnn-fast` (one Ef+Eg network), each
+    calibrated on the final split's validation crystals; the sigma methods' comparison in
+    results/campaign/sigma.json and the model card beside the files."""
     runs = final_runs()
     missing = [r["name"] for r in runs if r["name"] not in summary()]
     if missing:
@@ -332,16 +351,20 @@ def ship(graphs: Path) -> None:
     labels = graphs.resolve().with_name("campaign-labels.csv")
     if not labels.exists():
         write_labels(graphs, labels)
-    members = [ModelFile.load(RESULTS / f"{r['name']}.pt").select([EF, EG]) for r in runs]
-    split = members[0].training["split"]
-    ensemble = calibrate(assemble(members), graphs, labels, validation_ids=split["val"], test_ids=split["test"])
+    shipped = shipped_networks(graphs, labels)
     SHIPPED.mkdir(parents=True, exist_ok=True)
-    ensemble.save(SHIPPED / f"{SHIPPED_NAME}.pt")
-    methods = sigma_methods(ensemble, graphs, labels, split["val"], split["test"])
+    for name, model in shipped.items():
+        model.save(SHIPPED / f"{name}.pt")
+        print(f"wrote {SHIPPED / f'{name}.pt'}: test {json.dumps(model.test_metrics())}")
+    methods: dict[str, dict] = {}
+    for name in ("sr-cgcnn-ef", "sr-cgcnn-eg"):
+        model = shipped[name]
+        split = model.training["split"]
+        for method, per_target in sigma_methods(model, graphs, labels, split["val"], split["test"]).items():
+            methods.setdefault(method, {}).update(per_target)
     (RESULTS / "sigma.json").write_text(json.dumps(methods, indent=1) + "\n")
-    gap = gap_by_kind(ensemble, graphs, labels, split["test"])
-    (SHIPPED / "README.md").write_text(card(ensemble, methods, gap))
-    print(f"wrote {SHIPPED / f'{SHIPPED_NAME}.pt'}: test {json.dumps(ensemble.test_metrics())}")
+    gap = gap_by_kind(shipped["sr-cgcnn-eg"], graphs, labels, shipped["sr-cgcnn-eg"].training["split"]["test"])
+    (SHIPPED / "README.md").write_text(card(shipped, methods, gap))
     print(json.dumps(methods, indent=1))
 
 
@@ -423,19 +446,27 @@ def screen_sigma(graphs: Path) -> dict:
     return out
 
 
-def card(ensemble, methods: dict, gap: dict) -> str:
-    """The model card of the shipped ensemble, from its file, the campaign's summary and the sigma table."""
+def card(shipped: dict, methods: dict, gap: dict) -> str:
+    """The v3 model card: data, split, every member's recipe, seed and compute, each shipped file's test
+    figures, the sigma methods and the calibration, and the campaign's total compute."""
     done = summary()
-    test, cal = ensemble.test_metrics(), ensemble.calibration
-    split = ensemble.training["split"]
+    default = [shipped["sr-cgcnn-ef"], shipped["sr-cgcnn-eg"]]
+    split = default[0].training["split"]
     lines = [
-        f"# `{SHIPPED_NAME}`: formation energy and band gap, with a calibrated sigma", "",
-        "Written by `python benchmarks/campaign.py ship --graphs mp.h5` (issue 24's campaign); `srscreen models` "
-        "shows the same file.", "",
-        f"One SR-CGCNN ensemble of {ensemble.n_members} members, each one network with a head per target "
-        f"({', '.join(ensemble.targets)}) and a scale head per target; `srscreen predict` runs the members as one "
-        "batched network and writes each target's mean and `<target>_std`; `--fast` runs the first member alone "
-        "without scale heads (no sigma).", "",
+        "# Pretrained models v3: formation energy and band gap, with a calibrated sigma", "",
+        "Written by `python benchmarks/campaign.py ship --graphs mp.h5` (issue 24's campaign, "
+        "docs/guides/training.md); `srscreen models` shows the same files.", "",
+        "| file | what | predict |",
+        "|---|---|---|",
+        f"| `sr-cgcnn-ef` | {shipped['sr-cgcnn-ef'].n_members} SR-CGCNN members for Ef, each with a scale head | "
+        "default (with `sr-cgcnn-eg`): mean and `formation_energy_per_atom_std` |",
+        f"| `sr-cgcnn-eg` | {shipped['sr-cgcnn-eg'].n_members} SR-CGCNN members for Eg, each with a scale head | "
+        "default: mean (clipped at 0) and `band_gap_std` |",
+        "| `sr-cgcnn-fast` | one SR-CGCNN network with an Ef head and an Eg head | `--fast`: one forward for both "
+        "columns, no sigma |", "",
+        "Why one ensemble per target rather than one network for both: the campaign's screen (below) found a "
+        "shared width-64 trunk 17% worse on Ef than a single-target one, and a width-96 trunk still 3.5% worse "
+        "and losing ground; the shared network ships for `--fast`, where one forward matters more.", "",
         "## Data and split",
         "- `../shared/datasets/mp-cgcnn`: 33,065 Materials Project crystals (CIF), labels.csv (Ef, PBE gap) and "
         "labels_extra.csv (Fermi energy, cell volume, magnetic moment), the CGCNN paper's id list as published "
@@ -444,30 +475,42 @@ def card(ensemble, methods: dict, gap: dict) -> str:
         f"{len(split['val']):,} validation (each member's best epoch, and the sigma calibration), "
         f"{len(split['test']):,} test. No member trained on a validation or test crystal.", "",
         "## Members", "",
-        "| member | targets trained | seed | epochs (best) | compute (thread-h) | val MAE Ef | val MAE Eg | test MAE Ef | test MAE Eg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| member | file | targets | seed | epochs (best) | compute (thread-h) | val MAE Ef | val MAE Eg | "
+        "test MAE Ef | test MAE Eg |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in final_runs():
         row = done[run["name"]]
-        lines.append(f"| {run['name']} | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} ({row['best_epoch']}) | "
-                     f"{row['compute_h']:.2f} | {row['val_mae'][EF]:.4f} | {row['val_mae'][EG]:.4f} | "
-                     f"{row['test_mae'][EF]:.4f} | {row['test_mae'][EG]:.4f} |")
+        file = SHIPPED_NAMES[run["name"].rsplit("-seed", 1)[0]]
+        cells = " | ".join(f"{row[k][t]:.4f}" if t in row[k] else "–" for k in ("val_mae", "test_mae") for t in (EF, EG))
+        lines.append(f"| {run['name']} | `{file}` | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} "
+                     f"({row['best_epoch']}) | {row['compute_h']:.2f} | {cells} |")
     recipe = " ".join(f"--{k} {v}" for k, v in options_of(final_runs()[0]).items())
     lines += ["", f"Recipe of every member: `srscreen train mp.h5 --labels campaign-labels.csv --target ... --scale-head "
               f"--split split-final.csv --seed N {recipe} --threads 1 --compile` "
               "(benchmarks/campaign.py `command`).", "",
-              "## Test metrics (the ensemble)", ""]
-    for t in ensemble.targets:
-        m = test[t]
-        lines.append(f"- {t}: MAE {m['mae']:.4f} {ensemble.unit_of(t)}, RMSE {m['rmse']:.4f}, R² {m['r2']:.3f}, "
-                     f"{m['count']:,} crystals.")
-    lines += [f"- band gap on metals ({gap['metals']['count']:,}): MAE {gap['metals']['mae']:.4f} eV, "
+              "## Test figures of the shipped files", "",
+              "| file | target | MAE | RMSE | R² | crystals | sigma within 1 | within 2 | Spearman | "
+              "MAE surest 10% | least sure 10% |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, model in shipped.items():
+        test, sigma = model.test_metrics(), model.training.get("uncertainty", {})
+        for t in model.targets:
+            m, u = test[t], sigma.get(t)
+            figures = (f"{u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
+                       f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f}") if u else "– | – | – | – | –"
+            lines.append(f"| `{name}` | {t} | {m['mae']:.4f} {model.unit_of(t)} | {m['rmse']:.4f} | {m['r2']:.3f} | "
+                         f"{m['count']:,} | {figures} |")
+    lines += ["", f"Band gap of `sr-cgcnn-eg` on metals ({gap['metals']['count']:,}): MAE {gap['metals']['mae']:.4f} eV, "
               f"{gap['metals']['called_metal']:.1%} predicted below 0.1 eV; on non-metals "
               f"({gap['non-metals']['count']:,}): MAE {gap['non-metals']['mae']:.4f} eV. Gaps are clipped at 0.", "",
               "## Sigma", "",
-              f"Calibrated on the {min(cal['validation_crystals'].values()):,} validation crystals: scale "
-              + ", ".join(f"{t} x{v:.3g}" for t, v in cal["scale"].items()) + ". Methods compared on the test crystals "
-              "(each calibrated the same way):", "",
+              "Default: each member's scale head (a Laplace likelihood on detached features, so it leaves the "
+              "means as they were) and the members' spread, sigma = sqrt(spread² + mean 2b²), scaled per target "
+              "so that its 1- and 2-sigma shares on the validation crystals match a Gaussian's: "
+              + ", ".join(f"{t} x{shipped[n].calibration['scale'][t]:.3g}" for n in ("sr-cgcnn-ef", "sr-cgcnn-eg")
+                          for t in shipped[n].targets)
+              + ". The candidate methods, each calibrated the same way, on the test crystals:", "",
               "| method | target | within 1 sigma | within 2 sigma | Spearman(sigma, abs error) | MAE surest 10% | MAE least sure 10% |",
               "|---|---|---|---|---|---|---|"]
     for name, per in methods.items():
@@ -475,9 +518,11 @@ def card(ensemble, methods: dict, gap: dict) -> str:
             lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
                          f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
+    final = sum(done[r["name"]]["compute_h"] for r in final_runs())
     lines += ["", "## Compute", "",
-              f"The whole campaign (screen and final runs, `python benchmarks/campaign.py report`): {total:.1f} "
-              "thread-hours on a 2-core machine, two runs at a time, niced beside other work.", ""]
+              f"The shipped members: {final:.1f} thread-hours. The whole campaign (screen, stopped and final runs, "
+              f"`python benchmarks/campaign.py report`): {total:.1f} thread-hours on a 2-core machine, two runs at a "
+              "time, niced beside other work; the recipe search before it is in benchmarks/results/recipe.", ""]
     return "\n".join(lines)
 
 

@@ -12,17 +12,17 @@ included, each `predict GRAPHS --top 100 --threads 2 -q -o ranked.csv`, in alter
 command of a round rotates, so no mode always follows the same one):
   (a) the baseline (`--baseline`, checked out into a temporary git worktree and run from its source with
       PYTHONPATH) with its default models: the pair sr-cgcnn-ef + sr-cgcnn-eg;
-  (b) this checkout, `--model ENSEMBLE --fast`: the first member alone, without scale heads;
-  (c) this checkout, `--model ENSEMBLE`: every member and scale head, with `*_std`;
-  (d) this checkout, `--model sr-cgcnn-ef --model sr-cgcnn-eg`: the baseline's models under today's code,
-      which separates what the code changed from what the models changed.
-ENSEMBLE is the planned shipped default's architecture (benchmarks/campaign.py): 3 members, each SR-CGCNN
-with steps 4, width 64, h_fea_len 128, n_h 1, two targets (formation_energy_per_atom, band_gap) and a scale
-head per target, assembled with `calibrate.assemble` and given a calibration scale. Its members are the
-campaign's finished final-seed*.pt when there are at least 3; until then they are made from the shipped
-pair's weights (trunk and BatchNorm statistics of sr-cgcnn-ef or -eg, heads of both, each member with its
-own seeded 2% noise so that the members differ): speed does not depend on the weights' values, but
-trained statistics keep the activations, and so any denormal arithmetic, as a real model's are.
+  (b) this checkout, `--fast`: the fast model (sr-cgcnn-fast, one network with an Ef and an Eg head);
+  (c) this checkout, the default: sr-cgcnn-ef and sr-cgcnn-eg, each an ensemble of 2 single-target members
+      with scale heads, writing `*_std`;
+  (d) this checkout, `--model v2/sr-cgcnn-ef.pt --model v2/sr-cgcnn-eg.pt`: the baseline's models under
+      today's code, which separates what the code changed from what the models changed.
+(b) and (c) are the commands a user types, without --model, once the v3 release is installed
+(benchmarks/campaign.py ship). Until then they name stand-in files of v3's design (benchmarks/campaign.py
+FINAL: SR-CGCNN steps 4, width 64, h_fea_len 128, n_h 1, a scale head per target), made from v2's weights
+(the trunk and BatchNorm statistics of sr-cgcnn-ef or -eg, heads copied, each member with its own seeded 2%
+noise so that members differ): speed does not depend on the weights' values, but trained statistics keep
+the activations, and so any denormal arithmetic, as a real model's are.
 
 The campaign's trainings (commands writing into benchmarks/results/campaign/) are paused (SIGSTOP) while
 timing and always resumed; before each command the script waits up to `--quiet-wait` s for the rest of
@@ -63,17 +63,16 @@ from common import MP_CIFS, PausedTrainings, link_folder, run_timed  # benchmark
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "benchmarks" / "results" / "campaign"
 RESULTS = ROOT / "benchmarks" / "results" / "predict_modes.json"
-TARGETS = ["formation_energy_per_atom", "band_gap"]
-MEMBERS = 3
-PLANNED = {"steps": 4, "shared": True, "atom_fea_len": 64, "h_fea_len": 128, "n_h": 1, "n_targets": len(TARGETS),
-           "scale_head": True}
+EF, EG = "formation_energy_per_atom", "band_gap"
+MEMBERS = 2  # per target in the default (benchmarks/campaign.py FINAL)
+PLANNED = {"steps": 4, "shared": True, "atom_fea_len": 64, "h_fea_len": 128, "n_h": 1, "scale_head": True}
 CALIBRATION_SCALE = 1.25  # any value: it is one multiply per column
 GOALS = {"fast": 1.5, "default": 0.5}  # issue 24: speed against the baseline's default pair
 MODES = {
     "baseline_pair": "(a) baseline: predict (default pair sr-cgcnn-ef + sr-cgcnn-eg)",
-    "fast": "(b) this checkout: predict --model ENSEMBLE --fast",
-    "default": "(c) this checkout: predict --model ENSEMBLE (with sigma)",
-    "current_pair": "(d) this checkout: predict --model sr-cgcnn-ef --model sr-cgcnn-eg",
+    "fast": "(b) this checkout: predict --fast (sr-cgcnn-fast)",
+    "default": "(c) this checkout: predict (sr-cgcnn-ef + sr-cgcnn-eg, 2 members each, with sigma)",
+    "current_pair": "(d) this checkout: predict --model v2/sr-cgcnn-ef.pt --model v2/sr-cgcnn-eg.pt",
 }
 
 
@@ -118,53 +117,61 @@ def graph_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def planned_default(folder: Path) -> tuple[Path, str]:
-    """The planned default ensemble saved in `folder`, and where its members came from."""
-    from srscreen.model.model_file import ModelFile
+def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
+    """predict's flags for modes (b) and (c): none but `--fast` once the v3 release is installed (what a user
+    types); until then `--model` stand-in files of its design, saved in `folder`. And where they came from."""
+    from srscreen.model.registry import FAST_MODEL, pretrained_files
+
+    if FAST_MODEL in pretrained_files():
+        return {"fast": ["--fast"], "default": []}, f"the installed release: {pretrained_files()[FAST_MODEL].parent}"
     from srscreen.screening.calibrate import assemble
 
-    finished = sorted(CAMPAIGN.glob("final-seed*.pt"))
-    if len(finished) >= MEMBERS:
-        members = [ModelFile.load(p) for p in finished[:MEMBERS]]
-        origin = "the campaign's members: " + ", ".join(p.name for p in finished[:MEMBERS])
-    else:
-        members = [synthetic_member(seed) for seed in range(MEMBERS)]
-        origin = ("made from the shipped pair's weights (trunk and BatchNorm statistics of sr-cgcnn-ef or -eg, "
-                  "heads of both, 2% seeded noise per member): no finished campaign member yet")
-    ensemble = assemble(members)
-    ensemble = replace(ensemble, calibration={"scale": {t: CALIBRATION_SCALE for t in ensemble.targets}})
-    path = folder / "planned-default.pt"
-    ensemble.save(path)
-    ModelFile.load(path)  # what predict will read must load
-    return path, origin
+    paths = {}
+    for name, targets in (("sr-cgcnn-ef", [EF]), ("sr-cgcnn-eg", [EG]), ("sr-cgcnn-fast", [EF, EG])):
+        members = [stand_in(targets, seed) for seed in range(MEMBERS if len(targets) == 1 else 1)]
+        model = assemble(members) if len(members) > 1 else members[0]
+        model = replace(model, calibration={"scale": {t: CALIBRATION_SCALE for t in model.targets}})
+        paths[name] = folder / f"stand-in-{name}.pt"
+        model.save(paths[name])
+    return ({"fast": ["--model", str(paths["sr-cgcnn-fast"]), "--fast"],
+             "default": ["--model", str(paths["sr-cgcnn-ef"]), "--model", str(paths["sr-cgcnn-eg"])]},
+            "stand-ins of v3's design made from v2's weights (no v3 release installed yet)")
 
 
-def synthetic_member(seed: int):
-    """One member of the planned architecture: the trunk of sr-cgcnn-ef (even seeds) or -eg (odd), target heads
-    from both, scale heads copied from the target heads; every weight then times (1 + 0.02 N(0, 1))."""
+V2_PAIR = [f"srscreen/pretrained/v2/{name}.pt" for name in ("sr-cgcnn-ef", "sr-cgcnn-eg")]
+
+
+def v2_pair() -> list:
+    from srscreen.model.model_file import ModelFile
+
+    return [ModelFile.load(ROOT / path) for path in V2_PAIR]
+
+
+def stand_in(targets: list[str], seed: int):
+    """One member of v3's design for `targets`: the trunk of v2's sr-cgcnn-ef (Ef members and the fast model)
+    or -eg, each target's head from v2's model of it, scale heads copied from the target heads; every weight
+    then times (1 + 0.02 N(0, 1))."""
     from srscreen.model.model_file import ModelFile
     from srscreen.model.network import CrystalGraphNet
-    from srscreen.model.registry import resolve_model
 
-    pair = [resolve_model("sr-cgcnn-ef"), resolve_model("sr-cgcnn-eg")]
-    trunk = pair[seed % 2]
+    pair = dict(zip((EF, EG), v2_pair()))
+    trunk = pair[targets[0]]
     net = CrystalGraphNet(feature_table=trunk.state_dict["feature_table"], radius=trunk.architecture["radius"],
-                          gaussian_step=trunk.architecture["gaussian_step"], **PLANNED)
-    heads = {f"heads.{k}.": pair[k % len(TARGETS)] for k in range(2 * len(TARGETS))}  # targets, then scale heads
+                          gaussian_step=trunk.architecture["gaussian_step"], n_targets=len(targets), **PLANNED)
+    heads = {f"heads.{k}.": pair[targets[k % len(targets)]] for k in range(2 * len(targets))}  # targets, then scales
     state = {}
     generator = torch.Generator().manual_seed(seed)
     for key, value in net.state_dict().items():
         prefix = next((p for p in heads if key.startswith(p)), None)
         source = heads[prefix].state_dict[key.replace(prefix, "heads.0.")] if prefix else trunk.state_dict[key]
         if source.shape != value.shape:
-            raise SystemExit(f"the shipped pair's {key} {tuple(source.shape)} does not fit the planned "
-                             f"architecture's {tuple(value.shape)}")
+            raise SystemExit(f"v2's {key} {tuple(source.shape)} does not fit v3's design's {tuple(value.shape)}")
         noisy = key != "feature_table" and source.is_floating_point() and not key.endswith("running_var")
         state[key] = source * (1 + 0.02 * torch.randn(source.shape, generator=generator)) if noisy else source.clone()
     net.load_state_dict(state)
-    return ModelFile.from_model(net.eval(), graph_settings=trunk.graph_settings, targets=TARGETS,
-                                units=[m.unit for m in pair], normalizers=[m.normalizer for m in pair],
-                                training={"name": f"synthetic-{seed}", "config": {"seed": seed}})
+    return ModelFile.from_model(net.eval(), graph_settings=trunk.graph_settings, targets=targets,
+                                units=[pair[t].unit for t in targets], normalizers=[pair[t].normalizer for t in targets],
+                                training={"name": f"stand-in-{'-'.join(targets)}-{seed}", "config": {"seed": seed}})
 
 
 def set_group_nice(value: int) -> int:
@@ -245,14 +252,15 @@ def run_benchmark(args: argparse.Namespace, work: Path, baseline_tree: Path) -> 
         print(f"featurizing {args.structures} crystals with the {name} code (not timed) ...", file=sys.stderr, flush=True)
         featurize(tree, inputs, graphs[name], args.jobs)
     digests = {name: graph_digest(path) for name, path in graphs.items()}
-    ensemble, origin = planned_default(work)
+    v3, origin = v3_flags(work)
+    v2 = [str(ROOT / path) for path in V2_PAIR]
 
     common_flags = ["--top", str(args.top), "--threads", str(args.threads), "-q"]
     modes = {
         "baseline_pair": ("baseline", []),
-        "fast": ("current", ["--model", str(ensemble), "--fast"]),
-        "default": ("current", ["--model", str(ensemble)]),
-        "current_pair": ("current", ["--model", "sr-cgcnn-ef", "--model", "sr-cgcnn-eg"]),
+        "fast": ("current", v3["fast"]),
+        "default": ("current", v3["default"]),
+        "current_pair": ("current", ["--model", v2[0], "--model", v2[1]]),
     }
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
     outputs: dict[str, dict] = {}
@@ -297,8 +305,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, baseline_tree: Path) -> 
         "modes": MODES, "mode_flags": {mode: flags for mode, (_, flags) in modes.items()},
         "srscreen_imported_from": {name: imported_from(tree) for name, tree in trees.items()},
         "same_graphs": digests["baseline"] == digests["current"], "graph_digests": digests,
-        "ensemble": {"members": MEMBERS, "architecture": PLANNED, "targets": TARGETS, "origin": origin,
-                     "calibration_scale": CALIBRATION_SCALE},
+        "v3": {"members_per_target": MEMBERS, "architecture": PLANNED, "origin": origin},
         "wall_s": {mode: [r["wall_s"] for r in runs[mode]] for mode in modes},
         "runs": runs, "median_s": medians, "best_s": bests,
         "speed_vs_baseline_median": speed, "speed_vs_baseline_best": speed_best, "speed_vs_baseline_per_round": per_round,
@@ -319,7 +326,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, baseline_tree: Path) -> 
               f"{speed_cpu[mode]:.2f}x |")
     for mode, goal in GOALS.items():
         print(f"goal {mode} >= {goal}x: {speed[mode]:.2f}x, {'met' if speed[mode] >= goal else 'MISSED'}")
-    print(f"same graphs in both revisions' files: {report['same_graphs']}; ensemble: {origin}")
+    print(f"same graphs in both revisions' files: {report['same_graphs']}; v3 models: {origin}")
     return report
 
 

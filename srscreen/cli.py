@@ -519,9 +519,12 @@ def finetune_cmd(
                   threads=threads, compile=compile, quiet=quiet, overwrite=overwrite)
 
 
-def _models(names: list[str]) -> list[ModelFile]:
-    from srscreen.model.registry import DEFAULT_MODELS, resolve_model
-    return [resolve_model(n) for n in (names or DEFAULT_MODELS)]
+def _models(names: list[str], fast: bool = False) -> list[ModelFile]:
+    """The models a command names, or the defaults; with `fast`, each cut to its first member without
+    scale heads (and the defaults are the one-network fast model where installed)."""
+    from srscreen.model.registry import default_models, resolve_model
+    models = [resolve_model(n) for n in (names or default_models(fast))]
+    return [m.fast() for m in models] if fast else models
 
 
 WHERE_HELP = ("Filter COLUMN OP NUMBER (OP: >= <= > < == !=), e.g. 'band_gap>=1.0', 'n_atoms<50'; values are compared "
@@ -536,7 +539,7 @@ def predict_cmd(
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
-    fast: bool = typer.Option(False, "--fast", help="Skip the spread for speed: each model's first member alone, without scale heads, so no *_std or p_stable columns. A 3-member Ef+Eg ensemble with sigma costs ~1.45x the time of the old Ef and Eg pair; --fast ~0.65x (2.2x faster; benchmarks/predict_modes.py). Single models without scale heads: no change."),
+    fast: bool = typer.Option(False, "--fast", help="Skip sigma for speed: no *_std or p_stable columns. Without --model: sr-cgcnn-fast, one network for Ef and Eg (v3), ~0.64x the time of v2's Ef and Eg pair, where the default (2 members per target, with sigma) takes ~1.7x (benchmarks/predict_modes.py). With --model: each model's first member alone without scale heads; single models without scale heads: no change."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
@@ -565,7 +568,7 @@ def predict_cmd(
             check_output(written, [graphs, reference, *_model_files(model)], overwrite=overwrite)
         conditions = [Condition.parse(w) for w in where]
         span = _shard_range(shards)
-        models = [m.fast() for m in _models(model)] if fast else _models(model)
+        models = _models(model, fast)
         reference_hull = None
         if hull or reference is not None:
             from srscreen.screening.hull import ReferenceHull, default_reference

@@ -221,6 +221,23 @@ def test_pretrained_names_of_earlier_releases_keep_working(tmp_path, monkeypatch
     assert files["a"].parent.name == "v2" and files["b"].parent.name == "v3" and registry.pretrained_dir().name == "v3"
 
 
+def test_fast_mode_without_models_runs_the_one_network_fast_model(data, tmp_path, monkeypatch):
+    """`predict --fast` with the default models runs `sr-cgcnn-fast` (one forward for both columns) where a
+    release ships it, and the first member of each default model where none does."""
+    import shutil
+
+    import srscreen.model.registry as registry
+
+    (tmp_path / "v3").mkdir()
+    shutil.copy(data["both"], tmp_path / "v3" / f"{registry.FAST_MODEL}.pt")
+    monkeypatch.setattr(registry, "PRETRAINED_ROOT", tmp_path)
+    assert registry.default_models(fast=True) == (registry.FAST_MODEL,)
+    assert registry.default_models() == registry.DEFAULT_MODELS
+    assert ranked(data, "--fast") == ranked(data, "--model", data["both"], "--fast")
+    (tmp_path / "v3" / f"{registry.FAST_MODEL}.pt").unlink()
+    assert registry.default_models(fast=True) == registry.DEFAULT_MODELS
+
+
 def test_python_api_of_a_multi_target_model(data, prototypes):
     model = srscreen.load_model(data["both"])
     structures = list(prototypes.values())[:3]

@@ -10,6 +10,9 @@ from srscreen.model.model_file import ModelFile
 
 # The models `predict` uses when none is given: formation energy and band gap.
 DEFAULT_MODELS = ("sr-cgcnn-ef", "sr-cgcnn-eg")
+# What `predict --fast` uses when no model is given: one network with both heads, so one forward serves
+# both columns (the defaults are one ensemble per target); releases before v3 lack it.
+FAST_MODEL = "sr-cgcnn-fast"
 PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
 
 
@@ -30,6 +33,14 @@ def pretrained_files() -> dict[str, Path]:
     """Every installed pretrained name and its file: a release keeps the names of those before it unless
     it ships a model of the same name, so a name once shipped keeps working."""
     return {p.stem: p for release in releases() for p in sorted(release.glob("*.pt"))}
+
+
+def default_models(fast: bool = False) -> tuple[str, ...]:
+    """The pretrained names `predict` runs when given none: the Ef and Eg ensembles, or for `--fast` the
+    one Ef+Eg network where installed (else the same pair, each cut to its first member by the caller)."""
+    if fast and FAST_MODEL in pretrained_files():
+        return (FAST_MODEL,)
+    return DEFAULT_MODELS
 
 
 def pretrained_names() -> list[str]:
