@@ -3,7 +3,7 @@
     python benchmarks/campaign.py plan                     # the runs, their cost so far, what is done
     nice -n 19 python benchmarks/campaign.py run --graphs mp.h5 [--workers 2] [--stage screen|final|all]
     python benchmarks/campaign.py report                   # Markdown tables the model card cites
-    python benchmarks/campaign.py ship --graphs mp.h5      # assemble and calibrate the final members
+    python benchmarks/campaign.py ship --graphs mp.h5 [--partial]  # v3: assemble, calibrate, card
 
 Budget (README, "Training campaign"): at most 24 wall-hours of 2-core training for everything shipped.
 What one epoch costs was measured in the recipe search (benchmarks/results/recipe): SR-CGCNN-4 at width
@@ -244,16 +244,15 @@ SHIPPED = ROOT / "srscreen" / "pretrained" / "v3"
 def sigma_methods(ensemble, graphs: Path, labels: Path, val: list[str], test: list[str]) -> dict[str, dict]:
     """The candidate sigma methods, each calibrated on the validation crystals and scored on the test
     crystals (coverage at 1 and 2 sigma, Spearman of sigma with |error|, MAE of the surest and least sure
-    tenths): the first member's scale heads alone, the members' spread alone, and both."""
+    tenths): the first member's scale heads alone, and for an ensemble the members' spread alone and both."""
     from dataclasses import replace
 
     from srscreen.screening.calibrate import calibrate
 
-    variants = {
-        "scale heads, one member": replace(ensemble.member(0), calibration={"scale": {t: 1.0 for t in ensemble.targets}}),
-        f"spread of {ensemble.n_members} members": ensemble.without_scale_heads(),
-        f"{ensemble.n_members} members and their scale heads": ensemble,
-    }
+    variants = {"scale heads, one member": replace(ensemble.member(0), calibration={"scale": {t: 1.0 for t in ensemble.targets}})}
+    if ensemble.n_members > 1:
+        variants |= {f"spread of {ensemble.n_members} members": ensemble.without_scale_heads(),
+                     f"{ensemble.n_members} members and their scale heads": ensemble}
     methods = {name: calibrate(model, graphs, labels, validation_ids=val, test_ids=test).training["uncertainty"]
                for name, model in variants.items()}
     methods["Gaussian process on one member's pooled features"] = gp_sigma(ensemble.member(0), graphs, labels, val, test)
@@ -324,14 +323,18 @@ SHIPPED_NAMES = {"final-ef": "sr-cgcnn-ef", "final-eg": "sr-cgcnn-eg", "fast-efe
 
 
 def shipped_networks(graphs: Path, labels: Path) -> dict[str, object]:
-    """Each final network's members as one model file (an ensemble where there are several), calibrated on
-    the final split's validation crystals and scored on its test crystals, by shipped name."""
+    """Each final network's finished members as one model file (an ensemble where there are several),
+    calibrated on the final split's validation crystals and scored on its test crystals, by shipped name;
+    networks with no finished member are left out."""
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.calibrate import assemble, calibrate
 
     shipped = {}
     for name, targets, seeds in FINAL:
-        members = [ModelFile.load(RESULTS / f"{name}-seed{seed}.pt").select(targets) for seed in seeds]
+        finished = [seed for seed in seeds if f"{name}-seed{seed}" in summary()]
+        if not finished:
+            continue
+        members = [ModelFile.load(RESULTS / f"{name}-seed{seed}.pt").select(targets) for seed in finished]
         model = assemble(members) if len(members) > 1 else members[0]
         split = members[0].training["split"]
         shipped[SHIPPED_NAMES[name]] = calibrate(model, graphs, labels, validation_ids=split["val"],
@@ -339,20 +342,26 @@ def shipped_networks(graphs: Path, labels: Path) -> dict[str, object]:
     return shipped
 
 
-def ship(graphs: Path) -> None:
+def ship(graphs: Path, partial: bool = False) -> None:
     """The final networks as the v3 release in srscreen/pretrained/v3/: `sr-cgcnn-ef` and `sr-cgcnn-eg`
     (the default, one ensemble per target with scale heads) and `sr-cgcnn-fast` (one Ef+Eg network), each
     calibrated on the final split's validation crystals; the sigma methods' comparison in
-    results/campaign/sigma.json and the model card beside the files."""
-    runs = final_runs()
-    missing = [r["name"] for r in runs if r["name"] not in summary()]
-    if missing:
-        sys.exit(f"not finished: {', '.join(missing)} (python benchmarks/campaign.py run --graphs ...)")
+    results/campaign/sigma.json and the model card beside the files. With `partial`, what has finished
+    (at least one member of Ef and of Eg), so that users get it while the rest trains; ship again later."""
+    missing = [r["name"] for r in final_runs() if r["name"] not in summary()]
+    if missing and not partial:
+        sys.exit(f"not finished: {', '.join(missing)} (python benchmarks/campaign.py run --graphs ...; "
+                 "--partial ships what has)")
+    if not {"final-ef-seed0", "final-eg-seed0"} <= set(summary()):
+        sys.exit("no finished member of both final-ef and final-eg: nothing to ship yet")
     labels = graphs.resolve().with_name("campaign-labels.csv")
     if not labels.exists():
         write_labels(graphs, labels)
     shipped = shipped_networks(graphs, labels)
     SHIPPED.mkdir(parents=True, exist_ok=True)
+    for stale in SHIPPED.glob("*.pt"):  # a network shipped before but not now must not linger
+        if stale.stem not in shipped:
+            stale.unlink()
     for name, model in shipped.items():
         model.save(SHIPPED / f"{name}.pt")
         print(f"wrote {SHIPPED / f'{name}.pt'}: test {json.dumps(model.test_metrics())}")
@@ -364,7 +373,7 @@ def ship(graphs: Path) -> None:
             methods.setdefault(method, {}).update(per_target)
     (RESULTS / "sigma.json").write_text(json.dumps(methods, indent=1) + "\n")
     gap = gap_by_kind(shipped["sr-cgcnn-eg"], graphs, labels, shipped["sr-cgcnn-eg"].training["split"]["test"])
-    (SHIPPED / "README.md").write_text(card(shipped, methods, gap))
+    (SHIPPED / "README.md").write_text(card(shipped, methods, gap, missing))
     print(json.dumps(methods, indent=1))
 
 
@@ -446,24 +455,37 @@ def screen_sigma(graphs: Path) -> dict:
     return out
 
 
-def card(shipped: dict, methods: dict, gap: dict) -> str:
+def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
     """The v3 model card: data, split, every member's recipe, seed and compute, each shipped file's test
-    figures, the sigma methods and the calibration, and the campaign's total compute."""
+    figures, the sigma methods and the calibration, and the campaign's total compute; `training` names the
+    final runs still training (a partial release)."""
     done = summary()
-    default = [shipped["sr-cgcnn-ef"], shipped["sr-cgcnn-eg"]]
-    split = default[0].training["split"]
+    split = shipped["sr-cgcnn-ef"].training["split"]
+
+    def members(name: str) -> str:
+        n = shipped[name].n_members
+        return "one SR-CGCNN network" if n == 1 else f"{n} SR-CGCNN members"
+
     lines = [
         "# Pretrained models v3: formation energy and band gap, with a calibrated sigma", "",
         "Written by `python benchmarks/campaign.py ship --graphs mp.h5` (issue 24's campaign, "
         "docs/guides/training.md); `srscreen models` shows the same files.", "",
         "| file | what | predict |",
         "|---|---|---|",
-        f"| `sr-cgcnn-ef` | {shipped['sr-cgcnn-ef'].n_members} SR-CGCNN members for Ef, each with a scale head | "
+        f"| `sr-cgcnn-ef` | {members('sr-cgcnn-ef')} for Ef, with a scale head | "
         "default (with `sr-cgcnn-eg`): mean and `formation_energy_per_atom_std` |",
-        f"| `sr-cgcnn-eg` | {shipped['sr-cgcnn-eg'].n_members} SR-CGCNN members for Eg, each with a scale head | "
+        f"| `sr-cgcnn-eg` | {members('sr-cgcnn-eg')} for Eg, with a scale head | "
         "default: mean (clipped at 0) and `band_gap_std` |",
-        "| `sr-cgcnn-fast` | one SR-CGCNN network with an Ef head and an Eg head | `--fast`: one forward for both "
-        "columns, no sigma |", "",
+    ]
+    if "sr-cgcnn-fast" in shipped:
+        lines.append("| `sr-cgcnn-fast` | one SR-CGCNN network with an Ef head and an Eg head | `--fast`: one forward "
+                     "for both columns, no sigma |")
+    lines.append("")
+    if training:
+        lines += [f"**A partial release**: {', '.join(training)} still training (benchmarks/campaign.py); until "
+                  "they ship, " + ("`--fast` runs the first member of each default file." if "sr-cgcnn-fast" not in shipped
+                                   else "the files above hold the members finished so far."), ""]
+    lines += [
         "Why one ensemble per target rather than one network for both: the campaign's screen (below) found a "
         "shared width-64 trunk 17% worse on Ef than a single-target one, and a width-96 trunk still 3.5% worse "
         "and losing ground; the shared network ships for `--fast`, where one forward matters more.", "",
@@ -480,7 +502,9 @@ def card(shipped: dict, methods: dict, gap: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in final_runs():
-        row = done[run["name"]]
+        row = done.get(run["name"])
+        if row is None:
+            continue
         file = SHIPPED_NAMES[run["name"].rsplit("-seed", 1)[0]]
         cells = " | ".join(f"{row[k][t]:.4f}" if t in row[k] else "–" for k in ("val_mae", "test_mae") for t in (EF, EG))
         lines.append(f"| {run['name']} | `{file}` | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} "
@@ -506,7 +530,7 @@ def card(shipped: dict, methods: dict, gap: dict) -> str:
               f"({gap['non-metals']['count']:,}): MAE {gap['non-metals']['mae']:.4f} eV. Gaps are clipped at 0.", "",
               "## Sigma", "",
               "Default: each member's scale head (a Laplace likelihood on detached features, so it leaves the "
-              "means as they were) and the members' spread, sigma = sqrt(spread² + mean 2b²), scaled per target "
+              "means as they were) and, in an ensemble, the members' spread, sigma = sqrt(spread² + mean 2b²), scaled per target "
               "so that its 1- and 2-sigma shares on the validation crystals match a Gaussian's: "
               + ", ".join(f"{t} x{shipped[n].calibration['scale'][t]:.3g}" for n in ("sr-cgcnn-ef", "sr-cgcnn-eg")
                           for t in shipped[n].targets)
@@ -518,7 +542,7 @@ def card(shipped: dict, methods: dict, gap: dict) -> str:
             lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
                          f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
-    final = sum(done[r["name"]]["compute_h"] for r in final_runs())
+    final = sum(done[r["name"]]["compute_h"] for r in final_runs() if r["name"] in done)
     lines += ["", "## Compute", "",
               f"The shipped members: {final:.1f} thread-hours. The whole campaign (screen, stopped and final runs, "
               f"`python benchmarks/campaign.py report`): {total:.1f} thread-hours on a 2-core machine, two runs at a "
@@ -541,9 +565,10 @@ def main() -> None:
     gap_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
     ship_parser = sub.add_parser("ship")
     ship_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
+    ship_parser.add_argument("--partial", action="store_true", help="ship the finished members while others train")
     args = parser.parse_args()
     if args.action == "ship":
-        ship(args.graphs)
+        ship(args.graphs, args.partial)
         return
     if args.action == "sigma":
         print(json.dumps(screen_sigma(args.graphs), indent=1))
