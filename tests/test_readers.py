@@ -170,6 +170,26 @@ def test_bad_frame_does_not_stop_the_others(prototypes):
     assert_parses_to(results[2], prototypes["Fe"])
 
 
+@pytest.mark.parametrize("ending", ["\r", "\r\n"], ids=["CR (old Mac)", "CRLF (Windows)"])
+def test_files_with_other_line_ends_read_like_unix_ones(tmp_path, prototypes, ending):
+    """Saved with CR-only line ends, a CIF or POSCAR was 'no structure in file' (gemmi and pymatgen see
+    one line): every format, plain or compressed, must read as the same crystals as with '\\n'."""
+    from srscreen.io.items import parse_item
+
+    nacl, zno = prototypes["NaCl"], prototypes["ZnO"]
+    files = {"a.cif": cif_text(nacl), "b.cif.gz": cif_text(zno), "run1/POSCAR": poscar_text(zno),
+             "c.vasp": poscar_text(nacl), "t.extxyz": extxyz_text([nacl, zno])}
+    expected = {"a": nacl, "b": zno, "run1/POSCAR": zno, "c": nacl, "t:0": nacl, "t:1": zno}
+    for name, text in files.items():
+        data = text.replace("\n", ending).encode()
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    results = [r for e in iter_inputs(tmp_path) for r in parse_item(e, "fail")]
+    assert sorted(r.id for r in results) == sorted(expected), results
+    for r in results:
+        assert_parses_to(r, expected[r.id])
+
+
 # --------------------------------------------------------------------------- bad inputs: never raise
 
 

@@ -137,10 +137,15 @@ def read_structure_file(path: str | os.PathLike, max_bytes: int = MAX_STRUCTURE_
 
 
 def text_of(data: bytes) -> str:
+    """A whole structure file's text, its line ends made `\\n`: the one place they are normalised for the
+    parsers (gemmi and pymatgen read a CR-only file, old Mac style, as one line, hence no structure).
+    Chunks of multi-structure files arrive normalised by the text stream that cut them (`sources`)."""
     if not data.strip():
         raise ReadError("empty file")
     if b"\x00" in data[:4096]:
         raise ReadError("binary file, not a structure")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
