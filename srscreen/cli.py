@@ -755,15 +755,17 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing --plot; without it, it is refused. Never an input of the command, even with it."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    split: Optional[str] = typer.Option(None, "--split", help="test, val or train: only the crystals of that part of the split each model's file records (`srscreen models` shows it); --split test gives figures on crystals no member trained or was selected on."),
 ) -> None:
-    """MAE, RMSE, R² and count of each model on labelled crystals."""
+    """MAE, RMSE, R² and count of each model on labelled crystals; for a model with σ, also Spearman of
+    |error| with σ, the shares of errors within 1 and 2 σ, and the MAE of the surest and least sure tenths."""
     from srscreen.io.outputs import check_output
     from srscreen.screening.evaluate import evaluate
     try:
         if plot is not None:
             check_output(plot, [graphs, labels, *_model_files(model)], overwrite=overwrite)
         models = _models(model)
-        results = evaluate(graphs, labels, models, device=device, plot=plot)
+        results = evaluate(graphs, labels, models, device=device, plot=plot, split=split)
         _label_notes(labels, list(dict.fromkeys(t for m in models for t in m.targets)))  # after: an error is one line
     except USAGE_ERRORS as e:
         _fail(str(e))

@@ -24,6 +24,7 @@ from helpers.screening_data import (
 import srscreen
 from srscreen.data.batch import batch_of
 from srscreen.data.graph_file import GraphFile
+from srscreen.data.labels import read_labels
 from srscreen.graph.elements import cgcnn_feature_table
 from srscreen.model.ensemble import calibration_scale
 from srscreen.model.model_file import ModelFile
@@ -172,6 +173,23 @@ def test_evaluate_names_each_model_and_reports_sigma_figures(data, tmp_path):
     figures = json.loads(result.stdout)
     assert len(figures) == 2 and all(set(per) == {EF, EG} for per in figures.values())
     assert all({"spearman", "within_1std", "within_2std"} <= set(m) for per in figures.values() for m in per.values())
+
+
+def test_evaluate_on_the_test_split_the_model_file_records(data):
+    """`--split test` scores only the crystals the file records as test (labelled for each target), the
+    figures that count as held out; a model without a recorded split is refused in one line."""
+    recorded = ModelFile.load(data["both"]).training["split"]["test"]
+    result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["both"], "--split", "test", "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    (per,) = json.loads(result.stdout).values()
+    for t in (EF, EG):
+        labelled = {i for i, v in read_labels(data["labels"], t).items() if np.isfinite(v)}
+        assert per[t]["count"] == len(set(recorded) & labelled) > 0
+    everything = json.loads(cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["both"],
+                                "--json").stdout)
+    assert all(per[t]["count"] < m[t]["count"] for m in everything.values() for t in (EF, EG))
+    bad = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["both"], "--split", "holdout")
+    assert bad.exit_code == 2 and "--split" in bad.stderr and "holdout" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_ensemble_of_multi_target_members(data, tmp_path):

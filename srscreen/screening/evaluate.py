@@ -16,11 +16,16 @@ from srscreen.trainer.metrics import Metrics, UncertainMetrics, metrics
 from srscreen.errors import InputError, OptionError
 
 
+SPLIT_PARTS = ("train", "val", "test")
+
+
 def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
-             plot: str | Path | None = None) -> dict[str, dict[str, Metrics]]:
+             plot: str | Path | None = None, split: str | None = None) -> dict[str, dict[str, Metrics]]:
     """Metrics of each model (by `model_label`) on each of its targets, over the crystals of `graph_path`
     labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
-    (a fine-tuned model beside its base): each is predicted on its own."""
+    (a fine-tuned model beside its base): each is predicted on its own. `split` ("test", "val" or
+    "train") keeps only the crystals of that part of the split each model's file records, so that a
+    model's figures on a set it was trained on are not mistaken for held-out ones."""
     labels = {t: read_labels(labels_path, t) for m in models for t in m.targets}
     results: dict[str, dict[str, Metrics]] = {}
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -28,12 +33,15 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     panels: dict[str, Metrics] = {}
     for m in models:
         label = model_label(m, models)
+        keep = None if split is None else split_ids(m, split)
         ranking = predict(graph_path, [m], device=device)
         results[label] = {}
         for t in m.targets:
-            matched = match(ranking.ids, labels[t])
+            labelled = labels[t] if keep is None else {i: v for i, v in labels[t].items() if i in keep}
+            matched = match(ranking.ids, labelled)
             if len(matched.positions) == 0:
-                raise InputError(f"{labels_path}: no labelled {t} for any crystal of {graph_path}")
+                part = "" if keep is None else f" in {label}'s {split} split"
+                raise InputError(f"{labels_path}: no labelled {t} for any crystal of {graph_path}{part}")
             pred = ranking.values[t][matched.positions]
             result = metrics(pred, matched.values)
             if f"{t}_std" in ranking.values:
@@ -45,6 +53,17 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     if plot is not None:
         parity_plot(pairs, units, panels, plot)
     return results
+
+
+def split_ids(model: ModelFile, part: str) -> set[str]:
+    """The ids of one part of the split `model`'s file records (every member trained on it)."""
+    if part not in SPLIT_PARTS:
+        raise OptionError(f"`split` must be {', '.join(SPLIT_PARTS[:-1])} or {SPLIT_PARTS[-1]}, not {part!r}")
+    recorded = model.training.get("split") or {}
+    if part not in recorded:
+        raise OptionError(f"{model.training.get('name') or model.source}: its file records no training split "
+                          "(imported, or trained before splits were recorded); evaluate it without `split`")
+    return set(recorded[part])
 
 
 def model_label(model: ModelFile, models: list[ModelFile]) -> str:
