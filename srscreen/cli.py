@@ -25,7 +25,6 @@ from rich.progress import (
 from rich.table import Table
 
 from srscreen.io.atomic_write import replace_when_done
-from srscreen.io.text_file import text_lines
 from srscreen.errors import ModelFileError, OptionError, ShardFileError, SrscreenError
 
 if TYPE_CHECKING:
@@ -661,25 +660,12 @@ def _range(option: str, text: Optional[str]) -> Optional[tuple[float, float]]:
     return bounds
 
 
-def _ids(values: list[str]) -> tuple[str, ...]:
-    """Material ids given inline (comma or space separated) or as files of ids, one per line."""
-    ids: list[str] = []
-    for value in values:
-        path = Path(value)
-        if path.is_file():
-            lines = text_lines(path, "a file of material ids")
-            ids += [line.split(",")[0].strip() for line in lines if line.strip() and not line.startswith(("#", "material_id"))]
-        else:
-            ids += [x for x in value.replace(",", " ").split() if x]
-    return tuple(ids)
-
-
 @app.command("fetch-mp")
 def fetch_mp_cmd(
     out: Path = typer.Argument(..., help="Folder to write: structures/<material_id>.json, labels.csv, failures.csv. A new folder, or one fetch-mp wrote (it resumes it); a folder with other labels.csv or failures.csv files is refused."),
     chemsys: list[str] = typer.Option([], help="Chemical system, repeatable: Li-Fe-O (exactly these elements), Si-*."),
     elements: Optional[str] = typer.Option(None, help="Elements every material must contain, comma separated: Li,O."),
-    ids: list[str] = typer.Option([], "--ids", help="Material ids (mp-149,mp-13) or a file of ids, one per line; repeatable."),
+    ids: list[str] = typer.Option([], "--ids", help="Material ids (mp-149,mp-13) or a file of ids, one per line (blank lines and # comments skipped); repeatable. A file or value with no id is refused before any request."),
     stable: Optional[bool] = typer.Option(None, "--stable/--unstable", help="Only materials on (or off) the convex hull."),
     energy_above_hull: Optional[str] = typer.Option(None, help="Range MIN:MAX in eV/atom, e.g. 0:0.05."),
     band_gap: Optional[str] = typer.Option(None, help="Range MIN:MAX in eV, e.g. 1:3."),
@@ -697,7 +683,7 @@ def fetch_mp_cmd(
 
     mp-api is an optional dependency: pip install "srscreen[mp]".
     """
-    from srscreen.io.mp import MPFetchError, MPQuery, fetch_mp
+    from srscreen.io.mp import MPFetchError, MPQuery, fetch_mp, material_ids
     from srscreen.io.outputs import check_not_an_input
 
     try:
@@ -705,7 +691,7 @@ def fetch_mp_cmd(
                            [Path(v) for v in ids if Path(v).is_file()])
         query = MPQuery(
             chemsys=tuple(chemsys), elements=tuple(e.strip() for e in (elements or "").split(",") if e.strip()),
-            material_ids=_ids(ids), stable=stable,
+            material_ids=material_ids(ids), stable=stable,
             energy_above_hull=_range("--energy-above-hull", energy_above_hull),
             band_gap=_range("--band-gap", band_gap), formation_energy=_range("--formation-energy", formation_energy),
         )

@@ -205,6 +205,27 @@ def test_a_query_is_required(tmp_path):
     assert_usage_error(cli("fetch-mp", tmp_path / "mp", "--band-gap", "1-3", "--api-key", KEY), "--band-gap", "MIN:MAX")
 
 
+def test_ids_that_give_no_id_are_refused_before_any_request(monkeypatch, tmp_path):
+    """`--ids /dev/null` (or an empty file, or one of blank lines and comments) retried connecting for a
+    minute, and beside --chemsys silently fetched the whole system: one line naming the file, no request."""
+    import srscreen.io.mp as mp
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("fetch-mp connected for a query with no ids")
+
+    monkeypatch.setattr(mp, "_Session", no_network)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("material_id\n\n  \n# to do\n")
+    (tmp_path / "two.txt").write_text("mp-1\nmp-2 mp-3\n")
+    out = tmp_path / "mp"
+    for ids, words in [("/dev/null", ["/dev/null", "no material ids"]), (tmp_path / "empty.txt", ["empty.txt", "no material ids"]),
+                       (tmp_path / "blank.txt", ["blank.txt", "no material ids"]), (tmp_path / "two.txt", ["two.txt:2", "mp-2 mp-3"]),
+                       (",", ["--ids ','"]), (tmp_path / "nowhere.txt", ["--ids", "nowhere.txt", "neither a file nor"])]:
+        for also in ([], ["--chemsys", "Na-Cl"]):
+            assert_usage_error(cli("fetch-mp", out, "--ids", ids, *also, "--api-key", KEY, "-q"), *words)
+            assert not out.exists()
+
+
 def test_without_mp_api_fetch_mp_says_which_extra_to_install(monkeypatch, tmp_path):
     """mp-api is the `mp` extra, not a dependency: without it, one line naming the install command, and
     nothing written."""

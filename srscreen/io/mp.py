@@ -27,6 +27,7 @@ from srscreen.io.atomic_write import replace_when_done
 from srscreen.errors import InputError, OptionError, SrscreenError, one_line
 from srscreen.io.formats.pymatgen_json import structure_from_dict
 from srscreen.io.parsed import ParseFailure
+from srscreen.io.text_file import text_lines
 
 LABEL_COLUMNS = ("formation_energy_per_atom", "band_gap", "energy_above_hull")
 FIELDS = ("material_id", "structure", *LABEL_COLUMNS)
@@ -71,6 +72,35 @@ class MPQuery:
 
     def is_empty(self) -> bool:
         return not (self.criteria() or self.material_ids)
+
+
+def material_ids(values: list[str]) -> tuple[str, ...]:
+    """The ids of `--ids` values: ids inline (comma or space separated) or a file of ids, one a line
+    (the first CSV column; blank lines, # comments and a material_id header skipped; a pipe such as
+    <(cut -d, -f1 list.csv) too). A value that gives no id, or anything but ids, is refused here, before
+    any request: an empty file (/dev/null, only comments) left nothing to ask (a minute of retries
+    to learn it) or, beside other filters, silently widened the query to all they select."""
+    ids: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.exists() and not path.is_dir():
+            found = []
+            for n, line in enumerate(text_lines(path, "a file of material ids"), start=1):
+                id_ = line.split(",")[0].strip()
+                if id_ and not id_.startswith(("#", "material_id")):
+                    if not _SAFE_ID.match(id_):
+                        raise InputError(f"{path}:{n}: {one_line(id_)[:40]!r} is not a material id (one id a line, e.g. mp-149)")
+                    found.append(id_)
+            if not found:
+                raise InputError(f"{path}: no material ids in it (one id a line, e.g. mp-149; blank lines and "
+                                 "# comments are skipped): nothing to fetch")
+        else:
+            found = value.replace(",", " ").split()
+            bad = next((x for x in found if not _SAFE_ID.match(x)), None) if found else value
+            if bad is not None:
+                raise OptionError(f"`ids` {bad!r}: neither a file nor material ids (e.g. mp-149,mp-13)")
+        ids += found
+    return tuple(ids)
 
 
 @dataclass(frozen=True)
