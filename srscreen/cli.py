@@ -276,9 +276,11 @@ def info_cmd(
             _verify(graphs)
             return
         if ids:
+            from srscreen.io.names import printable  # ids hold no control character since featurize escapes them; older files may
+
             try:
                 for id_ in graphs.ids():
-                    sys.stdout.write(id_ + "\n")
+                    sys.stdout.write(printable(id_) + "\n")
                 sys.stdout.flush()
             except BrokenPipeError:
                 from srscreen.screening.ranking import reader_closed_stdout

@@ -135,6 +135,36 @@ def test_a_name_that_is_not_utf8_is_featurized_with_an_escaped_id(tmp_path, good
     assert result.exit_code == 0 and "bad\\xff" in result.stdout.split()
 
 
+def test_ids_with_control_characters_are_escaped_one_line_each(tmp_path, good_cif, prototypes):
+    """A newline in a file name (or in an entry's own id) printed one id over two lines in `info --ids`
+    and in predict's CSV (a quoted field: valid CSV, but `sort` and `awk` cut the row); a terminal escape
+    coloured the output. Each is written \\xNN, as bytes that are not UTF-8 are."""
+    import json
+
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "two\nlines.cif").write_text(good_cif)
+    (root / "tab\there.cif").write_text(cif_text(prototypes["Cu"]))
+    (root / "esc\x1b[31m.cif").write_text(cif_text(prototypes["Fe"]))
+    (root / "broken\r.cif").write_text("data_x\n")
+    (root / "entries.json").write_text(json.dumps([{"entry_id": "mp-1\n", "structure": prototypes["ZnO"].as_dict()}]))
+    want = ["esc\\x1b[31m", "mp-1\\x0a", "tab\\x09here", "two\\x0alines"]
+    out = tmp_path / "out.h5"
+    summary = featurize(root, out, options=FeaturizeOptions(shard_size=2), jobs=1)
+    assert (summary.structures, summary.failed) == (4, 1)
+    with GraphFile(out) as graphs:
+        assert sorted(graphs.ids()) == want
+        assert [(f.id, f.source.rsplit("/", 1)[-1]) for f in graphs.failures()] == [("broken\\x0d", "broken\\x0d.cif")]
+    again = featurize(root, out, options=FeaturizeOptions(shard_size=2), jobs=1)  # the same keys on a rerun
+    assert again.resumed == 5
+    result = cli("info", out, "--ids")
+    assert result.exit_code == 0 and sorted(result.stdout.splitlines()) == want
+    result = cli("predict", out, "--model", "sr-cgcnn-ef", "--threads", "1", "-q")
+    assert result.exit_code == 0, result.output
+    rows = result.stdout.splitlines()[1:]
+    assert sorted(row.split(",")[1] for row in rows) == want
+
+
 def test_jobs_never_exceed_the_cores_nor_the_tasks(tmp_path, good_cif, monkeypatch):
     from joblib import cpu_count
 

@@ -82,7 +82,8 @@ def iter_inputs(source: str | os.PathLike, *, id_key: str | None = None,
     a failure, read no further than that).
 
     A FIFO, socket or device (a link to one too) is a failure, never opened. Keys, sources and names
-    are `names.printable` (a file name that is not UTF-8 gets `\\xNN` escapes); `path` stays the real one.
+    are `names.printable` (a name that is not UTF-8 or holds control characters gets `\\xNN` escapes); `path`
+    stays the real one.
     """
     check_source(source)
     root = Path(source)
@@ -112,9 +113,10 @@ def check_source(source: str | os.PathLike) -> None:
 
 def _printable(x: Item | Skipped) -> Item | Skipped:
     if isinstance(x, Skipped):
-        return x if x.source.isascii() else Skipped(printable(x.source), x.reason)
+        shown_source = printable(x.source)
+        return x if shown_source == x.source else Skipped(shown_source, x.reason)
     fields = {"key": x.key, "source": x.source, "name": x.name, "error": x.error}
-    shown = {k: printable(v) for k, v in fields.items() if v is not None and not v.isascii()}
+    shown = {k: printable(v) for k, v in fields.items() if v is not None}
     return replace(x, **shown) if any(shown[k] != fields[k] for k in shown) else x
 
 
