@@ -195,6 +195,57 @@ def test_temporary_files_are_unique_per_writer(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
+def test_ctrl_c_while_writing_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("old\n")
+    with pytest.raises(KeyboardInterrupt), replace_when_done(path) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"] and path.read_text() == "old\n"
+
+
+# The CLI with a slow final write (a slow disk): predict's table writer writes the header, says so, then waits.
+_SLOW_WRITE = """
+import sys, time
+import srscreen.screening.ranking as ranking
+from srscreen.cli import main
+
+def slow(table, stream):
+    stream.write("rank,id\\n")
+    stream.flush()
+    print("writing", file=sys.stderr, flush=True)
+    time.sleep(120)
+
+ranking.write_table = slow
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_predicts_final_write_leaves_no_temporary_file(prototypes, tmp_path):
+    """SIGTERM while `predict -o OUT` writes OUT: OUT stays as it was, and the hidden .OUT.XXXX.tmp that
+    the write went to is removed (it was left behind); the exit status is 143, without a traceback."""
+    graphs = tmp_path / "g.h5"
+    featurize(write_cifs(tmp_path / "db", prototypes), graphs, jobs=1)
+    out = tmp_path / "ranked.csv"
+    out.write_text("old\n")
+    run = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, "predict", str(graphs), "--model", "sr-cgcnn-ef",
+                            "-o", str(out), "--overwrite", "--threads", "1", "-q"],
+                           stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert run.stderr.readline().strip() == "writing", run.stderr.read()
+        assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "the write goes to a temporary file"
+        run.send_signal(signal.SIGTERM)
+        stderr = run.communicate(timeout=60)[1]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 143, (run.returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["g.h5", "ranked.csv"]
+    assert out.read_text() == "old\n"
+
+
 @pytest.mark.slow
 def test_a_held_lock_refuses_a_second_featurize_even_with_overwrite(prototypes, tmp_path):
     folder = write_cifs(tmp_path / "db", prototypes)

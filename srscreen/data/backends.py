@@ -4,14 +4,13 @@ Both are joblib backends behind one `parallel_config`, so the pipeline is the sa
 tasks go out, results stream back in input order to the one writer in this process.
 
 Local workers never outlive the run: an error or a SIGTERM in the parent stops them (inside
-`sigterm_unwinds`, SIGTERM raises `SystemExit(143)`, so the run unwinds like on any error), and each
+`io.atomic_write.sigterm_unwinds`, SIGTERM raises `SystemExit(143)`, so the run unwinds like on any error), and each
 worker ends itself within a second of its parent's death, however the parent died (SIGKILL, a crash).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 import warnings
@@ -88,26 +87,6 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="srscreen-exit-with-parent", daemon=True).start()
-
-
-@contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """While the block runs, SIGTERM raises SystemExit(143) in the main thread instead of ending the
-    process on the spot: the run then stops its workers and removes its temporary files as on any error
-    (a write in progress through `hdf5_out` finishes its file first). Left alone when this is not the
-    main thread or someone else already handles SIGTERM."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _exit_143)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _exit_143(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def stop_workers(results: Generator) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 from srscreen.graph import elements
-from srscreen.data.backends import check_backend, compute_backend, local_workers, sigterm_unwinds, stop_workers
+from srscreen.data.backends import check_backend, compute_backend, local_workers, stop_workers
 from srscreen.graph.settings import GraphSettings
 from srscreen.graph.csr import Graphs
 from srscreen.graph.neighbours import build_graphs
@@ -32,6 +32,7 @@ from srscreen.io.parsed import DisorderPolicy, Parsed, ParseFailure
 from srscreen.data.graph_file import Failure, GraphFile, partial_dir
 from srscreen.data.shard_writer import ShardWriter
 from srscreen.errors import DiskFullError, InputError, OptionError
+from srscreen.io.atomic_write import sigterm_unwinds
 from srscreen.io.compression import MAX_STRUCTURE_MB
 from srscreen.io.fingerprint import SourceListing, compare, list_source
 from srscreen.io.outputs import check_no_broken_link, check_not_an_input, lock_path, output_lock

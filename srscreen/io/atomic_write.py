@@ -1,10 +1,13 @@
-"""Files that appear whole or not at all: written under a temporary name beside the target, then renamed."""
+"""Files that appear whole or not at all: written under a temporary name beside the target, then renamed;
+the temporary file removed on an error, Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +30,20 @@ def replace_when_done(path: Path, *, replace: bool = True) -> Iterator[Path]:
 
     The temporary name is unique to this call (`.NAME.XXXXXXXX.tmp`, made with mkstemp), so two
     processes writing the same `path` never write into one file: each renames a whole file, the last
-    one wins. A crash or a kill mid-write leaves `path` as it was (a killed process may leave its
-    hidden .tmp file). The rename is atomic on POSIX file systems, and the file is flushed to its device
-    first (fsync), so a write error the system reports late is caught before the rename, not after.
+    one wins. A crash or a kill mid-write leaves `path` as it was; an error, Ctrl-C or SIGTERM also
+    removes the temporary file (`sigterm_unwinds`; only SIGKILL or a crash can leave it). The rename
+    is atomic on POSIX file systems, and the file is flushed to its device first (fsync), so a write
+    error the system reports late is caught before the rename, not after.
 
     A full device (or quota), however the writer reports it, raises `DiskFullError` naming `path`,
     with the temporary file removed.
     """
     path = Path(path)
+    with sigterm_unwinds():  # from before the file exists until it is renamed or removed
+        yield from _replace_when_done(path, replace)
+
+
+def _replace_when_done(path: Path, replace: bool) -> Iterator[Path]:
     try:
         # The name cut to fit: `.NAME.XXXXXXXX.tmp` of a 250-byte NAME is too long for the file system.
         fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
@@ -63,6 +72,26 @@ def replace_when_done(path: Path, *, replace: bool = True) -> Iterator[Path]:
             raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises SystemExit(143) in the main thread instead of ending the
+    process on the spot: the command then removes its temporary files and stops its workers as on any
+    error (a write in progress through `data.hdf5_out` finishes its file first). Left alone when this
+    is not the main thread or someone else already handles SIGTERM (an outer block, the user's program)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _exit_143)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _exit_143(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _link_new(tmp: Path, path: Path) -> None:
