@@ -190,6 +190,90 @@ def test_files_with_other_line_ends_read_like_unix_ones(tmp_path, prototypes, en
         assert_parses_to(r, expected[r.id])
 
 
+FIVE = ["Fe", "NaCl", "ZnO", "SrTiO3", "Cu"]
+
+
+def _break_frame(frame: str, how: str) -> str:
+    count, comment, *atoms = frame.splitlines(keepends=True)
+    n = int(count)
+    if how == "unreadable count":
+        return "".join(["eight\n", comment, *atoms])
+    if how == "count too large":
+        return "".join([f"{n + 2}\n", comment, *atoms])
+    if how == "count too small":
+        return "".join([f"{n - 1}\n", comment, *atoms])
+    if how == "an atom line missing":
+        return "".join([count, comment, *atoms[:-1]])
+    assert how == "a coordinate not a number"
+    return "".join([count, comment, atoms[0].replace(atoms[0].split()[1], "x", 1), *atoms[1:]])
+
+
+def _break_block(block: str, how: str) -> str:
+    if how == "a loop row short of a value (syntax)":
+        head, _, rows = block.rpartition("_atom_site_occupancy\n")
+        first, rest = rows.split("\n", 1)
+        return f"{head}_atom_site_occupancy\n{first.rsplit(' ', 1)[0]}\n{rest}"
+    assert how == "no cell length a"
+    return "".join(line for line in block.splitlines(keepends=True) if not line.startswith("_cell_length_a"))
+
+
+@pytest.mark.parametrize("fmt,how", [
+    *(("extxyz", how) for how in ["unreadable count", "count too large", "count too small", "an atom line missing",
+                                  "a coordinate not a number"]),
+    *(("cif", how) for how in ["a loop row short of a value (syntax)", "no cell length a"]),
+])
+def test_one_broken_structure_costs_no_other_in_its_file(tmp_path, prototypes, fmt, how):
+    """Five structures in one file, the second broken: the four others are read (an unreadable extxyz
+    count, or one saying more or fewer atoms than the frame holds, and a CIF syntax error lost every
+    structure after it), and the broken one is one failure that says where it is."""
+    from srscreen.io.items import parse_item
+
+    structures = [prototypes[name] for name in FIVE]
+    if fmt == "extxyz":
+        parts = [extxyz_text([s]) for s in structures]
+        parts[1] = _break_frame(parts[1], how)
+    else:
+        parts = [cif_text(s).replace(f"data_{s.composition.reduced_formula}", f"data_s{i}") for i, s in enumerate(structures)]
+        parts[1] = _break_block(parts[1], how)
+    (tmp_path / f"five.{fmt}").write_text("".join(parts))
+    for results in ([r for e in iter_inputs(tmp_path) for r in parse_item(e, "fail")],  # as featurize reads it
+                    parse_all(f"five.{fmt}", "".join(parts))):  # whole, as parse_bytes reads it
+        good = {r.id: r for r in results if isinstance(r, Parsed)}
+        assert sorted(good) == ["five:0", "five:2", "five:3", "five:4"], results
+        for i in (0, 2, 3, 4):
+            assert_parses_to(good[f"five:{i}"], structures[i])
+        (failure,) = [r for r in results if not isinstance(r, Parsed)]
+        assert_failure(failure)
+        assert failure.id == "five:1" or (failure.id == "five" and failure.reason.startswith("frame 1: ")), failure
+        if failure.id == "five":  # cut out by the frame splitter, before any parser: the line says where
+            assert "line" in failure.reason, failure
+
+
+def test_a_damaged_ase_database_row_costs_no_other_row(tmp_path, prototypes):
+    """A row ase.db cannot decode stopped the read: the rows after it were lost, and the failure was
+    recorded under the id of the row before it."""
+    import sqlite3
+
+    import ase.db
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from srscreen.io.items import parse_item
+
+    path = tmp_path / "five.db"
+    db = ase.db.connect(str(path))
+    for name in FIVE:
+        db.write(AseAtomsAdaptor.get_atoms(prototypes[name]))
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE systems SET positions = ? WHERE id = 2", (b"\x01\x02 damaged",))
+    results = [r for e in iter_inputs(path) for r in parse_item(e, "fail")]
+    good = {r.id: r for r in results if isinstance(r, Parsed)}
+    assert sorted(good) == ["five:1", "five:3", "five:4", "five:5"], results
+    for row, name in zip((1, 3, 4, 5), ("Fe", "ZnO", "SrTiO3", "Cu")):
+        assert_parses_to(good[f"five:{row}"], prototypes[name])
+    (failure,) = [r for r in results if not isinstance(r, Parsed)]
+    assert failure.id == "five:2" and "row 2" in assert_failure(failure), failure
+
+
 # --------------------------------------------------------------------------- bad inputs: never raise
 
 

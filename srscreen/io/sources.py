@@ -20,12 +20,12 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from itertools import islice
 from typing import BinaryIO, Callable, Iterator
 from urllib.parse import quote
 
 from srscreen.errors import InputError
 from srscreen.io.compression import MAX_STRUCTURE_BYTES, TooLargeError, not_regular, read_bounded, too_large
+from srscreen.io.formats.extxyz import FrameFault, split_frames
 from srscreen.io.jsonstream import WholeDocument, iter_elements
 from srscreen.io.names import printable
 from srscreen.io.readers import MULTI_STRUCTURE_FORMATS, Format, detect_format
@@ -279,7 +279,7 @@ def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO, max_byte
     frames: list[str] = []
     first = 0
     for frame in _split_frames(text, fmt, max_bytes):
-        if isinstance(frame, _Fault):  # the chunk so far, then the frame's failure, then on after it
+        if isinstance(frame, FrameFault):  # the chunk so far, then the frame's failure, then on after it
             if frames:
                 yield _chunk(source, name, first, frames)
                 first += len(frames)
@@ -322,46 +322,17 @@ def _chunk(source: str, name: str, first: int, frames: list[str]) -> Item:
                 frames=len(frames))
 
 
-class _Fault(str):
-    """Why a frame is not handed to a parser."""
-
-
-def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[str | _Fault]:
-    """The text of each frame (a JSON line, an extxyz frame), or a `_Fault` for one over `max_chars` or cut
-    short: no line or frame is held whole past the limit, whatever the file says (an endless line, a header
-    of 10^12 atoms), and no parser is given a frame that announces more atoms than it holds (ASE would
-    read on for each one it announces)."""
-    large = _Fault(too_large(max_chars))
+def _split_frames(text: io.TextIOBase, fmt: Format, max_chars: int) -> Iterator[str]:
+    """The text of each frame (a JSON line, an extxyz frame: `extxyz.split_frames`), or a `FrameFault`
+    for one over `max_chars` or broken: no line or frame is held whole past the limit, whatever the file
+    says (an endless line, a header of 10^12 atoms)."""
     lines = _bounded_lines(text, max_chars)
-    if fmt == "jsonl":
-        yield from (large if line is None else line if line.endswith("\n") else line + "\n"
-                    for line in lines if line is None or line.strip())
+    if fmt == "extxyz":
+        yield from split_frames(lines, max_chars)
         return
-    for head in lines:
-        if head is None:
-            yield large
-            continue
-        if not head.strip():
-            continue
-        try:
-            n = int(head.split()[0])
-        except ValueError:
-            # Not a frame header: hand the rest over (up to the limit) so the parser records the failure.
-            rest = text.read(max_chars + 1)
-            yield large if len(head) + len(rest) > max_chars else head + rest
-            return
-        frame, size, taken = [head], len(head), 0
-        for line in islice(lines, max(n, 0) + 1):
-            taken += 1
-            size += max_chars + 1 if line is None else len(line)
-            if size <= max_chars:
-                frame.append(line)
-        if size > max_chars:
-            yield large
-        elif taken < max(n, 0) + 1:
-            yield _Fault(f"announces {n} atoms, but the file ends after {max(taken - 1, 0)} of them")
-        else:
-            yield "".join(frame)
+    large = FrameFault(too_large(max_chars))
+    yield from (large if line is None else line if line.endswith("\n") else line + "\n"
+                for line in lines if line is None or line.strip())
 
 
 def _bounded_lines(text: io.TextIOBase, max_chars: int) -> Iterator[str | None]:

@@ -23,6 +23,11 @@ def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed |
     try:
         doc = gemmi.cif.read_string(text)
     except (RuntimeError, ValueError) as gemmi_error:
+        pieces = _block_texts(text)
+        if len(pieces) > 1:  # gemmi refuses the whole file for one bad block: each block on its own
+            for i, piece in enumerate(pieces):
+                yield from parse_cif(f"{stem}:{i}", piece, policy)
+            return
         yield from _parse_cif_pymatgen(stem, text, policy, str(gemmi_error))
         return
     blocks = list(doc)
@@ -62,8 +67,30 @@ def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed |
             yield checked(id_, np.array(cell.orth.mat.tolist()).T, frac, numbers)
         except ReadError as e:
             yield ParseFailure(id_, str(e))
-        except (RuntimeError, ValueError, IndexError) as e:
+        except Exception as e:  # noqa: BLE001 - gemmi raises several types on malformed blocks; one costs no other
             yield ParseFailure(id_, f"invalid CIF: {one_line(e)}")
+
+
+
+_BLOCK_START = re.compile(r"[ \t]*data_", re.IGNORECASE)
+
+
+def _block_texts(text: str) -> list[str]:
+    """The text of each data block of a CIF, cut before each data_ line but the first (none inside a
+    ;-delimited text field); what comes before the first stays with it."""
+    blocks: list[str] = []
+    current: list[str] = []
+    in_field = seen = False
+    for line in text.splitlines(keepends=True):
+        if line.startswith(";"):
+            in_field = not in_field
+        elif not in_field and _BLOCK_START.match(line):
+            if seen:
+                blocks.append("".join(current))
+                current = []
+            seen = True
+        current.append(line)
+    return [*blocks, "".join(current)]
 
 
 
