@@ -108,6 +108,14 @@ def gate(y: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(filt) * F.softplus(core)
 
 
+def gate_(y: torch.Tensor) -> torch.Tensor:
+    """`gate(y)` computed in y's own memory, which it overwrites; the result is a view of y's filter half.
+    Inference only (autograd cannot go through it): no new edge-sized tensors, the same numbers."""
+    filt, core = y.chunk(2, dim=-1)
+    torch._C._nn.softplus(core, 1.0, 20.0, out=core)  # F.softplus(core) with its defaults, written in place
+    return filt.sigmoid_().mul_(core)
+
+
 def gate_sum(y: torch.Tensor, centre: torch.Tensor, n_nodes: int) -> torch.Tensor:
     """CGCNN's gate summed over neighbours: (edges, 2F) normalised messages -> (nodes, F)."""
     return neighbour_sum(gate(y), centre, n_nodes)

@@ -26,7 +26,7 @@ from torch import nn
 
 from srscreen.data.batch import GraphBatch
 from srscreen.errors import InputError
-from srscreen.model.network import CrystalGraphNet, _affine, _evaluated_edges
+from srscreen.model.network import CrystalGraphNet, _affine, _edge_scratch, _evaluated_edges
 
 SPREAD_DDOF = 1
 
@@ -77,6 +77,7 @@ class EnsembleNet(nn.Module):
         n_nodes, fea = v.shape[0], v.shape[1] // m
         gaussians = CrystalGraphNet._gaussians(self, batch.nbr_dist)  # same centres and width as each member's
         edge_terms = [torch.addmm(b, gaussians, w) for w, b in zip(self.edge_w, self.edge_b)]
+        scratch = _edge_scratch(edge_terms[0], batch)
         for t in range(self.steps):
             k = 0 if self.shared else t
             # (M, N, 4F) -> own and neighbour terms as (N, 2, M, F) views: [filters of all | cores of all]
@@ -88,7 +89,7 @@ class EnsembleNet(nn.Module):
             torch.addcmul(shift, own, scale, out=own_scaled)
             torch.mul(nbr, scale, out=nbr_scaled)
             summed = _evaluated_edges(own_scaled.view(n_nodes, -1), nbr_scaled.view(n_nodes, -1), edge_terms[k],
-                                      self.bn1[t][0], batch)
+                                      self.bn1[t][0], batch, scratch)
             v = F.softplus(v + torch.addcmul(self.bn2[t][1], summed, self.bn2[t][0]))
         if batch.atom_node is not None:
             v = v.index_select(0, batch.atom_node)
