@@ -19,7 +19,8 @@ command of a round rotates, so no mode always follows the same one):
       today's code, which separates what the code changed from what the models changed.
 (b) and (c) are the commands a user types, without --model, once the v3 release is installed
 (benchmarks/campaign.py ship). Until then they name stand-in files of v3's design (benchmarks/campaign.py
-FINAL: SR-CGCNN steps 4, width 64, h_fea_len 128, n_h 1, a scale head per target), made from v2's weights
+FINAL: SR-CGCNN steps 4 (3 for the fast network), width 64, h_fea_len 128, n_h 1, a scale head per target),
+made from v2's weights
 (the trunk and BatchNorm statistics of sr-cgcnn-ef or -eg, heads copied, each member with its own seeded 2%
 noise so that members differ): speed does not depend on the weights' values, but trained statistics keep
 the activations, and so any denormal arithmetic, as a real model's are.
@@ -58,6 +59,7 @@ import h5py
 import numpy as np
 import torch
 
+from campaign import FINAL  # benchmarks/campaign.py: v3's design, which the stand-ins copy
 from common import MP_CIFS, PausedTrainings, link_folder, run_timed  # benchmarks/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +68,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "predict_modes.json"
 EF, EG = "formation_energy_per_atom", "band_gap"
 MEMBERS = 2  # per target in the default (benchmarks/campaign.py FINAL)
 PLANNED = {"steps": 4, "shared": True, "atom_fea_len": 64, "h_fea_len": 128, "n_h": 1, "scale_head": True}
+FAST_STEPS = next(options for name, _, _, options in FINAL if name == "fast-efeg").get("steps", PLANNED["steps"])
 CALIBRATION_SCALE = 1.25  # any value: it is one multiply per column
 GOALS = {"fast": 1.5, "default": 0.5}  # issue 24: speed against the baseline's default pair
 MODES = {
@@ -128,7 +131,8 @@ def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
 
     paths = {}
     for name, targets in (("sr-cgcnn-ef", [EF]), ("sr-cgcnn-eg", [EG]), ("sr-cgcnn-fast", [EF, EG])):
-        members = [stand_in(targets, seed) for seed in range(MEMBERS if len(targets) == 1 else 1)]
+        steps = FAST_STEPS if name == "sr-cgcnn-fast" else PLANNED["steps"]
+        members = [stand_in(targets, seed, steps) for seed in range(MEMBERS if len(targets) == 1 else 1)]
         model = assemble(members) if len(members) > 1 else members[0]
         model = replace(model, calibration={"scale": {t: CALIBRATION_SCALE for t in model.targets}})
         paths[name] = folder / f"stand-in-{name}.pt"
@@ -147,7 +151,7 @@ def v2_pair() -> list:
     return [ModelFile.load(ROOT / path) for path in V2_PAIR]
 
 
-def stand_in(targets: list[str], seed: int):
+def stand_in(targets: list[str], seed: int, steps: int):
     """One member of v3's design for `targets`: the trunk of v2's sr-cgcnn-ef (Ef members and the fast model)
     or -eg, each target's head from v2's model of it, scale heads copied from the target heads; every weight
     then times (1 + 0.02 N(0, 1))."""
@@ -157,7 +161,8 @@ def stand_in(targets: list[str], seed: int):
     pair = dict(zip((EF, EG), v2_pair()))
     trunk = pair[targets[0]]
     net = CrystalGraphNet(feature_table=trunk.state_dict["feature_table"], radius=trunk.architecture["radius"],
-                          gaussian_step=trunk.architecture["gaussian_step"], n_targets=len(targets), **PLANNED)
+                          gaussian_step=trunk.architecture["gaussian_step"], n_targets=len(targets),
+                          **{**PLANNED, "steps": steps})
     heads = {f"heads.{k}.": pair[targets[k % len(targets)]] for k in range(2 * len(targets))}  # targets, then scales
     state = {}
     generator = torch.Generator().manual_seed(seed)
