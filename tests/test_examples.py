@@ -47,7 +47,10 @@ def test_readme_main_command_ranks_examples(graphs):
     result = cli("predict", graphs, "--top", "10", "--quiet")
     assert result.exit_code == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert list(rows[0]) == ["rank", "id", "formula", "n_atoms", "formation_energy_per_atom", "band_gap"]
+    # Each default model's columns in order: its target, and its spread where it has one (v3).
+    columns = [c for name in DEFAULT_MODELS for c in resolve_model(name).columns]
+    assert columns[:1] == ["formation_energy_per_atom"] and "band_gap" in columns
+    assert list(rows[0]) == ["rank", "id", "formula", "n_atoms", *columns]
     assert [int(r["rank"]) for r in rows] == list(range(1, 11))
     energies = [float(r["formation_energy_per_atom"]) for r in rows]
     assert energies == sorted(energies)

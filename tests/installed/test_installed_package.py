@@ -33,8 +33,18 @@ pytestmark = pytest.mark.installed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
-HEADER = ["rank", "id", "formula", "n_atoms", "formation_energy_per_atom", "band_gap"]
 PRETRAINED = ("sr-cgcnn-ef", "sr-cgcnn-eg")
+
+
+def default_header() -> list[str]:
+    """The header predict writes with the pretrained pair, from the repository's model files (the package
+    installs the same): each model's target, and its `_std` where the shipped model has a spread (v3)."""
+    from srscreen.model.registry import resolve_model
+
+    return ["rank", "id", "formula", "n_atoms", *(c for name in PRETRAINED for c in resolve_model(name).columns)]
+
+
+HEADER = default_header()
 # Cache entries kept besides the one in use (~2 GB each): the most recently used, none unused for STALE_S.
 KEEP = 2
 STALE_S = 6 * 3600
