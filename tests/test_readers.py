@@ -274,6 +274,23 @@ def test_a_damaged_ase_database_row_costs_no_other_row(tmp_path, prototypes):
     assert failure.id == "five:2" and "row 2" in assert_failure(failure), failure
 
 
+def test_json_lines_are_cut_at_newlines_only(tmp_path, prototypes):
+    """JSON strings may hold U+2028, U+2029 and U+0085 raw (json.dumps(..., ensure_ascii=False) writes
+    them so), and str.splitlines cuts lines there too: such an entry was two failures, and every entry
+    after it numbered one too many."""
+    from srscreen.io.items import parse_item
+
+    structures = [prototypes[name] for name in ("NaCl", "ZnO", "Cu")]
+    entries = [{**s.as_dict(), "comment": comment} for s, comment in zip(structures, ["a\u2028b", "c\u0085d\u2029", "e"])]
+    text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+    (tmp_path / "three.jsonl").write_text(text, encoding="utf-8")
+    for results in ([r for e in iter_inputs(tmp_path) for r in parse_item(e, "fail")],  # as featurize reads it
+                    parse_all("three.jsonl", text)):  # whole, as parse_bytes reads it
+        assert [r.id for r in results] == ["three:0", "three:1", "three:2"], results
+        for r, s in zip(results, structures):
+            assert_parses_to(r, s)
+
+
 # --------------------------------------------------------------------------- bad inputs: never raise
 
 

@@ -8,7 +8,7 @@ from typing import Iterator
 from srscreen.errors import one_line
 from srscreen.io.formats.ase_db import parse_ase_db_rows
 from srscreen.io.formats.extxyz import parse_extxyz_frames
-from srscreen.io.formats.pymatgen_json import parse_entry_chunk, parse_jsonl_lines
+from srscreen.io.formats.pymatgen_json import parse_entry_chunk, parse_jsonl
 from srscreen.io.compression import DECOMPRESSION_ERRORS, MAX_STRUCTURE_BYTES, read_structure_file
 from srscreen.io.parsed import DisorderPolicy, Parsed, ParseFailure, ReadError
 from srscreen.io.readers import detect_format, parse_content, parse_plain
@@ -52,7 +52,7 @@ def _structures(item: Item, fmt, stem: str, policy: DisorderPolicy, max_bytes: i
         return parse_content(fmt, stem, item.name, item.data, policy, max_bytes)
     text = item.data.decode("utf-8", errors="replace")
     if fmt == "jsonl":
-        return parse_jsonl_lines(stem, text.splitlines(), item.first_frame, policy)
+        return parse_jsonl(stem, text, item.first_frame, policy)
     if fmt == "json":  # a chunk of a large entry dump
         return parse_entry_chunk(stem, text, item.first_frame, policy)
     return parse_extxyz_frames(stem, text, item.first_frame)

@@ -25,7 +25,7 @@ from srscreen.io.compression import COMPRESSION, DECOMPRESSION_ERRORS, MAX_STRUC
 from srscreen.io.formats.cif import parse_cif
 from srscreen.io.formats.extxyz import parse_extxyz_frames
 from srscreen.io.formats.poscar import parse_poscar
-from srscreen.io.formats.pymatgen_json import parse_json, parse_jsonl_lines
+from srscreen.io.formats.pymatgen_json import parse_json, parse_jsonl
 from srscreen.io.parsed import DisorderPolicy, ParseFailure, Parsed, ReadError
 
 
@@ -113,7 +113,7 @@ def parse_plain(fmt: Format | None, stem: str, data: bytes, policy: DisorderPoli
     elif fmt == "json":
         yield from parse_json(stem, text, policy)
     elif fmt == "jsonl":
-        yield from parse_jsonl_lines(stem, [ln for ln in text.splitlines() if ln.strip()], 0, policy)
+        yield from parse_jsonl(stem, text, 0, policy)
     elif fmt == "extxyz":
         yield from parse_extxyz_frames(stem, text, 0)
     elif fmt == "poscar":

@@ -127,8 +127,11 @@ def parse_entry_chunk(stem: str, text: str, first: int, policy: DisorderPolicy) 
 
 
 
-def parse_jsonl_lines(stem: str, lines: list[str], first: int, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
-    """Structures from JSON lines; frame numbers count from `first` so chunks keep global ids."""
+def parse_jsonl(stem: str, text: str, first: int, policy: DisorderPolicy) -> Iterator[Parsed | ParseFailure]:
+    """Structures from the non-blank JSON lines of `text` (line ends already `\\n`); frame numbers count
+    from `first` so chunks keep global ids. Cut at `\\n` only: str.splitlines also cuts at U+2028,
+    U+2029 and U+0085, which a JSON string may hold raw (json.dumps(..., ensure_ascii=False))."""
+    lines = [line for line in text.split("\n") if line.strip()]
     for i, line in enumerate(lines, start=first):
         id_ = f"{stem}:{i}"
         try:
