@@ -192,6 +192,21 @@ def test_evaluate_on_the_test_split_the_model_file_records(data):
     assert bad.exit_code == 2 and "--split" in bad.stderr and "holdout" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_split_of_an_ensemble_of_members_on_different_splits_is_refused_for_that_reason(data):
+    """Such an ensemble records no common split: the refusal must say so, not blame an import or an old file."""
+    from dataclasses import replace
+
+    from srscreen.errors import OptionError
+    from srscreen.screening.calibrate import assemble
+    from srscreen.screening.evaluate import split_ids
+
+    one = ModelFile.load(data["both"])
+    split = one.training["split"]
+    other = replace(one, training={**one.training, "split": {**split, "test": split["test"][1:]}})
+    with pytest.raises(OptionError, match="different splits"):
+        split_ids(assemble([one, other]), "test")
+
+
 def test_ensemble_of_multi_target_members(data, tmp_path):
     members = []
     for seed in (0, 1):

@@ -61,8 +61,9 @@ def split_ids(model: ModelFile, part: str) -> set[str]:
         raise OptionError(f"`split` must be {', '.join(SPLIT_PARTS[:-1])} or {SPLIT_PARTS[-1]}, not {part!r}")
     recorded = model.training.get("split") or {}
     if part not in recorded:
-        raise OptionError(f"{model.training.get('name') or model.source}: its file records no training split "
-                          "(imported, or trained before splits were recorded); evaluate it without `split`")
+        why = ("its members were trained on different splits, so it records none" if model.members and "split" in model.training
+               else "its file records no training split (imported, or trained before splits were recorded)")
+        raise OptionError(f"{model.training.get('name') or model.source}: {why}; evaluate it without `split`")
     return set(recorded[part])
 
 
