@@ -16,8 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
 from srscreen.data.labels import match, read_labels
 from srscreen.model.registry import pretrained_names, resolve_model
 from srscreen.screening.evaluate import evaluate, split_ids

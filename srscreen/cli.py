@@ -539,7 +539,7 @@ def predict_cmd(
     sort: Optional[str] = typer.Option(None, help="Column to rank by, as printed (6 significant digits), equal values by id; default: the first model's target."),
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
-    model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg."),
+    model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg (with --fast: sr-cgcnn-fast, where installed)."),
     fast: bool = typer.Option(False, "--fast", help="Skip sigma for speed: no *_std or p_stable columns. Without --model: sr-cgcnn-fast, one network for Ef and Eg (v3), ~0.57x the time of v2's Ef and Eg pair, where the default (2 members per target, with sigma) takes ~1.6x (benchmarks/predict_modes.py). With --model: each model's first member alone without scale heads; single models without scale heads: no change."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
@@ -743,7 +743,7 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing --plot; without it, it is refused. Never an input of the command, even with it."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
-    split: Optional[str] = typer.Option(None, "--split", help="test, val or train: only the crystals of that part of the split each model's file records (`srscreen models` shows it); --split test gives figures on crystals no member trained or was selected on."),
+    split: Optional[str] = typer.Option(None, "--split", help="test, val or train: only the crystals of that part of the split each model's file records (`srscreen models` shows it); --split test gives figures on crystals no member trained or was selected on (for a fine-tuned model, its fine-tuning split: the model it started from may have trained on them)."),
 ) -> None:
     """MAE, RMSE, R² and count of each model on labelled crystals; for a model with σ, also Spearman of
     |error| with σ, the shares of errors within 1 and 2 σ, and the MAE of the surest and least sure tenths."""

@@ -220,7 +220,9 @@ def test_ids_that_give_no_id_are_refused_before_any_request(monkeypatch, tmp_pat
     out = tmp_path / "mp"
     for ids, words in [("/dev/null", ["/dev/null", "no material ids"]), (tmp_path / "empty.txt", ["empty.txt", "no material ids"]),
                        (tmp_path / "blank.txt", ["blank.txt", "no material ids"]), (tmp_path / "two.txt", ["two.txt:2", "mp-2 mp-3"]),
-                       (",", ["--ids ','"]), (tmp_path / "nowhere.txt", ["--ids", "nowhere.txt", "neither a file nor"])]:
+                       (",", ["--ids ','"]), (tmp_path / "nowhere.txt", ["nowhere.txt", "no such file"]),
+                       ("ids.txt", ["ids.txt", "no such file"]), (tmp_path, ["a folder"]),
+                       ("mp-1,not an id!", ["--ids", "neither a file nor"])]:
         for also in ([], ["--chemsys", "Na-Cl"]):
             assert_usage_error(cli("fetch-mp", out, "--ids", ids, *also, "--api-key", KEY, "-q"), *words)
             assert not out.exists()

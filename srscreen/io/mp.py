@@ -94,6 +94,9 @@ def material_ids(values: list[str]) -> tuple[str, ...]:
             if not found:
                 raise InputError(f"{path}: no material ids in it (one id a line, e.g. mp-149; blank lines and "
                                  "# comments are skipped): nothing to fetch")
+        elif path.is_dir() or "/" in value or "." in value:  # Materials Project ids hold neither
+            raise InputError(f"{value}: {'a folder' if path.is_dir() else 'no such file'}, and not material ids "
+                             "(give a file of one id a line, or ids like mp-149,mp-13)")
         else:
             found = value.replace(",", " ").split()
             bad = next((x for x in found if not _SAFE_ID.match(x)), None) if found else value
