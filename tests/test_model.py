@@ -333,3 +333,24 @@ def test_dense_block_layout_predicts_what_the_plain_layout_predicts(rule):
         torch.testing.assert_close(model(double(dense)), model(double(plain)), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="evaluation"):
         model.train()(double(dense))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_in_place_gate_equals_the_gate(dtype, fallback, monkeypatch):
+    """Inference's in-place gate (no edge-sized temporaries) gives the training gate's numbers bit for bit,
+    on a view as the scratch buffer hands it, and so does its fallback for a torch without softplus's out=."""
+    from srscreen.model.edge_block import gate, gate_
+
+    if fallback:
+        def missing(*args, **kwargs):
+            raise TypeError("softplus() got an unexpected keyword argument 'out'")
+        monkeypatch.setattr(torch._C._nn, "softplus", missing)
+    y = torch.randn(300, 2 * 24, generator=torch.Generator().manual_seed(0), dtype=dtype) * 12
+    buffer = torch.zeros(400, 2 * 24, dtype=dtype)
+    view = buffer[50:350]
+    view.copy_(y)
+    want = gate(y)
+    got = gate_(view)
+    assert got.data_ptr() == view.data_ptr()  # in y's own memory
+    assert torch.equal(got, want)

@@ -112,7 +112,10 @@ def gate_(y: torch.Tensor) -> torch.Tensor:
     """`gate(y)` computed in y's own memory, which it overwrites; the result is a view of y's filter half.
     Inference only (autograd cannot go through it): no new edge-sized tensors, the same numbers."""
     filt, core = y.chunk(2, dim=-1)
-    torch._C._nn.softplus(core, 1.0, 20.0, out=core)  # F.softplus(core) with its defaults, written in place
+    try:  # F.softplus(core) with its defaults, written in place (its out= form is not public API)
+        torch._C._nn.softplus(core, 1.0, 20.0, out=core)
+    except (AttributeError, TypeError, RuntimeError):  # a torch without it: the same numbers, one temporary
+        core.copy_(F.softplus(core))
     return filt.sigmoid_().mul_(core)
 
 
