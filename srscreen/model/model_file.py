@@ -377,16 +377,13 @@ class ModelFile:
         scale heads' Laplace variance 2b², averaged over members; `calibration` scales it per target."""
         members = output if self.members else output.unsqueeze(0)
         normalizers = [m["normalizers"] for m in self.members] or [self.normalizers]
-        std, mean = (torch.tensor([[n[k] for n in member] for member in normalizers], dtype=output.dtype,
-                                  device=output.device).unsqueeze(1) for k in ("std", "mean"))
-        n = len(self.targets)
-        values = members[..., :n] * std + mean  # (members, crystals, targets)
-        columns = {t: within_bounds(values[..., i].mean(0), self.bounds.get(t)) for i, t in enumerate(self.targets)}
+        values, columns = target_columns(members, normalizers, self.targets, self.bounds)
         if not self.has_std:
             return columns
         variance = values.var(0, correction=SPREAD_DDOF) if self.members else torch.zeros_like(values[0])
         if self.architecture.get("scale_head"):
-            variance = variance + (2 * (members[..., n:].exp() * std).square()).mean(0)
+            std = values.new_tensor([[n["std"] for n in member] for member in normalizers]).unsqueeze(1)
+            variance = variance + (2 * (members[..., len(self.targets):].exp() * std).square()).mean(0)
         scales = self.calibration.get("scale", {})
         for i, t in enumerate(self.targets):
             columns[f"{t}_std"] = variance[..., i].sqrt() * scales.get(t, 1.0)
@@ -411,6 +408,17 @@ def renumber_heads(state: dict, picks: dict[int, int], n_old: int, n_new: int, s
         if int(index) in moves:
             out[f"heads.{moves[int(index)]}.{rest}"] = value
     return out
+
+
+def target_columns(members: torch.Tensor, normalizers: list[list[dict]], targets: list[str],
+                   bounds: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(members, crystals, heads) normalised outputs -> each member's targets in their units (members,
+    crystals, targets), and per target their mean clipped to its bounds: the one denormalisation, which
+    `ModelFile.values` and training's validation share, so a metric is of what `predict` prints."""
+    std, mean = (members.new_tensor([[n[k] for n in member] for member in normalizers]).unsqueeze(1)
+                 for k in ("std", "mean"))
+    values = members[..., : len(targets)] * std + mean
+    return values, {t: within_bounds(values[..., i].mean(0), bounds.get(t)) for i, t in enumerate(targets)}
 
 
 def within_bounds(values: torch.Tensor, bounds: list | None) -> torch.Tensor:

@@ -29,7 +29,7 @@ from srscreen.graph.elements import cgcnn_feature_table, table_id
 from srscreen.io.atomic_write import is_disk_full, replace_when_done
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.model.ensemble import calibration_scale, uncertainty_metrics
-from srscreen.model.model_file import NON_NEGATIVE, ModelFile, renumber_heads, within_bounds
+from srscreen.model.model_file import NON_NEGATIVE, ModelFile, renumber_heads, target_columns
 from srscreen.model.network import CrystalGraphNet
 from srscreen.model.registry import resolve_model
 from srscreen.trainer.config import (
@@ -362,10 +362,9 @@ class Trainer:
         if model_file is not None and model_file.has_std:
             columns = self._columns(model_file, positions)
         else:
-            mean, std = (np.array([n[k] for n in self.normalizers]) for k in ("mean", "std"))
-            out = torch.from_numpy(predict_positions(model, self.graphs, positions)[:, : len(self.normalizers)] * std + mean)
-            bounds = self._bounds()
-            columns = {t: within_bounds(out[:, i], bounds.get(t)).numpy() for i, t in enumerate(self.config.targets)}
+            out = torch.from_numpy(predict_positions(model, self.graphs, positions)).double()
+            _, means = target_columns(out.unsqueeze(0), [self.normalizers], list(self.config.targets), self._bounds())
+            columns = {t: v.numpy() for t, v in means.items()}
         results = {}
         for i, t in enumerate(self.config.targets):
             y = self.y_all[positions, i]
