@@ -23,7 +23,8 @@ Stages:
   beat single-target ones, do the auxiliary targets (Fermi energy, volume per atom, magnetic moment per
   atom) help Ef and Eg, and how well does a metal/non-metal head (L1 on 0/1 labels) gate the gap? Compared on the recipe search's 80/10/10 split against its single-target Ef run at
   the same settings (screen-batch64, val MAE 0.0589).
-- final (5 networks x 300 epochs, ~2.8 h each, two at a time: ~7.5 h): the design the screen chose (FINAL,
+- final (5 networks x 300 epochs, ~1.2 h of 2 cores each, the fast one less; three at a time, `--workers 3`,
+  so that no core idles while the last ones train: ~6 h): the design the screen chose (FINAL,
   by the rule in `final_runs`): Ef members and Eg members (seeds 0 and 1), a scale head each, and one Ef+Eg
   network for `--fast`, on 90% of the labelled crystals; 5% calibrates sigma (and picks each member's best
   epoch), 5% is the test set.
