@@ -458,6 +458,24 @@ def screen_sigma(graphs: Path) -> dict:
     return out
 
 
+def prediction_cost() -> list[str]:
+    """The card's lines on what each mode costs to predict, from benchmarks/predict_modes.py's last run (the
+    design's cost does not depend on the weights, so a run with stand-ins of it counts)."""
+    path = ROOT / "benchmarks" / "results" / "predict_modes.json"
+    if not path.exists():
+        return ["", "## Prediction cost", "", "Not measured yet: `python benchmarks/predict_modes.py`."]
+    run = json.loads(path.read_text())
+    speed, seconds, n = run["speed_vs_baseline_median"], run["median_s"], run["structures"]
+    rows = [("default (`sr-cgcnn-ef` + `sr-cgcnn-eg`, with sigma)", "default"), ("`--fast` (`sr-cgcnn-fast`)", "fast"),
+            (f"v2's pair ({run['baseline']}, the baseline)", "baseline_pair")]
+    return ["", "## Prediction cost", "",
+            f"`srscreen predict GRAPHS --top 100 --threads 2` on {n:,} Materials Project crystals from the command "
+            f"line, start-up included, median of {run['rounds']} rounds on 2 CPU cores "
+            f"(`python benchmarks/predict_modes.py`; v3 files: {run['v3']['origin']}):", "",
+            "| mode | crystals/s | speed against v2's pair |", "|---|---|---|",
+            *(f"| {label} | {n / seconds[key]:,.0f} | {speed[key]:.2f}x |" for label, key in rows)]
+
+
 def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
     """The v3 model card: data, split, every member's recipe, seed and compute, each shipped file's test
     figures, the sigma methods and the calibration, and the campaign's total compute; `training` names the
@@ -548,6 +566,7 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
         for t, u in per.items():
             lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
                          f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
+    lines += prediction_cost()
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
     final = sum(done[r["name"]]["compute_h"] for r in final_runs() if r["name"] in done)
     lines += ["", "## Compute", "",
