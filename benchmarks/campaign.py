@@ -571,7 +571,7 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
     final = sum(done[r["name"]]["compute_h"] for r in final_runs() if r["name"] in done)
     lines += ["", "## Compute", "",
               f"The shipped members: {final:.1f} thread-hours. The whole campaign (screen, stopped and final runs, "
-              f"`python benchmarks/campaign.py report`): {total:.1f} thread-hours on a 2-core machine, two runs at a "
+              f"`python benchmarks/campaign.py report`): {total:.1f} thread-hours on a 2-core machine, two or three runs at a "
               "time, niced beside other work; the recipe search before it is in benchmarks/results/recipe.", ""]
     return "\n".join(lines)
 
