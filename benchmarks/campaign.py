@@ -1,7 +1,7 @@
 """The training campaign of the shipped models (issue 24): a written budget, spent as resumable runs.
 
     python benchmarks/campaign.py plan                     # the runs, their cost so far, what is done
-    nice -n 19 python benchmarks/campaign.py run --graphs mp.h5 [--workers 2] [--stage screen|final|all]
+    nice -n 19 python benchmarks/campaign.py run --graphs mp.h5 [--workers 3] [--stage screen|final|all] [--commit]
     python benchmarks/campaign.py report                   # Markdown tables the model card cites
     python benchmarks/campaign.py ship --graphs mp.h5 [--partial]  # v3: assemble, calibrate, card
 
@@ -208,13 +208,32 @@ def command(run: dict, graphs: Path, labels: Path) -> list[str]:
             "--compile", "--resume", "-q", *flags]
 
 
-def run_one(run: dict, graphs: Path, labels: Path) -> None:
+def commit_finished(run: dict) -> None:
+    """Commit a finished run's model, log, checkpoint and the summary at once (a lost machine keeps it);
+    retried while another git command (the periodic checkpoint commit) holds the index."""
+    paths = [str(RESULTS / f"{run['name']}.pt{suffix}") for suffix in ("", ".log.jsonl", ".ckpt")]
+    paths.append(str(RESULTS / "summary.jsonl"))
+    for _ in range(30):
+        added = subprocess.run(["git", "-C", str(ROOT), "add", "--", *paths], capture_output=True, text=True)
+        if added.returncode == 0:
+            done = subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m",
+                                   f"Campaign: {run['name']} finished ({json.dumps(summary()[run['name']]['test_mae'])})",
+                                   "--", *paths], capture_output=True, text=True)
+            if done.returncode == 0:
+                return
+        time.sleep(10)
+    print(f"could not commit {run['name']}: {added.stderr.strip() or done.stderr.strip()}", flush=True)
+
+
+def run_one(run: dict, graphs: Path, labels: Path, commit: bool = False) -> None:
     started = time.time()
     print(f"{time.strftime('%H:%M:%S')} start {run['name']} (epoch {len(log_of(run))} of {run['epochs']})", flush=True)
     result = subprocess.run(command(run, graphs, labels))
     done = result.returncode == 0 and (RESULTS / f"{run['name']}.pt").exists()
     if done:
         record(run)
+        if commit:
+            commit_finished(run)
     status = "done" if done else f"stopped (exit {result.returncode})"
     print(f"{time.strftime('%H:%M:%S')} {status} {run['name']} after {time.time() - started:.0f} s", flush=True)
 
@@ -584,6 +603,7 @@ def main() -> None:
     run_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
     run_parser.add_argument("--workers", type=int, default=2)
     run_parser.add_argument("--stage", choices=("screen", "final", "all"), default="all")
+    run_parser.add_argument("--commit", action="store_true", help="git-commit each run's files when it finishes")
     sub.add_parser("report")
     sigma_parser = sub.add_parser("sigma")
     sigma_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
@@ -626,7 +646,7 @@ def main() -> None:
             break
         todo = [r for r in plan() if r["stage"] == stage and r["name"] not in summary() and "stopped" not in r]
         with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(lambda r: run_one(r, args.graphs.resolve(), labels), todo))
+            list(pool.map(lambda r: run_one(r, args.graphs.resolve(), labels, args.commit), todo))
 
 
 if __name__ == "__main__":
