@@ -800,7 +800,12 @@ def models_cmd(
                 for t, u in zip(m.targets, m.units)]
         rows += [("network", f"{kind}, {params:,} parameters"),
                  ("graphs", f"{graphs.rule}, {graphs.max_nbr} neighbours, {graphs.radius:g} Å"),
-                 ("members", f"{m.n_members}" + (f" (std x {', '.join(f'{v:.3g}' for v in scales.values())})" if scales else ""))]
+                 ("members", f"{m.n_members}")]
+        if m.has_std:  # where `<target>_std` comes from, and its calibration factor per target
+            sources = [s for s in ("scale heads" if arch.get("scale_head") else "",
+                                   f"the spread of {m.n_members} members" if m.n_members > 1 else "") if s]
+            rows.append(("sigma", " and ".join(sources) + ", calibrated "
+                         + ", ".join(f"{t} x{scales.get(t, 1.0):.3g}" for t in m.targets)))
         blocks.append("\n".join([name, *(f"  {key:<8}  {value}" for key, value in rows)]))
     typer.echo("\n\n".join(blocks))
 

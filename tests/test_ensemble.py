@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -181,7 +182,8 @@ def test_sort_and_where_take_the_spread_column(data):
 def test_models_and_evaluate_show_members_calibration_and_uncertainty(data):
     result = cli("models", data["ensemble"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.stderr
-    assert "3 (std x" in result.stdout
+    assert "members   3" in result.stdout
+    assert re.search(r"sigma     the spread of 3 members, calibrated formation_energy_per_atom x[0-9.]+", result.stdout)
     result = cli("evaluate", data["graphs"], "--labels", data["labels"], "--model", data["ensemble"], "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
     (figures,) = json.loads(result.stdout).values()

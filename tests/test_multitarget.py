@@ -207,6 +207,12 @@ def test_split_of_an_ensemble_of_members_on_different_splits_is_refused_for_that
         split_ids(assemble([one, other]), "test")
 
 
+def test_models_says_where_sigma_comes_from(data):
+    result = cli("models", data["both"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    assert f"sigma     scale heads, calibrated {EF} x" in result.stdout and f", {EG} x" in result.stdout
+
+
 def test_ensemble_of_multi_target_members(data, tmp_path):
     members = []
     for seed in (0, 1):
