@@ -305,3 +305,12 @@ def test_a_band_gap_head_saved_without_bounds_gets_them_on_loading(data, tmp_pat
 
     replace(ModelFile.load(data["both"]), bounds={}).save(tmp_path / "unbounded.pt")
     assert ModelFile.load(tmp_path / "unbounded.pt").bounds == {EG: [0.0, None]}
+
+
+def test_one_unit_for_several_targets_is_refused_before_training(data, tmp_path):
+    """The refusal came after every epoch had run (hours, on the real data set)."""
+    config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=1, batch_size=8)
+    with pytest.raises(srscreen.errors.OptionError, match="unit"):
+        train(data["graphs"], data["labels"], tmp_path / "m.pt", config, split_file=data["split"], unit="eV",
+              compile=False)
+    assert not (tmp_path / "m.pt.ckpt").exists() and not (tmp_path / "m.pt.log.jsonl").exists()

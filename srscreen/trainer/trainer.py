@@ -86,6 +86,8 @@ class Trainer:
                  init: ModelFile | None = None, split_file: str | Path | None = None, unit: str | None = None,
                  command: str = "", compile: bool | None = None) -> None:
         check_config(config)
+        if unit is not None and len(config.targets) != 1:  # before any epoch, not after all of them
+            raise OptionError("`unit` names the unit of one target; several targets take their known units")
         new = [t for t in config.targets if init is not None and t not in init.targets]
         if new and not config.new_heads:
             raise OptionError(
@@ -290,8 +292,6 @@ class Trainer:
         crystals, so the file alone tells what it is."""
         init, config, graphs, split = self.init, self.config, self.graphs, self.split
         self.model.load_state_dict(self.best["state"])
-        if self.unit is not None and len(config.targets) != 1:
-            raise OptionError("`unit` names the unit of one target; several targets take their known units")
         units = [self.unit if self.unit is not None else
                  init.unit_of(t) if init is not None and t in init.targets else UNITS.get(t, "") for t in config.targets]
         training = {
