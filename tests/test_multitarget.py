@@ -314,3 +314,14 @@ def test_one_unit_for_several_targets_is_refused_before_training(data, tmp_path)
         train(data["graphs"], data["labels"], tmp_path / "m.pt", config, split_file=data["split"], unit="eV",
               compile=False)
     assert not (tmp_path / "m.pt.ckpt").exists() and not (tmp_path / "m.pt.log.jsonl").exists()
+
+
+def test_a_diverged_run_stops_at_once_and_says_so(data, tmp_path):
+    """A rate far too high made the scale heads' loss infinite, then NaN, while the means' validation MAE
+    stayed finite: the run went on to its last epoch and failed in calibration, blaming "members that
+    never disagree". It stops at the first epoch whose loss is not finite, naming the rate."""
+    config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=6, batch_size=8, lr=1e4,
+                         scale_head=True)
+    with pytest.raises(srscreen.errors.OptionError, match=r"diverged at epoch \d.*`lr`"):
+        train(data["graphs"], data["labels"], tmp_path / "m.pt", config, split_file=data["split"], compile=False)
+    assert not (tmp_path / "m.pt").exists()

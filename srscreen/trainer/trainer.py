@@ -271,6 +271,9 @@ class Trainer:
         for epoch in range(self.start_epoch, config.epochs):
             t0 = time.perf_counter()
             train_loss = self.epoch(epoch)
+            if not math.isfinite(train_loss):  # weights gone to inf/NaN: no later epoch or calibration can mend them
+                raise OptionError(f"training diverged at epoch {epoch + 1} (training loss {train_loss}); "
+                                  "run it again with a lower `lr`")
             val = self.validate(epoch)
             record = {
                 "epoch": epoch + 1, "train_loss": train_loss, "val_mae": self._score(val),
