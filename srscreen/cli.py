@@ -484,7 +484,7 @@ def finetune_cmd(
     labels: Path = typer.Option(..., help="CSV with an id column and target columns."),
     target: list[str] = typer.Option([], help="Column of the labels file to learn, repeatable; default: the model's own targets. The result predicts these targets only."),
     new_head: bool = typer.Option(False, "--new-head", help="Allow a --target the model does not predict: its head starts from random weights (the trunk is the model's)."),
-    from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file."),
+    from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file. An ensemble starts from its first member and gives one model (sigma from its scale heads, none without them); its summary compares with the whole ensemble."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (with OUT.ckpt and OUT.log.jsonl beside it)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     freeze_conv: bool = typer.Option(False, help="Train only the head; embedding and convolutions stay as they are."),

@@ -325,3 +325,18 @@ def test_a_diverged_run_stops_at_once_and_says_so(data, tmp_path):
     with pytest.raises(srscreen.errors.OptionError, match=r"diverged at epoch \d.*`lr`"):
         train(data["graphs"], data["labels"], tmp_path / "m.pt", config, split_file=data["split"], compile=False)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_finetuning_an_ensemble_is_measured_against_the_ensemble(data, tmp_path):
+    """Fine-tuning starts from the first member, but the figure printed as "ENSEMBLE on the same crystals"
+    was that member's: it is the ensemble's, the model the user would otherwise run."""
+    config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=3, batch_size=8, seed=1, scale_head=True)
+    train(data["graphs"], data["labels"], tmp_path / "other.pt", config, split_file=data["split"], compile=False)
+    result = cli("ensemble", data["both"], tmp_path / "other.pt", "--graphs", data["graphs"], "--labels", data["labels"],
+                 "-o", tmp_path / "ens.pt")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    ensemble = ModelFile.load(tmp_path / "ens.pt")
+    tuned = srscreen.finetune(data["graphs"], data["labels"], tmp_path / "tuned.pt", ensemble, epochs=1, batch_size=8,
+                              split_file=data["split"], compile=False).model_file
+    for t in (EF, EG):
+        assert tuned.training["baseline_test"][t]["mae"] == pytest.approx(ensemble.test_metrics()[t]["mae"], rel=1e-5)

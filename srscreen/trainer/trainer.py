@@ -326,10 +326,12 @@ class Trainer:
 
     def _baseline(self) -> dict[str, dict]:
         """The starting model's metrics on the same test crystals, for the targets it predicts: what
-        fine-tuning is measured against (an ensemble starts from its first member, as fine-tuning does)."""
-        start = self.init.member(0)
-        out = torch.from_numpy(predict_positions(start.build_model(), self.graphs, self.split.test)).double()
-        columns = {k: v.numpy() for k, v in start.values(out).items()}
+        fine-tuning is measured against. For an ensemble, the whole ensemble's (fine-tuning starts from its
+        first member, but the ensemble is what the user would otherwise run, and what the report names)."""
+        start = self.init
+        out = np.stack([predict_positions(start.member(k).build_model(), self.graphs, self.split.test)
+                        for k in range(max(len(start.members), 1))])
+        columns = {k: v.numpy() for k, v in start.values(torch.from_numpy(out if start.members else out[0]).double()).items()}
         baseline = {}
         for i, t in enumerate(self.config.targets):
             y = self.y_all[self.split.test, i]
