@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers.screening_data import (
     TINY,
+    assert_usage_error,
     cli,
     crystals,
     featurize_db,
@@ -340,3 +341,14 @@ def test_finetuning_an_ensemble_is_measured_against_the_ensemble(data, tmp_path)
                               split_file=data["split"], compile=False).model_file
     for t in (EF, EG):
         assert tuned.training["baseline_test"][t]["mae"] == pytest.approx(ensemble.test_metrics()[t]["mae"], rel=1e-5)
+
+
+def test_sorting_or_filtering_on_an_absent_sigma_or_p_stable_says_what_gives_it(data):
+    """A careless screen asks for p_stable without --hull, or for a σ column with --fast: the refusal names
+    the flag and what adds the column (it said "filter 'p_stable': no such column" and no more)."""
+    g, both = data["graphs"], data["both"]
+    assert_usage_error(cli("predict", g, "--model", both, "--where", "p_stable>0.5"), "--where", "'p_stable': no such column",
+                       "--hull")
+    assert_usage_error(cli("predict", g, "--model", both, "--fast", "--sort", f"{EF}_std"), f"--sort {EF}_std: no such column",
+                       "--fast")
+    assert_usage_error(cli("predict", g, "--model", both, "--fast", "--hull", "--sort", "p_stable"), "--fast")

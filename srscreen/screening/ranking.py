@@ -92,10 +92,23 @@ class Condition:
 def check_columns(columns: Sequence[str], sort_by: str, where: Sequence[Condition] = ()) -> None:
     """Refuse a sort or filter column the ranking lacks, before any work."""
     if sort_by not in columns:
-        raise OptionError(f"`sort_by={sort_by!r}`: no such column (columns: {', '.join(columns)})")
+        raise OptionError(f"`sort_by={sort_by!r}`: no such column (columns: {', '.join(columns)}){_absent(sort_by)}")
     for condition in where:
         if condition.column not in columns:
-            raise OptionError(f"filter {condition.column!r}: no such column (columns: {', '.join(columns)})")
+            raise OptionError(f"`where` filter {condition.column!r}: no such column (columns: {', '.join(columns)})"
+                              f"{_absent(condition.column)}")
+
+
+def _absent(column: str) -> str:
+    """What adds a σ or stability column a ranking lacks (plain words, no parameter: merge has no such flags)."""
+    sigma = "model with sigma (an ensemble or scale heads), not predict --fast"
+    if column == "p_stable":
+        return f"; p_stable comes from predict --hull with a formation-energy {sigma}"
+    if column.endswith("_std"):
+        return f"; {column} comes from a {sigma}"
+    if column == "e_above_hull":
+        return "; e_above_hull comes from predict --hull"
+    return ""
 
 
 def check_top(top: int | None) -> None:
