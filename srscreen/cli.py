@@ -780,7 +780,7 @@ def evaluate_cmd(
 def models_cmd(
     model: list[str] = typer.Argument(None, help="Model files or names to describe; default: the installed pretrained models."),
 ) -> None:
-    """Installed and given models: targets, units, test MAE, network, parameters, graph rule, ensemble members."""
+    """Installed and given models: targets, units, test MAE, network, parameters, graph rule, ensemble members, and where sigma comes from (scale heads, members' spread) with its calibration per target."""
     from srscreen.graph.settings import GraphSettings
     from srscreen.model.registry import pretrained_names, resolve_model
     names = list(model or []) or pretrained_names()
@@ -812,14 +812,14 @@ def models_cmd(
 
 @app.command("ensemble")
 def ensemble_cmd(
-    members: list[Path] = typer.Argument(..., help="Model files of one target and architecture (e.g. seeds of one recipe)."),
+    members: list[Path] = typer.Argument(..., help="Model files of the same targets (in the same order) and architecture, all with --scale-head or all without, trained with one --split file: e.g. seeds of one recipe."),
     graphs: Path = typer.Option(..., help="Graph file holding the members' validation crystals."),
-    labels: Path = typer.Option(..., help="CSV with an id column and the members' target column."),
+    labels: Path = typer.Option(..., help="CSV with an id column and a column per target of the members."),
     out: Path = typer.Option(..., "--out", "-o", help="Ensemble model file to write."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """One model file of N members whose `predict` adds a calibrated `<target>_std` column (their spread)."""
+    """One model file of N members whose `predict` adds a calibrated `<target>_std` per target (their spread, plus their scale heads' where they have them)."""
     from srscreen.io.outputs import check_output
     from srscreen.model.model_file import ModelFile
     from srscreen.screening.calibrate import assemble, calibrate
