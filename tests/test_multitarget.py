@@ -352,3 +352,17 @@ def test_sorting_or_filtering_on_an_absent_sigma_or_p_stable_says_what_gives_it(
     assert_usage_error(cli("predict", g, "--model", both, "--fast", "--sort", f"{EF}_std"), f"--sort {EF}_std: no such column",
                        "--fast")
     assert_usage_error(cli("predict", g, "--model", both, "--fast", "--hull", "--sort", "p_stable"), "--fast")
+
+
+def test_sigma_figures_of_constant_errors_are_nan_without_a_warning():
+    """Metals whose gap is predicted and labelled 0 have errors all 0: Spearman is undefined, and scipy's
+    ConstantInputWarning reached the user's terminal in the middle of a training summary."""
+    import warnings
+
+    from srscreen.model.ensemble import uncertainty_metrics
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = uncertainty_metrics(np.zeros(6), np.linspace(0.1, 0.6, 6))
+        assert np.isnan(figures["spearman"]) and figures["within_1std"] == 1.0
+        assert np.isnan(uncertainty_metrics(np.arange(6.0), np.full(6, 0.2))["spearman"])

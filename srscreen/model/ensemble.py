@@ -156,7 +156,10 @@ def uncertainty_metrics(errors: np.ndarray, std: np.ndarray) -> dict[str, float]
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (ties get their average rank), without scipy at import time."""
+    """Spearman's rank correlation (ties get their average rank), without scipy at import time; NaN, quietly,
+    where it is undefined (fewer than 2 rows, or either side constant, as metals' band-gap errors of 0 are)."""
     from scipy.stats import spearmanr
 
-    return float(spearmanr(a, b).statistic) if len(a) > 1 else float("nan")
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
