@@ -497,6 +497,7 @@ def finetune_cmd(
     val_fraction: float = typer.Option(0.1, help="Share of the labelled crystals that picks the best epoch (without --split)."),
     test_fraction: float = typer.Option(0.1, help="Share held out for the test MAE the model file records (without --split)."),
     split: Optional[Path] = typer.Option(None, help="CSV of id,split (train/val/test) instead of a random split."),
+    unit: Optional[str] = typer.Option(None, help="Unit of a --new-head target (one --target); a target the model predicts keeps its unit."),
     patience: int = typer.Option(20, help="Stop after this many epochs without a better validation MAE."),
     resume: bool = typer.Option(False, help="Continue from OUT.ckpt after an interruption (or to more epochs); replaces OUT, the same run's model, without --overwrite."),
     threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); lower it when other jobs share the machine."),
@@ -516,7 +517,7 @@ def finetune_cmd(
         schedule="constant", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, freeze_conv=freeze_conv,
     )
-    _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=None,
+    _run_training(graphs, labels, out, config, init_model=from_model, split=split, resume=resume, unit=unit,
                   threads=threads, compile=compile, quiet=quiet, overwrite=overwrite)
 
 

@@ -366,3 +366,21 @@ def test_sigma_figures_of_constant_errors_are_nan_without_a_warning():
         figures = uncertainty_metrics(np.zeros(6), np.linspace(0.1, 0.6, 6))
         assert np.isnan(figures["spearman"]) and figures["within_1std"] == 1.0
         assert np.isnan(uncertainty_metrics(np.arange(6.0), np.full(6, 0.2))["spearman"])
+
+
+def test_a_new_head_gets_the_unit_given(data, tmp_path):
+    """finetune had no --unit: a --new-head target had no unit, in the summary and in `models`. A target
+    the model predicts keeps its own unit."""
+    lines = data["labels"].read_text().splitlines()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join([lines[0] + ",efermi", *(f"{line},{k % 7 - 3.0}" for k, line in enumerate(lines[1:]))]) + "\n")
+    common = ("finetune", data["graphs"], "--labels", labels, "--from", data["both"], "--epochs", "1", "--batch-size", "8",
+              "--split", data["split"], "-q")
+    result = cli(*common, "--target", "efermi", "--target", EF, "--new-head", "-o", tmp_path / "x.pt", "--unit", "eV")
+    assert_usage_error(result, "--unit", "one target")
+    result = cli(*common, "--target", "efermi", "--new-head", "-o", tmp_path / "x.pt", "--unit", "eV")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert ModelFile.load(tmp_path / "x.pt").units == ["eV"]
+    result = cli(*common, "--target", EF, "-o", tmp_path / "y.pt", "--unit", "meV/atom")
+    assert_usage_error(result, "--unit", "eV/atom")
+    assert not (tmp_path / "y.pt.ckpt").exists()

@@ -88,6 +88,9 @@ class Trainer:
         check_config(config)
         if unit is not None and len(config.targets) != 1:  # before any epoch, not after all of them
             raise OptionError("`unit` names the unit of one target; several targets take their known units")
+        if unit is not None and init is not None and config.targets[0] in init.targets and unit != init.unit_of(config.targets[0]):
+            raise OptionError(f"`unit` {unit!r}: {init.source} predicts {config.targets[0]} in "
+                              f"{init.unit_of(config.targets[0])!r}, which its fine-tuned head keeps; `unit` names a new head's unit")
         new = [t for t in config.targets if init is not None and t not in init.targets]
         if new and not config.new_heads:
             raise OptionError(
