@@ -384,3 +384,27 @@ def test_a_new_head_gets_the_unit_given(data, tmp_path):
     result = cli(*common, "--target", EF, "-o", tmp_path / "y.pt", "--unit", "meV/atom")
     assert_usage_error(result, "--unit", "eV/atom")
     assert not (tmp_path / "y.pt.ckpt").exists()
+
+
+def _labels_blank_in(data, tmp_path, part: str, target: str):
+    ids = [line.split(",")[0] for line in data["split"].read_text().splitlines()[1:] if line.endswith("," + part)]
+    return write_labels(tmp_path / f"no-{part}.csv", data["values"], blank=dict.fromkeys(ids, target))
+
+
+def test_a_target_no_validation_crystal_is_labelled_for_is_refused_before_training(data, tmp_path):
+    """Its validation MAE was NaN, so no epoch scored better than the start: the file written held the
+    untrained weights ("best epoch 0"), or with scale heads calibration failed after the last epoch."""
+    labels = _labels_blank_in(data, tmp_path, "val", EG)
+    for scale_head in (False, True):
+        config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=2, batch_size=8, scale_head=scale_head)
+        with pytest.raises(srscreen.errors.InputError, match=f"no validation crystal.*{EG}"):
+            train(data["graphs"], labels, tmp_path / "m.pt", config, split_file=data["split"], compile=False)
+        assert not (tmp_path / "m.pt.ckpt").exists()
+
+
+def test_a_target_no_test_crystal_is_labelled_for_has_no_test_figure(data, tmp_path):
+    """It was recorded as a test MAE of nan on 0 crystals, with numpy's warnings on the terminal."""
+    labels = _labels_blank_in(data, tmp_path, "test", EG)
+    config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=1, batch_size=8, scale_head=True)
+    model = train(data["graphs"], labels, tmp_path / "m.pt", config, split_file=data["split"], compile=False).model_file
+    assert set(model.test_metrics()) == {EF} and model.test_metrics()[EF]["count"] > 0

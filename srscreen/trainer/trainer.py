@@ -150,6 +150,13 @@ class Trainer:
                                 self.split_file)
         if len(self.split.train) == 0 or len(self.split.val) == 0:
             raise InputError("the split leaves no training or no validation crystals; give more data or other fractions")
+        # A head with no labelled validation crystal never scores, so no epoch beats the untrained weights.
+        for part in ("train", "val"):
+            unlabelled = [t for i, t in enumerate(config.targets) if not np.isfinite(self.y_all[getattr(self.split, part), i]).any()]
+            if unlabelled:
+                where = f"the split of {self.split_file}" if self.split_file else "the split"
+                raise InputError(f"{self.labels_path}: no {'training' if part == 'train' else 'validation'} crystal of {where} "
+                                 f"is labelled with {', '.join(unlabelled)}; every target needs some")
 
     def _build_model(self) -> None:
         """A new seeded network, or one from the `init` model (its trunk, and its heads of the targets
@@ -377,6 +384,8 @@ class Trainer:
         for i, t in enumerate(self.config.targets):
             y = self.y_all[positions, i]
             known = np.isfinite(y)
+            if not known.any():  # a test slice without this target's labels: no figure rather than NaN of 0 crystals
+                continue
             results[t] = metrics(columns[t][known], y[known])
             if f"{t}_std" in columns:
                 results[t] = UncertainMetrics(**asdict(results[t]), **uncertainty_metrics(
