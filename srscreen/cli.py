@@ -797,7 +797,8 @@ def models_cmd(
         test = m.test_metrics()
         graphs = GraphSettings.from_attrs(m.graph_settings)
         scales = m.calibration.get("scale", {})
-        rows = [("target", f"{t} ({u}), " + (f"test MAE {test[t]['mae']:.4f} {u}" if t in test else "no test MAE"))
+        rows = [("target", f"{t}{f' ({u})' if u else ''}, "
+                 + (f"test MAE {test[t]['mae']:.4f}{f' {u}' if u else ''}" if t in test else "no test MAE"))
                 for t, u in zip(m.targets, m.units)]
         rows += [("network", f"{kind}, {params:,} parameters"),
                  ("graphs", f"{graphs.rule}, {graphs.max_nbr} neighbours, {graphs.radius:g} Å"),
@@ -807,6 +808,8 @@ def models_cmd(
                                    f"the spread of {m.n_members} members" if m.n_members > 1 else "") if s]
             rows.append(("sigma", " and ".join(sources) + ", calibrated "
                          + ", ".join(f"{t} x{scales.get(t, 1.0):.3g}" for t in m.targets)))
+        else:
+            rows.append(("sigma", "none: no <target>_std or p_stable (train with --scale-head, or ensemble several models)"))
         blocks.append("\n".join([name, *(f"  {key:<8}  {value}" for key, value in rows)]))
     typer.echo("\n\n".join(blocks))
 

@@ -408,3 +408,15 @@ def test_a_target_no_test_crystal_is_labelled_for_has_no_test_figure(data, tmp_p
     config = TrainConfig(target=(EF, EG), atom_fea_len=8, h_fea_len=8, epochs=1, batch_size=8, scale_head=True)
     model = train(data["graphs"], labels, tmp_path / "m.pt", config, split_file=data["split"], compile=False).model_file
     assert set(model.test_metrics()) == {EF} and model.test_metrics()[EF]["count"] > 0
+
+
+def test_models_says_when_a_model_has_no_sigma_and_shows_no_empty_unit(data, tmp_path):
+    """A model without σ had no sigma row (nothing said predict would give no *_std); a target without a
+    unit showed as "efermi ()"."""
+    from dataclasses import replace
+
+    plain = ModelFile.load(data["both"]).without_scale_heads()
+    replace(plain, units=["eV/atom", ""]).save(tmp_path / "plain.pt")
+    result = cli("models", tmp_path / "plain.pt", env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    assert "sigma     none" in result.stdout and "()" not in result.stdout and f"{EG}, test MAE" in result.stdout
