@@ -209,6 +209,17 @@ def test_members_that_do_not_fit_together_are_refused_in_one_line(data, tmp_path
     result = cli("ensemble", data["members"][0], "--graphs", data["graphs"], "--labels", data["labels"],
                  "-o", tmp_path / "ens.pt")
     assert_usage_error(result, "at least 2 members")
+    # The same member twice would count twice in the mean and shrink the spread.
+    result = cli("ensemble", data["members"][0], data["members"][1], data["members"][0], "--graphs", data["graphs"],
+                 "--labels", data["labels"], "-o", tmp_path / "ens.pt")
+    assert_usage_error(result, "the same weights as", "give each member once")
+    # Scale heads on some members only: named as such, not as "architecture".
+    scaled = tmp_path / "scaled.pt"
+    train(data["graphs"], data["labels"], scaled, TrainConfig(target=EF, atom_fea_len=8, h_fea_len=8, epochs=1,
+                                                             batch_size=8, scale_head=True))
+    result = cli("ensemble", data["members"][0], scaled, "--graphs", data["graphs"], "--labels", data["labels"],
+                 "-o", tmp_path / "ens.pt")
+    assert_usage_error(result, "has scale heads", "--scale-head, or none")
 
 
 def test_members_of_different_splits_are_refused_with_what_to_do(data, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from srscreen.data.labels import match, read_labels
 from srscreen.errors import InputError, OptionError
@@ -31,13 +32,20 @@ def assemble(members: Sequence[ModelFile]) -> ModelFile:
     if len(members) < 2:
         raise OptionError(f"an ensemble needs at least 2 members, got {len(members)}")
     first = members[0]
-    for m in members:
+    for i, m in enumerate(members):
         if m.members:
             raise InputError(f"{m.source}: is an ensemble already; give its single members")
+        if m.architecture.get("scale_head") != first.architecture.get("scale_head"):
+            raise InputError(f"{m.source}: {'has' if m.architecture.get('scale_head') else 'lacks'} scale heads and "
+                             f"{first.source} does not; train every member with --scale-head, or none")
         differ = [key for key in _SHARED if getattr(m, key) != getattr(first, key)]
         if differ:
             raise InputError(f"{m.source}: differs from {first.source} in {', '.join(differ)}; "
                              "members must share targets, architecture, graph rule and element table")
+        copy = next((o for o in members[:i] if o.state_dict.keys() == m.state_dict.keys()
+                     and all(torch.equal(o.state_dict[k], v) for k, v in m.state_dict.items())), None)
+        if copy is not None:  # a member given twice would count twice in the mean and shrink the spread
+            raise InputError(f"{m.source}: the same weights as {copy.source}; give each member once")
     splits = [m.training.get("split") for m in members]
     return replace(
         first,
