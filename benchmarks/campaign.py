@@ -257,7 +257,7 @@ def report() -> None:
         print(f"| {run['name']} | {', '.join(run['targets'])} | {len(log)}/{run['epochs']} | "
               f"{sum(r['epoch_s'] for r in log) / 3600:.2f} | {cells} |")
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
-    print(f"\ncampaign compute so far: {total:.2f} thread-hours (two runs share the 2 cores)")
+    print(f"\ncampaign compute so far: {total:.2f} thread-hours (two or three runs share the 2 cores)")
 
 
 SHIPPED = ROOT / "srscreen" / "pretrained" / "v3"
