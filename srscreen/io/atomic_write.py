@@ -83,15 +83,24 @@ def sigterm_unwinds() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         yield
         return
-    signal.signal(signal.SIGTERM, _exit_143)
+    received: list[int] = []
+
+    def exit_143(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_143)
     try:
         yield
+    except Exception as exc:
+        # The SystemExit can land anywhere, e.g. inside a library starting a thread, whose own clean-up then
+        # fails ("cannot join thread before it is started"): the run was still terminated, so it exits as
+        # terminated (143, no traceback), not with the clean-up's error.
+        if received:
+            raise SystemExit(128 + received[0]) from exc
+        raise
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _exit_143(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
 
 
 def _link_new(tmp: Path, path: Path) -> None:
