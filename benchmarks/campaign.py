@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from common import SHARED, read_jsonl  # benchmarks/common.py
+from pretrained_metrics import METAL_THRESHOLD, gap_by_kind  # benchmarks/pretrained_metrics.py
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "campaign"
@@ -394,27 +395,9 @@ def ship(graphs: Path, partial: bool = False) -> None:
         for method, per_target in sigma_methods(model, graphs, labels, split["val"], split["test"]).items():
             methods.setdefault(method, {}).update(per_target)
     (RESULTS / "sigma.json").write_text(json.dumps(methods, indent=1) + "\n")
-    gap = gap_by_kind(shipped["sr-cgcnn-eg"], graphs, labels, shipped["sr-cgcnn-eg"].training["split"]["test"])
+    gap = gap_by_kind(shipped["sr-cgcnn-eg"], graphs, labels, METAL_THRESHOLD)
     (SHIPPED / "README.md").write_text(card(shipped, methods, gap, missing))
     print(json.dumps(methods, indent=1))
-
-
-def gap_by_kind(model, graphs: Path, labels: Path, ids: list[str]) -> dict[str, dict]:
-    """Band-gap MAE on the test crystals that are metals (gap 0) and non-metals, and how often the
-    predicted gap (clipped at 0) calls a metal a metal (below 0.1 eV)."""
-    from srscreen.data.labels import match, read_labels
-    from srscreen.screening.predict import predict
-
-    ranking = predict(graphs, [model], device="cpu")
-    wanted = set(ids)
-    rows = np.array([i for i, id_ in enumerate(ranking.ids) if id_ in wanted])
-    matched = match([ranking.ids[i] for i in rows], read_labels(labels, EG))
-    pred, true = ranking.values[EG][rows[matched.positions]], matched.values
-    out = {}
-    for kind, mask in (("metals", true == 0), ("non-metals", true > 0)):
-        out[kind] = {"count": int(mask.sum()), "mae": float(np.abs(pred[mask] - true[mask]).mean()),
-                     "called_metal": float(np.mean(pred[mask] < 0.1))}
-    return out
 
 
 def gap_study(graphs: Path) -> dict:
@@ -569,9 +552,12 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
                        f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f}") if u else "– | – | – | – | –"
             lines.append(f"| `{name}` | {t} | {m['mae']:.4f} {model.unit_of(t)} | {m['rmse']:.4f} | {m['r2']:.3f} | "
                          f"{m['count']:,} | {figures} |")
-    lines += ["", f"Band gap of `sr-cgcnn-eg` on metals ({gap['metals']['count']:,}): MAE {gap['metals']['mae']:.4f} eV, "
-              f"{gap['metals']['called_metal']:.1%} predicted below 0.1 eV; on non-metals "
-              f"({gap['non-metals']['count']:,}): MAE {gap['non-metals']['mae']:.4f} eV. Gaps are clipped at 0.", "",
+    metals, confusion = gap["metals"], gap["confusion"]
+    lines += ["", f"Band gap of `sr-cgcnn-eg` on metals ({metals['count']:,}): MAE {metals['mae']:.4f} eV, "
+              f"{confusion['metal_called_metal'] / metals['count']:.1%} predicted below {confusion['threshold_eV']} eV; "
+              f"on non-metals ({gap['non_metals']['count']:,}): MAE {gap['non_metals']['mae']:.4f} eV, "
+              f"{confusion['non_metal_called_metal'] / gap['non_metals']['count']:.1%} predicted below it. "
+              "Gaps are clipped at 0.", "",
               "## Sigma", "",
               "Default: each member's scale head (a Laplace likelihood on detached features, so it leaves the "
               "means as they were) and, in an ensemble, the members' spread, sigma = sqrt(spread² + mean 2b²), scaled per target "

@@ -23,6 +23,7 @@ from srscreen.screening.predict import predict
 from srscreen.trainer.metrics import metrics
 
 SHARED_LABELS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mp-cgcnn" / "labels.csv"
+METAL_THRESHOLD = 0.1  # eV: a predicted gap below it calls the crystal a metal
 
 
 def gap_by_kind(model, graphs: Path, labels: Path, threshold: float) -> dict:
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graphs", type=Path, required=True, help="graph file of the shared MP set")
     parser.add_argument("--labels", type=Path, default=SHARED_LABELS)
-    parser.add_argument("--metal-threshold", type=float, default=0.1, help="eV: predicted gaps below count as metal")
+    parser.add_argument("--metal-threshold", type=float, default=METAL_THRESHOLD, help="eV: predicted gaps below count as metal")
     args = parser.parse_args()
     results = {}
     for name in pretrained_names():
