@@ -391,8 +391,9 @@ class ModelFile:
 
     @property
     def columns(self) -> list[str]:
-        """The ranking columns `values` fills."""
-        return [*self.targets, *(f"{t}_std" for t in self.targets if self.has_std)]
+        """The ranking columns `values` fills, each target's std right after it: the same order whether the
+        targets come from one multi-target file or from one file each, so scripts that read by position hold."""
+        return [c for t in self.targets for c in ((t, f"{t}_std") if self.has_std else (t,))]
 
 
 def renumber_heads(state: dict, picks: dict[int, int], n_old: int, n_new: int, scale_head: bool) -> dict:
