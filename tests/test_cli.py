@@ -5,6 +5,7 @@ a traceback.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -171,6 +172,22 @@ def test_evaluate_table(data):
     assert result.exit_code == 0, result.stderr
     want = numpy_metrics(data, "formation_energy_per_atom")
     assert f"{want['mae']:.4f}" in result.stdout and "eV/atom" in result.stdout
+
+
+def test_evaluate_scores_the_targets_the_labels_have_and_names_the_others(data, tmp_path):
+    """A file of Ef labels only was refused for the Ef+Eg pair (no column 'band_gap'): a user with Ef labels
+    could not evaluate the default models. It scores Ef, and one warning line names what it left out."""
+    ef_only = tmp_path / "ef-only.csv"
+    rows = csv.DictReader(data["labels"].open())
+    ef_only.write_text("id,formation_energy_per_atom\n" + "".join(
+        f"{r['material_id']},{r['formation_energy_per_atom']}\n" for r in rows))
+    result = cli("evaluate", data["graphs"], "--labels", ef_only, "--model", data["ef"], "--model", data["eg"], "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    by_model = json.loads(result.stdout)
+    assert by_model["eg"] == {} and set(by_model["ef"]) == {"formation_energy_per_atom"}
+    assert by_model["ef"]["formation_energy_per_atom"]["mae"] == pytest.approx(
+        numpy_metrics(data, "formation_energy_per_atom")["mae"], rel=1e-9)
+    assert "ef-only.csv: no column 'band_gap'; band_gap not scored" in result.stderr
 
 
 def test_evaluate_parity_plot(data, tmp_path):

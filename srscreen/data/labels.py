@@ -26,6 +26,11 @@ LABEL_LIMIT = 1e6
 _INFINITY = {"inf", "infinity"}
 
 
+class MissingColumn(InputError):
+    """A labels file without the target's column: training must refuse it, but evaluating several targets
+    scores those that have one (a file of Ef labels still scores the default pair's Ef)."""
+
+
 @dataclass(frozen=True)
 class LabelReport:
     """What reading one target column found besides its usable values, in file order."""
@@ -82,7 +87,7 @@ def read_labels(path: str | Path, target: str) -> Labels:
         if not any(header):
             raise InputError(f"{path}: empty labels file")
         if target not in header:
-            raise InputError(f"{path}: no column {target!r} (columns: {', '.join(header)})")
+            raise MissingColumn(f"{path}: no column {target!r} (columns: {', '.join(header)})")
         if header.count(target) > 1:
             raise InputError(f"{path}: {header.count(target)} columns are named {target!r}; which one to learn?")
         id_col = next((header.index(c) for c in ID_COLUMNS if c in header), 0)

@@ -10,7 +10,7 @@ import numpy as np
 
 from srscreen.model.ensemble import uncertainty_metrics
 from srscreen.model.model_file import ModelFile
-from srscreen.data.labels import match, read_labels
+from srscreen.data.labels import Labels, MissingColumn, match, read_labels
 from srscreen.screening.predict import predict
 from srscreen.trainer.metrics import Metrics, UncertainMetrics, metrics
 from srscreen.errors import InputError, OptionError
@@ -25,8 +25,9 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
     (a fine-tuned model beside its base): each is predicted on its own. `split` ("test", "val" or
     "train") keeps only the crystals of that part of the split each model's file records, so that a
-    model's figures on a set it was trained on are not mistaken for held-out ones."""
-    labels = {t: read_labels(labels_path, t) for m in models for t in m.targets}
+    model's figures on a set it was trained on are not mistaken for held-out ones. A target the labels
+    file has no column for is left out of the results (`unscored` names them); none at all is refused."""
+    labels = labelled_targets(labels_path, models)
     results: dict[str, dict[str, Metrics]] = {}
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     units: dict[str, str] = {}
@@ -36,7 +37,7 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
         keep = None if split is None else split_ids(m, split)
         ranking = predict(graph_path, [m], device=device)
         results[label] = {}
-        for t in m.targets:
+        for t in (t for t in m.targets if t in labels):
             labelled = labels[t] if keep is None else {i: v for i, v in labels[t].items() if i in keep}
             matched = match(ranking.ids, labelled)
             if len(matched.positions) == 0:
@@ -53,6 +54,27 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     if plot is not None:
         parity_plot(pairs, units, panels, plot)
     return results
+
+
+def labelled_targets(labels_path: str | Path, models: list[ModelFile]) -> dict[str, Labels]:
+    """The labels of each target of `models` that `labels_path` has a column for; if it has none of them,
+    the first one's refusal."""
+    labels: dict[str, Labels] = {}
+    missing: list[MissingColumn] = []
+    for t in dict.fromkeys(t for m in models for t in m.targets):
+        try:
+            labels[t] = read_labels(labels_path, t)
+        except MissingColumn as e:
+            missing.append(e)
+    if not labels:
+        raise missing[0]
+    return labels
+
+
+def unscored(results: dict[str, dict[str, Metrics]], models: list[ModelFile]) -> list[str]:
+    """The targets of `models` that `evaluate` left out for want of a labels column."""
+    scored = {t for per in results.values() for t in per}
+    return [t for t in dict.fromkeys(t for m in models for t in m.targets) if t not in scored]
 
 
 def split_ids(model: ModelFile, part: str) -> set[str]:
