@@ -35,7 +35,7 @@ def parse_item(item: Item, policy: DisorderPolicy,
 
 def _structures(item: Item, fmt, stem: str, policy: DisorderPolicy, max_bytes: int) -> Iterator[Parsed | ParseFailure]:
     if item.error is not None:
-        return iter([ParseFailure(stem, item.error)])
+        return iter([ParseFailure(stem if item.failed_frame is None else f"{stem}:{item.failed_frame}", item.error)])
     if item.last_frame is not None:  # a range of rows of an ASE database
         return parse_ase_db_rows(item.path, stem, item.first_frame, item.last_frame, item.id_key)
     if item.path is not None:

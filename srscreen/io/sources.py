@@ -62,6 +62,9 @@ class Item:
     # Structures this item holds at most (a chunk's frames or rows; 1 for a file): what a task is sized by.
     frames: int = 1
     id_key: str | None = None
+    # The frame an `error` is about (a broken frame of a multi-structure file): its failure is then named
+    # `stem:N` like the frames around it, as when the whole file is parsed at once.
+    failed_frame: int | None = None
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,7 @@ def _frame_items(source: str, name: str, fmt: Format, stream: BinaryIO, max_byte
                 yield _chunk(source, name, first, frames)
                 first += len(frames)
                 frames = []
-            yield Item(key=f"{source}#{first}", source=source, name=name, error=f"frame {first}: {frame}")
+            yield Item(key=f"{source}#{first}", source=source, name=name, error=str(frame), failed_frame=first)
             first += 1
             continue
         frames.append(frame)
