@@ -260,6 +260,24 @@ def test_text_lines_says_where_the_text_stops_being_utf8(tmp_path):
         list(lines)
 
 
+@pytest.mark.parametrize("end", ["\r", "\r\n", "\n"], ids=["CR (CSV for Macintosh)", "CRLF", "LF"])
+def test_labels_and_split_files_read_with_any_line_end(tmp_path, end):
+    """A labels or split file saved with CR-only line ends (Excel's "CSV (Macintosh)") was one line: refused
+    (the structure readers took CR already). Each line end gives the same values, and only these three
+    cut a line: U+2028 and a form feed stay inside an id."""
+    from srscreen.trainer.split import read_split_file
+
+    ids = [f"mp-{i}" for i in range(3000)] + ["odd\u2028id", "odd\x0cid"]
+    labels, split = tmp_path / "l.csv", tmp_path / "s.csv"
+    labels.write_bytes(end.join(["material_id,y", *(f"{i},{n}.5" for n, i in enumerate(ids))]).encode() + end.encode())
+    split.write_bytes(end.join(["id,split", *(f"{i},{('train', 'val', 'test')[n % 3]}" for n, i in enumerate(ids))]
+                               ).encode())  # no end on the last line
+    assert read_labels(labels, "y") == {i: n + 0.5 for n, i in enumerate(ids)}
+    assert read_split_file(split) == {i: ("train", "val", "test")[n % 3] for n, i in enumerate(ids)}
+    lines = list(text_lines(labels, "a labels CSV"))
+    assert len(lines) == len(ids) + 1 and all(line.endswith("\n") and "\r" not in line for line in lines)
+
+
 @pytest.mark.slow
 def test_a_graph_file_given_as_a_ranking_in_a_real_process(data):
     proc = subprocess.run([*SRSCREEN, "merge", str(data["ranking"]), str(data["graphs"])], capture_output=True,

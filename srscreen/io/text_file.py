@@ -7,7 +7,9 @@ traceback: a guessed encoding would turn ids into other ids, and a binary file i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 from srscreen.errors import InputError
@@ -17,16 +19,19 @@ from srscreen.errors import InputError
 MAX_LINE_BYTES = 1 << 20
 # How far into a file a NUL byte marks it as binary rather than badly encoded text.
 SNIFF_BYTES = 4096
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def text_lines(path: str | Path, what: str) -> Iterator[str]:
-    """The lines of a UTF-8 text file (a leading byte-order mark dropped, line ends kept: csv.reader's
-    input). `what` says what the file should be ("a labels CSV"), for the messages."""
+    """The lines of a UTF-8 text file (a leading byte-order mark dropped), each ending in `\n` (or nothing,
+    for a last line without an end): csv.reader's input. Lines may end with LF, CRLF or CR alone (a table
+    saved as "CSV (Macintosh)"); only those three cut a line, never U+2028 or a form feed inside an id.
+    `what` says what the file should be ("a labels CSV"), for the messages."""
     path = Path(path)
     try:
         with path.open("rb") as stream:
             offset, first = 0, b""
-            while raw := stream.readline(MAX_LINE_BYTES + 1):
+            for raw in _raw_lines(stream):
                 first = first or raw
                 if b"\x00" in raw:
                     raise InputError(f"{path}: binary file{_kind(first)}, not {what}")
@@ -39,10 +44,34 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
                         raise InputError(f"{path}: binary file{_kind(first)}, not {what}") from None
                     raise InputError(f"{path}: not UTF-8 text at byte {offset + e.start} (latin-1 or another "
                                      f"encoding?), not {what}: save it as UTF-8") from None
-                yield text.removeprefix("\ufeff") if offset == 0 else text
                 offset += len(raw)
+                text = text.removeprefix("\ufeff") if offset == len(raw) else text
+                yield text[:-2] + "\n" if text.endswith("\r\n") else text[:-1] + "\n" if text.endswith("\r") else text
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def _raw_lines(stream: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
+    """The byte lines of `stream`, each with its end (LF, CRLF or CR), read in blocks so that no line is
+    held past MAX_LINE_BYTES + 1 bytes (a longer one is yielded cut there, for the caller to refuse)."""
+    pending = b""
+    while True:
+        data = stream.read(block)
+        pending += data
+        start = 0
+        for end in _LINE_END.finditer(pending):
+            if end.group() == b"\r" and end.end() == len(pending) and data:
+                break  # maybe the first half of a CRLF split by the block: decided by the next block
+            yield pending[start:end.end()]
+            start = end.end()
+        pending = pending[start:]
+        if len(pending) > MAX_LINE_BYTES:
+            yield pending[: MAX_LINE_BYTES + 1]
+            return
+        if not data:
+            if pending:
+                yield pending
+            return
 
 
 def _kind(head: bytes) -> str:
