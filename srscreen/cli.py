@@ -484,6 +484,7 @@ def finetune_cmd(
     labels: Path = typer.Option(..., help="CSV with an id column and target columns."),
     target: list[str] = typer.Option([], help="Column of the labels file to learn, repeatable; default: the model's own targets. The result predicts these targets only."),
     new_head: bool = typer.Option(False, "--new-head", help="Allow a --target the model does not predict: its head starts from random weights (the trunk is the model's)."),
+    target_weight: list[float] = typer.Option([], help="Weight of each target's loss, in --target order; default: the weights the model was trained with (1 for a new head)."),
     from_model: str = typer.Option(..., "--from", help="Model to start from: a pretrained name (sr-cgcnn-ef) or a file. An ensemble starts from its first member and gives one model (sigma from its scale heads, none without them); its summary compares with the whole ensemble."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (with OUT.ckpt and OUT.log.jsonl beside it)."),
     overwrite: bool = typer.Option(False, help=OVERWRITE_HELP),
@@ -513,7 +514,7 @@ def finetune_cmd(
         except USAGE_ERRORS as e:
             _fail(str(e))
     config = TrainConfig(
-        target=tuple(target), new_heads=new_head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
+        target=tuple(target), target_weights=tuple(target_weight), new_heads=new_head, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, loss=loss,
         schedule="constant", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
         patience=patience, freeze_conv=freeze_conv,
     )

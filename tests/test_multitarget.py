@@ -165,6 +165,24 @@ def test_finetune_one_head_of_a_multi_target_model(data, tmp_path):
     assert result.exit_code == 2 and "--new-head" in result.stderr
 
 
+def test_finetuning_keeps_the_target_weights_the_model_was_trained_with(data, tmp_path):
+    """finetune had no --target-weight and trained every head at 1, whatever balance the model learnt with:
+    it now inherits the recorded weights (per target, 1 for a new head), and --target-weight overrides."""
+    weighted = tmp_path / "weighted.pt"
+    result = cli("train", data["graphs"], "--labels", data["labels"], "--target", EF, "--target", EG, "--target-weight",
+                 "1", "--target-weight", "4", "-o", weighted, "--epochs", "1", "--batch-size", "8", "--split",
+                 data["split"], *TINY)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    cases = [((), [1.0, 4.0]), (("--target", EG), [4.0]), (("--target-weight", "2", "--target-weight", "3"), [2.0, 3.0])]
+    for i, (extra, want) in enumerate(cases):
+        out = tmp_path / f"tuned{i}.pt"
+        result = cli("finetune", data["graphs"], "--labels", data["labels"], "--from", weighted, "-o", out, "--epochs",
+                     "1", "--batch-size", "8", "--split", data["split"], "-q", *extra)
+        assert result.exit_code == 0, (extra, result.stderr, result.exception)
+        assert ModelFile.load(out).training["config"]["target_weights"] == want, extra
+    assert ModelFile.load(data["both"]).training["config"]["target_weights"] == []  # trained at 1 each: nothing to keep
+
+
 def test_evaluate_names_each_model_and_reports_sigma_figures(data, tmp_path):
     """A fine-tuned model beside its base: one row per model and target, not a refusal."""
     srscreen.finetune(data["graphs"], data["labels"], tmp_path / "tuned.pt", ModelFile.load(data["both"]),

@@ -85,6 +85,8 @@ class Trainer:
     def __init__(self, graph_path: str | Path, labels_path: str | Path, out: str | Path, config: TrainConfig, *,
                  init: ModelFile | None = None, split_file: str | Path | None = None, unit: str | None = None,
                  command: str = "", compile: bool | None = None) -> None:
+        if init is not None and not config.target_weights:
+            config = replace(config, target_weights=inherited_weights(init, config.targets))
         check_config(config)
         if unit is not None and len(config.targets) != 1:  # before any epoch, not after all of them
             raise OptionError("`unit` names the unit of one target; several targets take their known units")
@@ -391,6 +393,17 @@ class Trainer:
                 results[t] = UncertainMetrics(**asdict(results[t]), **uncertainty_metrics(
                     columns[t][known] - y[known], columns[f"{t}_std"][known]))
         return results
+
+
+def inherited_weights(init: ModelFile, targets: tuple[str, ...]) -> tuple[float, ...]:
+    """The loss weight each target had when `init` was trained (1 for a new head, or where the file records
+    none: an ensemble, an imported model), so that fine-tuning keeps the balance between heads the model
+    learnt with unless told otherwise; () where that is 1 each, the default."""
+    recorded = init.training.get("config") or {}
+    names = recorded.get("target") or ()
+    trained = dict(zip([names] if isinstance(names, str) else names, recorded.get("target_weights") or ()))
+    weights = tuple(float(trained.get(t, 1.0)) for t in targets)
+    return () if all(w == 1.0 for w in weights) else weights
 
 
 def train(
