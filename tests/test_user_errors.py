@@ -240,6 +240,8 @@ def test_the_limit_itself_is_a_value(tmp_path):
     (b"", ["empty labels file"]),
     (b"id,y\na,1\n" + b"x" * (2 << 20), ["a line longer than"]),
     (b"id,y\na,\x001\n", ["binary file"]),
+    # a small graph file: its signature's CRLF ends the first "line" before any NUL
+    (b"\x89HDF\r\n\x1a\n" + b"\x00\x08" * 100, ["binary file (HDF5: a graph file?)"]),
 ])
 def test_malformed_labels_are_one_line(tmp_path, content, words):
     path = tmp_path / "l.csv"

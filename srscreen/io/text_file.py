@@ -30,8 +30,9 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
     path = Path(path)
     try:
         with path.open("rb") as stream:
+            head = stream.read(SNIFF_BYTES)  # kept for the binary check: the block reader runs ahead of the lines
             offset, first = 0, b""
-            for raw in _raw_lines(stream):
+            for raw in _raw_lines(stream, head):
                 first = first or raw
                 if b"\x00" in raw:
                     raise InputError(f"{path}: binary file{_kind(first)}, not {what}")
@@ -40,7 +41,7 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    if offset < SNIFF_BYTES and b"\x00" in stream.read(SNIFF_BYTES):
+                    if offset < SNIFF_BYTES and b"\x00" in head:
                         raise InputError(f"{path}: binary file{_kind(first)}, not {what}") from None
                     raise InputError(f"{path}: not UTF-8 text at byte {offset + e.start} (latin-1 or another "
                                      f"encoding?), not {what}: save it as UTF-8") from None
@@ -51,10 +52,10 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
 
-def _raw_lines(stream: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
-    """The byte lines of `stream`, each with its end (LF, CRLF or CR), read in blocks so that no line is
-    held past MAX_LINE_BYTES + 1 bytes (a longer one is yielded cut there, for the caller to refuse)."""
-    pending = b""
+def _raw_lines(stream: BinaryIO, pending: bytes = b"", block: int = 1 << 16) -> Iterator[bytes]:
+    """The byte lines of `pending` (bytes already read) then `stream`, each with its end (LF, CRLF or CR),
+    read in blocks so that no line is held past MAX_LINE_BYTES + 1 bytes (a longer one is yielded cut there,
+    for the caller to refuse)."""
     while True:
         data = stream.read(block)
         pending += data
