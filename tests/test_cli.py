@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,13 +175,19 @@ def test_evaluate_table(data):
     assert f"{want['mae']:.4f}" in result.stdout and "eV/atom" in result.stdout
 
 
-def test_evaluate_scores_the_targets_the_labels_have_and_names_the_others(data, tmp_path):
-    """A file of Ef labels only was refused for the Ef+Eg pair (no column 'band_gap'): a user with Ef labels
-    could not evaluate the default models. It scores Ef, and one warning line names what it left out."""
-    ef_only = tmp_path / "ef-only.csv"
+def ef_only_labels(data, folder) -> Path:
+    """The fixture's labels without their band_gap column."""
+    ef_only = folder / "ef-only.csv"
     rows = csv.DictReader(data["labels"].open())
     ef_only.write_text("id,formation_energy_per_atom\n" + "".join(
         f"{r['material_id']},{r['formation_energy_per_atom']}\n" for r in rows))
+    return ef_only
+
+
+def test_evaluate_scores_the_targets_the_labels_have_and_names_the_others(data, tmp_path):
+    """A file of Ef labels only was refused for the Ef+Eg pair (no column 'band_gap'): a user with Ef labels
+    could not evaluate the default models. It scores Ef, and one warning line names what it left out."""
+    ef_only = ef_only_labels(data, tmp_path)
     result = cli("evaluate", data["graphs"], "--labels", ef_only, "--model", data["ef"], "--model", data["eg"], "--json")
     assert result.exit_code == 0, (result.stderr, result.exception)
     by_model = json.loads(result.stdout)
@@ -188,6 +195,26 @@ def test_evaluate_scores_the_targets_the_labels_have_and_names_the_others(data, 
     assert by_model["ef"]["formation_energy_per_atom"]["mae"] == pytest.approx(
         numpy_metrics(data, "formation_energy_per_atom")["mae"], rel=1e-9)
     assert "ef-only.csv: no column 'band_gap'; band_gap not scored" in result.stderr
+
+
+def test_evaluate_asks_nothing_of_a_model_it_cannot_score(data, tmp_path, monkeypatch):
+    """With Ef labels only, the Eg model was still predicted over the whole graph file (half the pair's time,
+    for no figure) and, with `split`, refused when its file recorded no split (an imported model)."""
+    import srscreen.screening.evaluate as evaluate_module
+
+    predicted = []
+
+    def counting_predict(graph_path, models, **kwargs):
+        predicted.extend(m.targets for m in models)
+        return predict(graph_path, models, **kwargs)
+
+    predict = evaluate_module.predict
+    monkeypatch.setattr(evaluate_module, "predict", counting_predict)
+    ef, eg = ModelFile.load(data["ef"]), ModelFile.load(data["eg"])
+    eg.training = {k: v for k, v in eg.training.items() if k != "split"}  # as an imported model's file
+    results = evaluate_module.evaluate(data["graphs"], ef_only_labels(data, tmp_path), [ef, eg], split="test")
+    assert predicted == [["formation_energy_per_atom"]]
+    assert [set(per) for per in results.values()] == [{"formation_energy_per_atom"}, set()]
 
 
 def test_evaluate_parity_plot(data, tmp_path):

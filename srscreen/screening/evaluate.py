@@ -34,9 +34,11 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     panels: dict[str, Metrics] = {}
     for m in models:
         label = model_label(m, models)
+        results[label] = {}
+        if not any(t in labels for t in m.targets):
+            continue  # nothing to score: neither a prediction over the whole file nor its split asked for
         keep = None if split is None else split_ids(m, split)
         ranking = predict(graph_path, [m], device=device)
-        results[label] = {}
         for t in (t for t in m.targets if t in labels):
             labelled = labels[t] if keep is None else {i: v for i, v in labels[t].items() if i in keep}
             matched = match(ranking.ids, labelled)
