@@ -240,6 +240,7 @@ def test_the_limit_itself_is_a_value(tmp_path):
     (b"", ["empty labels file"]),
     (b"id,y\na,1\n" + b"x" * (2 << 20), ["a line longer than"]),
     (b"id,y\na,\x001\n", ["binary file"]),
+    ("id\ty\na\t1\n".encode("utf-16"), ["UTF-16 text", "save it as CSV UTF-8"]),  # Excel's "Unicode text"
     # a small graph file: its signature's CRLF ends the first "line" before any NUL
     (b"\x89HDF\r\n\x1a\n" + b"\x00\x08" * 100, ["binary file (HDF5: a graph file?)"]),
 ])

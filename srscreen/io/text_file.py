@@ -31,6 +31,9 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
     try:
         with path.open("rb") as stream:
             head = stream.read(SNIFF_BYTES)  # kept for the binary check: the block reader runs ahead of the lines
+            if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # its NUL bytes would say "binary file"
+                raise InputError(f"{path}: UTF-16 text (a spreadsheet's \"Unicode text\" export?), not {what}: "
+                                 "save it as CSV UTF-8")
             offset, first = 0, b""
             for raw in _raw_lines(stream, head):
                 first = first or raw
