@@ -278,7 +278,7 @@ def test_resume_with_other_settings_is_refused(data, tmp_path):
     run_train(data, out, "--epochs", "1", "--seed", "1")
     result = cli("train", data["graphs"], "--labels", data["labels"], "--target", "band_gap", "-o", out, *TINY,
                  "--epochs", "2", "--seed", "2", "--resume")
-    assert_usage_error(result, "seed")
+    assert_usage_error(result, "made with other --seed; rerun without --resume")  # the flags, as the user typed them
     # More epochs with the same settings is a longer run, not another one.
     m = run_train(data, out, "--epochs", "2", "--seed", "1", "--resume")
     assert m.training["epochs_run"] == 2

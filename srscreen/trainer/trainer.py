@@ -197,7 +197,8 @@ class Trainer:
         state = torch.load(self.ckpt_path, weights_only=True)
         changed = sorted(k for k, v in config_dict(self.config).items() if state["config"].get(k) != v and k not in EXTENSIBLE)
         if changed:
-            raise OptionError(f"{self.ckpt_path} was made with other {', '.join(changed)}; rerun without --resume to start over")
+            settings = ", ".join(f"`{k}`" for k in changed)  # the command line names their flags
+            raise OptionError(f"{self.ckpt_path} was made with other {settings}; rerun without `resume` to start over")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
