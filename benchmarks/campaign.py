@@ -478,6 +478,26 @@ def prediction_cost() -> list[str]:
             *(f"| {label} | {n / seconds[key]:,.0f} | {speed[key]:.2f}x |" for label, key in rows)]
 
 
+def release_comparison() -> list[str]:
+    """The card's lines on v3 against v2 on crystals neither trained on, from benchmarks/release_compare.py's
+    last run (it needs the shipped files, so it runs after a ship; the weights it scores do not change when
+    a later ship only recalibrates)."""
+    path = ROOT / "benchmarks" / "results" / "release_compare.json"
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    lines = ["", "## Against v2 on the same crystals", "",
+             "Each release's test figures are on its own split, and a few crystals with errors of eV/atom move a "
+             "1,653-crystal MAE by 0.01, so they do not compare. On the crystals that neither release trained on "
+             "(`python benchmarks/release_compare.py --graphs mp.h5`):", "",
+             "| target | crystals | v2 MAE | v3 MAE | change |", "|---|---|---|---|---|"]
+    for target, sets in run["targets"].items():
+        for which, row in sets.items():
+            lines.append(f"| {target}, {which} | {row['new']['count']:,} | {row['old']['mae']:.4f} | {row['new']['mae']:.4f} | "
+                         f"{row['change']:+.1%} |")
+    return lines
+
+
 def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
     """The v3 model card: data, split, every member's recipe, seed and compute, each shipped file's test
     figures, the sigma methods and the calibration, and the campaign's total compute; `training` names the
@@ -561,7 +581,8 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
               "## Sigma", "",
               "Default: each member's scale head (a Laplace likelihood on detached features, so it leaves the "
               "means as they were) and, in an ensemble, the members' spread, sigma = sqrt(spread² + mean 2b²), scaled per target "
-              "so that its 1- and 2-sigma shares on the validation crystals match a Gaussian's: "
+              "so that its 1- and 2-sigma shares on the validation crystals come nearest a Gaussian's, each miss counted "
+              "in units of the room issue 24's window leaves on its side (srscreen/model/ensemble.py, `calibration_scale`): "
               + ", ".join(f"{t} x{shipped[n].calibration['scale'][t]:.3g}" for n in ("sr-cgcnn-ef", "sr-cgcnn-eg")
                           for t in shipped[n].targets)
               + ". The candidate methods, each calibrated the same way, on the test crystals:", "",
@@ -572,6 +593,10 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
             lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
                          f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
     lines += prediction_cost()
+    if any(shipped[n].n_members == 1 for n in ("sr-cgcnn-ef", "sr-cgcnn-eg")):
+        lines += ["", "The default row is the full design, two members per target. This partial release runs one member per "
+                  "target with its scale head: about v2's pair (the same two width-64 forwards, plus a small head each)."]
+    lines += release_comparison()
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
     final = sum(done[r["name"]]["compute_h"] for r in final_runs() if r["name"] in done)
     lines += ["", "## Compute", "",
