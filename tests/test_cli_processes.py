@@ -53,7 +53,10 @@ def stop_after_first_part(command: list[str], out: Path, stop, logs: Path) -> in
     status. Output goes to files: workers orphaned by a SIGKILL keep pipes open."""
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "stdout").open("w") as stdout, (logs / "stderr").open("w") as stderr:
-        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=subprocess_env(), start_new_session=True)
+        # A terminal's foreground job takes Ctrl-C; a test run started in the background (`nohup ... &` without
+        # job control) ignores SIGINT, and the command would inherit that and finish: give it the default.
+        proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=subprocess_env(), start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not list(partial_dir(out).glob("part-*.h5")):

@@ -340,6 +340,33 @@ def test_a_killed_featurize_leaves_no_worker_and_resumes(many, tmp_path, sig):
     assert subprocess.run([*SRSCREEN, "info", out, "--verify"], env=subprocess_env(), capture_output=True).returncode == 0
 
 
+@pytest.mark.parametrize("callback", ["seek", "tell", "write"])
+def test_a_signal_inside_an_hdf5_callback_unwinds_cleanly(tmp_path, monkeypatch, callback):
+    """Ctrl-C during featurize sometimes exited 1 with a traceback: the KeyboardInterrupt rose inside
+    `seek`, called by HDF5 (H5FD_fileobj_get_eof), and h5py made it "SystemError: ... returned a result
+    with an exception set". A SIGTERM sent from inside each callback now unwinds as the run's own handler
+    says (here sigterm_unwinds: SystemExit 143), after HDF5 has closed the file; no file is left."""
+    original = getattr(hdf5_out._HeldAfterFailure, callback)
+    sent = []
+
+    def signalled(self, *args):
+        if not sent:
+            sent.append(os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler runs at the next bytecode, inside this callback
+        return original(self, *args)
+
+    monkeypatch.setattr(hdf5_out._HeldAfterFailure, callback, signalled)
+    out = tmp_path / "x.h5"
+    with pytest.raises(SystemExit) as raised, atomic_write.sigterm_unwinds():
+        with hdf5_out.new_hdf5(out) as (f, check):
+            f.create_dataset("x", data=list(range(1000)))
+            check()
+            f.create_dataset("y", data=list(range(1000)))
+    assert sent and raised.value.code == 143
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A folder on a tmpfs whose size a test sets (mount as root; skipped elsewhere)."""

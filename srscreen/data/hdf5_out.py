@@ -9,11 +9,18 @@ temporary file removed by `replace_when_done` (which names the file in a `DiskFu
 
 What is held after a failure is bounded by what the writer does before it next calls `check()`:
 one shard's worth for the shard writer.
+
+A signal must not reach HDF5 either: a Ctrl-C whose KeyboardInterrupt rose inside one of these
+callbacks (H5FD_fileobj_get_eof calling `seek`) came out of h5py as "SystemError: ... returned a
+result with an exception set", a traceback and exit 1 instead of 130. So SIGINT and SIGTERM are held
+while a file is written, and their own handlers run at `check()` and when the file is done.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,15 +100,50 @@ class _HeldAfterFailure:
 
 
 @contextmanager
+def _signals_held() -> Iterator[Callable[[], None]]:
+    """(deliver): SIGINT and SIGTERM recorded instead of handled while the block runs (in the main thread,
+    where Python runs handlers; an ignored signal stays ignored); `deliver()` runs the first recorded one's
+    own handler (its KeyboardInterrupt or SystemExit rises there, outside HDF5), as does leaving the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    held = {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) not in (signal.SIG_IGN, None)}
+    pending: list[int] = []
+
+    def deliver() -> None:
+        if not pending:
+            return
+        signum = pending[0]
+        pending.clear()
+        handler = held[signum]
+        if callable(handler):
+            handler(signum, None)
+        else:  # SIG_DFL: the signal again, now that it does what it would have done
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    for s in held:
+        signal.signal(s, lambda signum, frame: pending.append(signum))
+    try:
+        yield deliver
+    finally:
+        for s, h in held.items():
+            signal.signal(s, h)
+        deliver()
+
+
+@contextmanager
 def new_hdf5(path: Path) -> Iterator[tuple[h5py.File, Callable[[], None]]]:
-    """(the new HDF5 file, check): write the file; `check()` raises the first write error so far (call
-    it between large steps to stop early). `path` is replaced only when the block and every write succeed."""
-    with replace_when_done(path) as tmp:
+    """(the new HDF5 file, check): write the file; `check()` runs a SIGINT or SIGTERM held since (see the
+    module docstring) and raises the first write error so far (call it between large steps to stop
+    early). `path` is replaced only when the block and every write succeed."""
+    with replace_when_done(path) as tmp, _signals_held() as deliver:
         target = _HeldAfterFailure(tmp)
         try:
             f = h5py.File(target, "w")
 
             def check() -> None:
+                deliver()
                 if target.error is not None:
                     raise target.error
 
