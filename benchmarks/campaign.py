@@ -593,9 +593,6 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
             lines.append(f"| {name} | {t} | {u['within_1std']:.3f} | {u['within_2std']:.3f} | {u['spearman']:.3f} | "
                          f"{u['mae_most_confident_10pct']:.4f} | {u['mae_least_confident_10pct']:.4f} |")
     lines += prediction_cost()
-    if any(shipped[n].n_members == 1 for n in ("sr-cgcnn-ef", "sr-cgcnn-eg")):
-        lines += ["", "The default row is the full design, two members per target. This partial release runs one member per "
-                  "target with its scale head: about v2's pair (the same two width-64 forwards, plus a small head each)."]
     lines += release_comparison()
     total = sum(sum(r["epoch_s"] for r in log_of(run)) for run in plan()) / 3600
     final = sum(done[r["name"]]["compute_h"] for r in final_runs() if r["name"] in done)

@@ -74,7 +74,7 @@ GOALS = {"fast": 1.5, "default": 0.5}  # issue 24: speed against the baseline's 
 MODES = {
     "baseline_pair": "(a) baseline: predict (default pair sr-cgcnn-ef + sr-cgcnn-eg)",
     "fast": "(b) this checkout: predict --fast (sr-cgcnn-fast)",
-    "default": "(c) this checkout: predict (sr-cgcnn-ef + sr-cgcnn-eg, 2 members each, with sigma)",
+    "default": "(c) this checkout: predict (sr-cgcnn-ef + sr-cgcnn-eg, the installed members (2 each in stand-ins), with sigma)",
     "current_pair": "(d) this checkout: predict --model v2/sr-cgcnn-ef.pt --model v2/sr-cgcnn-eg.pt",
 }
 
@@ -126,7 +126,11 @@ def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
     from srscreen.model.registry import FAST_MODEL, pretrained_files
 
     if FAST_MODEL in pretrained_files():
-        return {"fast": ["--fast"], "default": []}, f"the installed release: {pretrained_files()[FAST_MODEL].parent}"
+        from srscreen.model.model_file import ModelFile
+
+        members = ModelFile.load(pretrained_files()["sr-cgcnn-ef"]).n_members
+        return ({"fast": ["--fast"], "default": []},
+                f"the installed release ({members} member(s) per target): {pretrained_files()[FAST_MODEL].parent}")
     from srscreen.screening.calibrate import assemble
 
     paths = {}
@@ -310,7 +314,7 @@ def run_benchmark(args: argparse.Namespace, work: Path, baseline_tree: Path) -> 
         "modes": MODES, "mode_flags": {mode: flags for mode, (_, flags) in modes.items()},
         "srscreen_imported_from": {name: imported_from(tree) for name, tree in trees.items()},
         "same_graphs": digests["baseline"] == digests["current"], "graph_digests": digests,
-        "v3": {"members_per_target": MEMBERS, "architecture": PLANNED, "origin": origin},
+        "v3": {"stand_ins": {"members_per_target": MEMBERS, "architecture": PLANNED}, "origin": origin},
         "wall_s": {mode: [r["wall_s"] for r in runs[mode]] for mode in modes},
         "runs": runs, "median_s": medians, "best_s": bests,
         "speed_vs_baseline_median": speed, "speed_vs_baseline_best": speed_best, "speed_vs_baseline_per_round": per_round,
