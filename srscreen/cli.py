@@ -757,8 +757,7 @@ def evaluate_cmd(
         models = _models(model)
         results = evaluate(graphs, labels, models, device=device, plot=plot, split=split)
         missing = unscored(results, models)
-        scored = [t for t in dict.fromkeys(t for m in models for t in m.targets) if t not in missing]
-        _label_notes(labels, scored)  # after: an error is one line
+        _label_notes(labels, list(dict.fromkeys(t for per in results.values() for t in per)))  # after: an error is one line
     except USAGE_ERRORS as e:
         _fail(str(e))
     for target in missing:

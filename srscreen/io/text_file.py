@@ -48,9 +48,11 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
                         raise InputError(f"{path}: binary file{_kind(first)}, not {what}") from None
                     raise InputError(f"{path}: not UTF-8 text at byte {offset + e.start} (latin-1 or another "
                                      f"encoding?), not {what}: save it as UTF-8") from None
+                if offset == 0:
+                    text = text.removeprefix("\ufeff")
                 offset += len(raw)
-                text = text.removeprefix("\ufeff") if offset == len(raw) else text
-                yield text[:-2] + "\n" if text.endswith("\r\n") else text[:-1] + "\n" if text.endswith("\r") else text
+                # a raw line holds one line end, last: CRLF or CR becomes LF
+                yield text.rstrip("\r\n") + "\n" if text.endswith(("\r", "\n")) else text
     except OSError as e:
         raise InputError(f"{path}: cannot read {what} ({e.strerror or e})") from None
 
