@@ -160,10 +160,16 @@ def test_predict_writes_the_mean_and_the_calibrated_spread(data):
     assert list(next(iter(rows.values()))) == ["rank", "id", "formula", "n_atoms", EF, f"{EF}_std"]
     per_member = [{r["id"]: float(r[EF]) for r in predicted(data, "--model", p)} for p in data["members"]]
     scale = ModelFile.load(data["ensemble"]).calibration["scale"][EF]
+    compared = 0
     for id_, row in rows.items():
         values = np.array([member[id_] for member in per_member])
+        if (values == 0.0).any():  # a crystal of one element, floored at 0 (test_predict): the members' raw values differ
+            assert float(row[EF]) >= 0.0
+            continue
+        compared += 1
         assert float(row[EF]) == pytest.approx(values.mean(), abs=2e-5)
         assert float(row[f"{EF}_std"]) == pytest.approx(values.std(ddof=1) * scale, rel=1e-3, abs=2e-5)
+    assert compared >= len(rows) // 2
 
 
 def test_sort_and_where_take_the_spread_column(data):

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from helpers.screening_data import (
     write_labels,
 )
 
+import srscreen
 import srscreen.screening.predict as predict_module
 from srscreen.data.batch import collate
 from srscreen.model.model_file import ModelFile
@@ -112,9 +114,28 @@ def test_predictions_are_the_model_on_each_crystal_alone(data, full):
             numbers = np.array(s.atomic_numbers)
             g = build_graph(s.lattice.matrix, s.frac_coords, numbers, settings)
             batch = collate(np.array([len(s)]), g.atomic_numbers, g.n_edges, g.nbr_idx, g.nbr_dist)
+            elemental = torch.tensor([len(set(s.atomic_numbers)) == 1])
             for target, (m, net) in nets.items():
-                want = float(m.values(net(batch))[m.target][0])
+                want = float(m.values(net(batch), elemental)[m.target][0])
                 assert got[id_][target] == pytest.approx(want, abs=1e-5), (id_, target)
+
+
+def test_a_crystal_of_one_element_never_gets_a_negative_formation_energy(data, tmp_path):
+    """A formation energy is measured from the element's own lowest-energy phase: for a crystal of one
+    element it is >= 0, so a prediction below 0 is floored there (it would otherwise rank as surely stable);
+    crystals of several elements keep their negative values."""
+    m = ModelFile.load(data["ef"])
+    low = replace(m, normalizers=[{"mean": -50.0, "std": m.normalizers[0]["std"]}])  # every raw prediction < 0
+    low.save(tmp_path / "low.pt")
+    got = {r["id"]: float(r["formation_energy_per_atom"]) for r in rows(
+        cli("predict", data["graphs"], "--model", tmp_path / "low.pt", "--threads", "1", "--quiet").stdout)}
+    elemental = {id_ for id_, s in data["items"] if len(set(s.atomic_numbers)) == 1}
+    assert elemental and len(elemental) < len(got)
+    assert all(got[i] == 0.0 for i in elemental)
+    assert all(v < -1.0 for i, v in got.items() if i not in elemental)
+    structures = [s for _, s in data["items"]]  # the Python API applies the same floor
+    api = srscreen.load_model(str(tmp_path / "low.pt")).predict_structures(structures)
+    assert [v == 0.0 for v in api] == [len(set(s.atomic_numbers)) == 1 for s in structures]
 
 
 @pytest.mark.parametrize("k", [1, 5, SHARD_SIZE + 3, 1000])

@@ -69,6 +69,15 @@ class Graphs:
     def atom_start(self) -> np.ndarray:
         return starts_of(self.n_atoms)
 
+    @cached_property
+    def elemental(self) -> np.ndarray:
+        """Whether each crystal is of one element (bool per crystal): its formation energy cannot be
+        negative (`ELEMENT_REFERENCED`). Every crystal has a node, so each run of nodes is non-empty."""
+        if not len(self):
+            return np.zeros(0, dtype=bool)
+        z = self.atomic_numbers
+        return np.minimum.reduceat(z, self.node_start) == np.maximum.reduceat(z, self.node_start)
+
     def take(self, positions: np.ndarray) -> "Graphs":
         """The crystals at these positions, in this order (their nodes and edges follow them)."""
         positions = np.asarray(positions, dtype=np.int64)

@@ -73,6 +73,10 @@ _REQUIRED = (
 # Targets that are never negative: a model file trained by srscreen carries their bound, and a legacy
 # one gets it on loading (the v2 band-gap model gave metals gaps of -0.005 eV).
 NON_NEGATIVE = ("band_gap", "gap")
+# Targets measured from each element's own lowest-energy phase, so never negative for a crystal of one
+# element (all 157 elemental crystals of the Materials Project set are >= 0): predictions of those are
+# floored at 0 (`target_columns`), else a polymorph of W at -0.1 eV/atom would rank as surely stable.
+ELEMENT_REFERENCED = ("formation_energy_per_atom", "formation_energy")
 # A legacy (schema 1-3) head's weights, which schema 4 keeps as the first of `heads`.
 _LEGACY_HEAD = re.compile(r"^(conv_to_fc|fcs|fc_out)\.")
 
@@ -367,17 +371,18 @@ class ModelFile:
         so no `<target>_std` columns (what `predict --fast` runs)."""
         return self.member(0).without_scale_heads()
 
-    def values(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
+    def values(self, output: torch.Tensor, elemental: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Network output -> the columns this model adds to a ranking (`columns`): each target in its unit,
         and where the model gives a spread, `<target>_std`, its calibrated standard deviation
-        (`calibration_scale`).
+        (`calibration_scale`). `elemental` (bool per crystal, `Graphs.elemental`) marks crystals of one
+        element, whose ELEMENT_REFERENCED targets are floored at 0.
 
         `output` is (crystals, heads), or (members, crystals, heads) for an ensemble. The raw spread
         combines what the model has: the members' disagreement (sample variance, ddof 1) and the
         scale heads' Laplace variance 2b², averaged over members; `calibration` scales it per target."""
         members = output if self.members else output.unsqueeze(0)
         normalizers = [m["normalizers"] for m in self.members] or [self.normalizers]
-        values, columns = target_columns(members, normalizers, self.targets, self.bounds)
+        values, columns = target_columns(members, normalizers, self.targets, self.bounds, elemental)
         if not self.has_std:
             return columns
         variance = values.var(0, correction=SPREAD_DDOF) if self.members else torch.zeros_like(values[0])
@@ -411,15 +416,21 @@ def renumber_heads(state: dict, picks: dict[int, int], n_old: int, n_new: int, s
     return out
 
 
-def target_columns(members: torch.Tensor, normalizers: list[list[dict]], targets: list[str],
-                   bounds: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def target_columns(members: torch.Tensor, normalizers: list[list[dict]], targets: list[str], bounds: dict,
+                   elemental: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(members, crystals, heads) normalised outputs -> each member's targets in their units (members,
-    crystals, targets), and per target their mean clipped to its bounds: the one denormalisation, which
-    `ModelFile.values` and training's validation share, so a metric is of what `predict` prints."""
+    crystals, targets), and per target their mean clipped to its bounds, and where `elemental` (bool per
+    crystal) marks a crystal of one element, an ELEMENT_REFERENCED target floored at 0: the one
+    denormalisation, which `ModelFile.values` and training's validation share, so a metric is of what
+    `predict` prints."""
     std, mean = (members.new_tensor([[n[k] for n in member] for member in normalizers]).unsqueeze(1)
                  for k in ("std", "mean"))
     values = members[..., : len(targets)] * std + mean
-    return values, {t: within_bounds(values[..., i].mean(0), bounds.get(t)) for i, t in enumerate(targets)}
+    columns = {t: within_bounds(values[..., i].mean(0), bounds.get(t)) for i, t in enumerate(targets)}
+    for t in ELEMENT_REFERENCED:
+        if t in columns and elemental is not None:
+            columns[t] = torch.where(elemental, columns[t].clamp(min=0.0), columns[t])
+    return values, columns
 
 
 def within_bounds(values: torch.Tensor, bounds: list | None) -> torch.Tensor:

@@ -127,11 +127,12 @@ def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile
         for net, out in zip(nets, outputs):
             out.append(net(batch))  # stays on the device: no sync until the shard is done
     columns: dict[str, np.ndarray] = {}
+    elemental = torch.from_numpy(q.elemental)
     for m, out in zip(models, outputs):
         # (crystals, heads) for a model, (members, crystals, heads) for an ensemble.
         empty = (m.n_members, 0, m.n_heads) if m.members else (0, m.n_heads)
         joined = torch.cat(out, dim=-2) if out else torch.zeros(empty)
-        columns.update({k: v.numpy() for k, v in m.values(joined.cpu().double()).items()})
+        columns.update({k: v.numpy() for k, v in m.values(joined.cpu().double(), elemental).items()})
     return columns
 
 

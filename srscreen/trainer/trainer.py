@@ -344,7 +344,8 @@ class Trainer:
         start = self.init
         out = np.stack([predict_positions(start.member(k).build_model(), self.graphs, self.split.test)
                         for k in range(max(len(start.members), 1))])
-        columns = {k: v.numpy() for k, v in start.values(torch.from_numpy(out if start.members else out[0]).double()).items()}
+        output = torch.from_numpy(out if start.members else out[0]).double()
+        columns = {k: v.numpy() for k, v in start.values(output, self._elemental(self.split.test)).items()}
         baseline = {}
         for i, t in enumerate(self.config.targets):
             y = self.y_all[self.split.test, i]
@@ -360,7 +361,11 @@ class Trainer:
     def _columns(self, model_file: ModelFile, positions: np.ndarray) -> dict[str, np.ndarray]:
         """The model file's ranking columns (each target in its unit, and its spread) for these crystals."""
         output = torch.from_numpy(predict_positions(self.model, self.graphs, positions)).double()
-        return {k: v.numpy() for k, v in model_file.values(output).items()}
+        return {k: v.numpy() for k, v in model_file.values(output, self._elemental(positions)).items()}
+
+    def _elemental(self, positions: np.ndarray) -> torch.Tensor:
+        """Which of these crystals are of one element (their formation energy is floored at 0, as in `predict`)."""
+        return torch.from_numpy(self.graphs.elemental[positions])
 
     def _calibration(self, model_file: ModelFile) -> dict:
         """The scale per target that sizes the raw spread to the validation errors (`calibration_scale`)."""
@@ -381,7 +386,8 @@ class Trainer:
             columns = self._columns(model_file, positions)
         else:
             out = torch.from_numpy(predict_positions(model, self.graphs, positions)).double()
-            _, means = target_columns(out.unsqueeze(0), [self.normalizers], list(self.config.targets), self._bounds())
+            _, means = target_columns(out.unsqueeze(0), [self.normalizers], list(self.config.targets), self._bounds(),
+                                      self._elemental(positions))
             columns = {t: v.numpy() for t, v in means.items()}
         results = {}
         for i, t in enumerate(self.config.targets):
