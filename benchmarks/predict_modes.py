@@ -130,7 +130,8 @@ def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
 
         members = ModelFile.load(pretrained_files()["sr-cgcnn-ef"]).n_members
         return ({"fast": ["--fast"], "default": []},
-                f"the installed release ({members} member(s) per target): {pretrained_files()[FAST_MODEL].parent}")
+                f"the installed release ({members} member(s) per target): "
+                f"{pretrained_files()[FAST_MODEL].parent.resolve().relative_to(ROOT)}")
     from srscreen.screening.calibrate import assemble
 
     paths = {}
