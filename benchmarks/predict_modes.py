@@ -131,7 +131,7 @@ def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
         members = ModelFile.load(pretrained_files()["sr-cgcnn-ef"]).n_members
         return ({"fast": ["--fast"], "default": []},
                 f"the installed release ({members} member(s) per target): "
-                f"{pretrained_files()[FAST_MODEL].parent.resolve().relative_to(ROOT)}")
+                f"{os.path.relpath(pretrained_files()[FAST_MODEL].parent, ROOT)}")
     from srscreen.screening.calibrate import assemble
 
     paths = {}
