@@ -750,19 +750,18 @@ def evaluate_cmd(
     """MAE, RMSE, R² and count of each model on labelled crystals; for a model with σ, also Spearman of
     |error| with σ, the shares of errors within 1 and 2 σ, and the MAE of the surest and least sure tenths."""
     from srscreen.io.outputs import check_output
-    from srscreen.screening.evaluate import evaluate, unscored
+    from srscreen.screening.evaluate import evaluate
+    left_out: list[str] = []
     try:
         if plot is not None:
             check_output(plot, [graphs, labels, *_model_files(model)], overwrite=overwrite)
         models = _models(model)
-        results = evaluate(graphs, labels, models, device=device, plot=plot, split=split)
-        missing = unscored(results, models)
+        results = evaluate(graphs, labels, models, device=device, plot=plot, split=split, warn=left_out.append)
         _label_notes(labels, list(dict.fromkeys(t for per in results.values() for t in per)))  # after: an error is one line
     except USAGE_ERRORS as e:
         _fail(str(e))
-    for target in missing:
-        err.print(f"warning: {escape(str(labels))}: no column {target!r}; {target} not scored", highlight=False,
-                  soft_wrap=True)
+    for note in left_out:
+        err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
     if as_json:
         sys.stdout.write(json.dumps({name: {t: vars(r) for t, r in per.items()} for name, per in results.items()}) + "\n")
         return

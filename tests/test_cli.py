@@ -197,6 +197,28 @@ def test_evaluate_scores_the_targets_the_labels_have_and_names_the_others(data, 
     assert "ef-only.csv: no column 'band_gap'; band_gap not scored" in result.stderr
 
 
+def test_evaluate_scores_what_a_blank_column_leaves_and_refuses_only_nothing(data, tmp_path):
+    """A band_gap column left blank for every crystal refused the whole pair ("no labelled band_gap"),
+    though its Ef column was full: Ef is scored and one warning names what was left out. With no usable
+    column at all, the refusal names every target it looked for."""
+    blank = tmp_path / "blank-gaps.csv"
+    rows = list(csv.DictReader(data["labels"].open()))
+    blank.write_text("id,formation_energy_per_atom,band_gap\n" + "".join(
+        f"{r['material_id']},{r['formation_energy_per_atom']},\n" for r in rows))
+    result = cli("evaluate", data["graphs"], "--labels", blank, "--model", data["ef"], "--model", data["eg"], "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    by_model = json.loads(result.stdout)
+    assert by_model["eg"] == {} and set(by_model["ef"]) == {"formation_energy_per_atom"}
+    assert "blank-gaps.csv: no labelled band_gap for any crystal of" in result.stderr and "not scored" in result.stderr
+    result = cli("evaluate", data["graphs"], "--labels", blank, "--model", data["eg"])
+    assert_usage_error(result, "blank-gaps.csv: no labelled band_gap for any crystal of")
+    neither = tmp_path / "neither.csv"
+    neither.write_text("id,volume\n" + "".join(f"{r['material_id']},1.0\n" for r in rows))
+    result = cli("evaluate", data["graphs"], "--labels", neither, "--model", data["ef"], "--model", data["eg"])
+    assert_usage_error(result, "neither.csv: no column for any target evaluated", "'formation_energy_per_atom'",
+                       "'band_gap'")
+
+
 def test_evaluate_asks_nothing_of_a_model_it_cannot_score(data, tmp_path, monkeypatch):
     """With Ef labels only, the Eg model was still predicted over the whole graph file (half the pair's time,
     for no figure) and, with `split`, refused when its file recorded no split (an imported model)."""
@@ -212,7 +234,8 @@ def test_evaluate_asks_nothing_of_a_model_it_cannot_score(data, tmp_path, monkey
     monkeypatch.setattr(evaluate_module, "predict", counting_predict)
     ef, eg = ModelFile.load(data["ef"]), ModelFile.load(data["eg"])
     eg.training = {k: v for k, v in eg.training.items() if k != "split"}  # as an imported model's file
-    results = evaluate_module.evaluate(data["graphs"], ef_only_labels(data, tmp_path), [ef, eg], split="test")
+    with pytest.warns(UserWarning, match="no column 'band_gap'; band_gap not scored"):  # the API says it too
+        results = evaluate_module.evaluate(data["graphs"], ef_only_labels(data, tmp_path), [ef, eg], split="test")
     assert predicted == [["formation_energy_per_atom"]]
     assert [set(per) for per in results.values()] == [{"formation_energy_per_atom"}, set()]
 

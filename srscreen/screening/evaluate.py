@@ -3,8 +3,10 @@ spread, how well it ranks and sizes the errors), and a parity plot."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -20,15 +22,22 @@ SPLIT_PARTS = ("train", "val", "test")
 
 
 def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
-             plot: str | Path | None = None, split: str | None = None) -> dict[str, dict[str, Metrics]]:
+             plot: str | Path | None = None, split: str | None = None,
+             warn: Callable[[str], None] | None = None) -> dict[str, dict[str, Metrics]]:
     """Metrics of each model (by `model_label`) on each of its targets, over the crystals of `graph_path`
     labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
     (a fine-tuned model beside its base): each is predicted on its own. `split` ("test", "val" or
     "train") keeps only the crystals of that part of the split each model's file records, so that a
     model's figures on a set it was trained on are not mistaken for held-out ones. A target the labels
-    file has no column for is left out of the results (`unscored` names them); none at all is refused."""
-    labels = labelled_targets(labels_path, models)
+    file has no column for, or no label of any crystal evaluated, is left out of a model's results and
+    `warn` (default: `warnings.warn`) says so in one line: a file of Ef labels, or one whose band gaps are
+    all blank, still scores the default pair's Ef. Nothing to score at all is refused."""
+    warn = warn or (lambda note: warnings.warn(note, stacklevel=3))
+    labels, missing = labelled_targets(labels_path, models)
+    for t in missing:
+        warn(f"{labels_path}: no column {t!r}; {t} not scored")
     results: dict[str, dict[str, Metrics]] = {}
+    nothing: list[str] = []  # why each (model, target) with a column scored nothing
     pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     units: dict[str, str] = {}
     panels: dict[str, Metrics] = {}
@@ -44,7 +53,8 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
             matched = match(ranking.ids, labelled)
             if len(matched.positions) == 0:
                 part = "" if keep is None else f" in {label}'s {split} split"
-                raise InputError(f"{labels_path}: no labelled {t} for any crystal of {graph_path}{part}")
+                nothing.append(f"{labels_path}: no labelled {t} for any crystal of {graph_path}{part}")
+                continue
             pred = ranking.values[t][matched.positions]
             result = metrics(pred, matched.values)
             if f"{t}_std" in ranking.values:
@@ -53,30 +63,30 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
             results[label][t] = result
             panel = t if len(models) == 1 else f"{label}: {t}"
             pairs[panel], units[panel], panels[panel] = (matched.values, pred), m.unit_of(t), result
+    if nothing and not any(results.values()):
+        raise InputError(nothing[0])
+    for note in nothing:
+        warn(f"{note}; not scored")
     if plot is not None:
         parity_plot(pairs, units, panels, plot)
     return results
 
 
-def labelled_targets(labels_path: str | Path, models: list[ModelFile]) -> dict[str, Labels]:
-    """The labels of each target of `models` that `labels_path` has a column for; if it has none of them,
-    the first one's refusal."""
+def labelled_targets(labels_path: str | Path, models: list[ModelFile]) -> tuple[dict[str, Labels], list[str]]:
+    """The labels of each target of `models` that `labels_path` has a column for, and the targets it has
+    none for; if it has a column for none of them, the refusal naming every one missing."""
     labels: dict[str, Labels] = {}
     missing: list[MissingColumn] = []
-    for t in dict.fromkeys(t for m in models for t in m.targets):
+    targets = list(dict.fromkeys(t for m in models for t in m.targets))
+    for t in targets:
         try:
             labels[t] = read_labels(labels_path, t)
         except MissingColumn as e:
             missing.append(e)
     if not labels:
-        raise missing[0]
-    return labels
-
-
-def unscored(results: dict[str, dict[str, Metrics]], models: list[ModelFile]) -> list[str]:
-    """The targets of `models` that `evaluate` left out for want of a labels column."""
-    scored = {t for per in results.values() for t in per}
-    return [t for t in dict.fromkeys(t for m in models for t in m.targets) if t not in scored]
+        raise missing[0] if len(missing) == 1 else MissingColumn(
+            f"{labels_path}: no column for any target evaluated ({', '.join(repr(t) for t in targets)})")
+    return labels, [t for t in targets if t not in labels]
 
 
 def split_ids(model: ModelFile, part: str) -> set[str]:
