@@ -10,6 +10,7 @@ from helpers.screening_data import PRETRAINED_GRAPHS, write_json_db
 
 import srscreen
 from srscreen.data.featurize import FeaturizeOptions, featurize
+from srscreen.errors import OptionError
 from srscreen.screening.predict import predict
 from srscreen.model.registry import resolve_model
 
@@ -64,3 +65,39 @@ def test_import_srscreen_is_light():
     code = "import sys, srscreen; dir(srscreen); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.fixture(scope="module")
+def small_graphs(tmp_path_factory):
+    """Three prototypes featurized for the shipped models, with Ef labels."""
+    root = tmp_path_factory.mktemp("api")
+    chosen = {name: s for name, s in build_prototypes().items() if name in ("NaCl", "ZnO", "Cu")}
+    graphs = root / "graphs.h5"
+    featurize(write_json_db(root / "db", list(chosen.items())), graphs,
+              options=FeaturizeOptions(graph=PRETRAINED_GRAPHS), jobs=1)
+    labels = root / "labels.csv"
+    labels.write_text("id,formation_energy_per_atom\nNaCl,-2.1\nZnO,-1.8\nCu,0.0\n")
+    return graphs, labels
+
+
+def test_predict_and_evaluate_take_names_paths_and_loaded_models(small_graphs):
+    """What `srscreen.load_model` returns, a pretrained name or a model file's path work as the ModelFile
+    does (they failed with "'str' object has no attribute 'targets'"), and so do `where` as text and
+    `hull=True`; anything else is refused in one line."""
+    graphs, labels = small_graphs
+    model = srscreen.load_model("sr-cgcnn-ef", device="cpu")
+    want = predict(graphs, [model.file], device="cpu")
+    for given in (["sr-cgcnn-ef"], "sr-cgcnn-ef", [model], model, [model.file.source]):
+        got = srscreen.predict(graphs, given, device="cpu")
+        assert got.ids == want.ids
+        np.testing.assert_array_equal(got.values["formation_energy_per_atom"], want.values["formation_energy_per_atom"])
+        scored = srscreen.evaluate(graphs, labels, given, device="cpu")
+        assert scored["sr-cgcnn-ef"]["formation_energy_per_atom"].count == 3
+    below = srscreen.predict(graphs, model, where="formation_energy_per_atom<-1", hull=True, device="cpu")
+    assert sorted(below.ids) == ["NaCl", "ZnO"] and "p_stable" in below.values
+    assert "e_above_hull" not in srscreen.predict(graphs, model, hull=False, device="cpu").values
+    for bad, match in (([42], "42 is not a model"), ({"ef": model}, "must be a list")):
+        with pytest.raises(OptionError, match=match):
+            srscreen.predict(graphs, bad)
+    with pytest.raises(OptionError, match="`hull` must be True or a ReferenceHull"):
+        srscreen.predict(graphs, model, hull="mp")

@@ -13,7 +13,7 @@ import numpy as np
 from srscreen.model.ensemble import uncertainty_metrics
 from srscreen.model.model_file import ModelFile
 from srscreen.data.labels import Labels, MissingColumn, match, read_labels
-from srscreen.screening.predict import predict
+from srscreen.screening.predict import model_files, predict
 from srscreen.trainer.metrics import Metrics, UncertainMetrics, metrics
 from srscreen.errors import InputError, OptionError
 
@@ -21,11 +21,11 @@ from srscreen.errors import InputError, OptionError
 SPLIT_PARTS = ("train", "val", "test")
 
 
-def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile], *, device: str = "auto",
+def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[ModelFile | str], *, device: str = "auto",
              plot: str | Path | None = None, split: str | None = None,
              warn: Callable[[str], None] | None = None) -> dict[str, dict[str, Metrics]]:
-    """Metrics of each model (by `model_label`) on each of its targets, over the crystals of `graph_path`
-    labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
+    """Metrics of each model (by `model_label`; `models` as `predict` takes them) on each of its targets,
+    over the crystals of `graph_path` labelled for that target; for a model with a spread, `UncertainMetrics`. Models may share targets
     (a fine-tuned model beside its base): each is predicted on its own. `split` ("test", "val" or
     "train") keeps only the crystals of that part of the split each model's file records, so that a
     model's figures on a set it was trained on are not mistaken for held-out ones. A target the labels
@@ -33,6 +33,7 @@ def evaluate(graph_path: str | Path, labels_path: str | Path, models: list[Model
     `warn` (default: `warnings.warn`) says so in one line: a file of Ef labels, or one whose band gaps are
     all blank, still scores the default pair's Ef. Nothing to score at all is refused."""
     warn = warn or (lambda note: warnings.warn(note, stacklevel=3))
+    models = model_files(models)
     labels, missing = labelled_targets(labels_path, models)
     for t in missing:
         warn(f"{labels_path}: no column {t!r}; {t} not scored")

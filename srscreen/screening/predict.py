@@ -9,6 +9,7 @@ survive each shard (a bounded selection), so memory is O(top + one shard) whatev
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.data.batch import collate, pack_by_atoms, with_atoms
 from srscreen.model.model_file import ModelFile
+from srscreen.model.registry import resolve_model
 from srscreen.model.compiled import Compiled
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
@@ -55,6 +57,26 @@ def check_compatible(graphs: GraphFile, models: list[ModelFile]) -> None:
     for m in models:
         check_fits_model(graphs.path, graphs.graph_settings, str(graphs.attrs["feature_table_id"]), str(m.source),
                          m.graph_settings, m.feature_table_id, str(graphs.attrs["feature_table_name"]))
+
+
+def model_files(models: object) -> list[ModelFile]:
+    """The Python API's `models` as model files: each may be a ModelFile, a `srscreen.load_model` Model, a
+    pretrained name or a path (`resolve_model`); one alone needs no list. Anything else is refused in one
+    line, not an AttributeError deep in the ranking."""
+    if isinstance(models, (str, os.PathLike, ModelFile)) or hasattr(models, "file"):
+        models = [models]
+    if not isinstance(models, (list, tuple)):
+        raise OptionError(f"`models` must be a list of model files, names or loaded models, not {type(models).__name__}")
+    files = []
+    for m in models:
+        m = getattr(m, "file", m)  # a srscreen.load_model Model carries its ModelFile
+        if isinstance(m, (str, os.PathLike)):
+            m = resolve_model(os.fspath(m))
+        if not isinstance(m, ModelFile):
+            raise OptionError(f"`models`: {m!r} is not a model (give a ModelFile, a srscreen.load_model(...) Model, "
+                              "a pretrained name or a model file's path)")
+        files.append(m)
+    return files
 
 
 def check_targets(models: list[ModelFile]) -> None:
@@ -138,34 +160,44 @@ def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile
 
 def predict(
     graph_path: str | Path,
-    models: list[ModelFile],
+    models: list[ModelFile | str],
     *,
     top: int | None = None,
     sort_by: str | None = None,
     descending: bool = False,
-    where: list[Condition] = (),
+    where: list[Condition | str] = (),
     device: str = "auto",
     batch_atoms: int | None = None,
     shards: tuple[int, int | None] = (0, None),
     compile: bool | None = None,
     on_shard: Callable[[int], None] | None = None,
     on_damaged: Callable[[DamagedShard], None] | None = None,
-    hull: ReferenceHull | None = None,
+    hull: ReferenceHull | bool | None = None,
 ) -> Ranking:
     """Predict every crystal of a graph file with `models` and rank them by `sort_by`.
 
-    `sort_by` defaults to the first model's target, ascending (lowest formation energy first).
+    `models` are model files, `srscreen.load_model` Models, pretrained names or paths (`model_files`);
+    `where` conditions or their text ('band_gap>=1'). `sort_by` defaults to the first model's target,
+    ascending (lowest formation energy first).
     `on_shard(n_structures)` is called after each shard (on CPU, each piece of `MERGE_PIECE` crystals).
     A damaged shard raises `DamagedShardError`,
     unless `on_damaged` is given: then it is skipped and handed to `on_damaged` with the ids it held
     (when those are intact), so nothing is lost silently. `compile` runs the models through
     torch.compile (~1.2x faster on CPU after a ~7-60 s one-off compile); None decides by file size.
-    With `hull`, the predicted formation energy is also placed against that reference hull: column
-    `e_above_hull` (eV/atom), and a note for each row it cannot place (an element outside the reference);
-    where the formation energy has a spread, also `p_stable` (`probability_stable`).
+    With `hull` (True: the shipped reference), the predicted formation energy is also placed against that
+    reference hull: column `e_above_hull` (eV/atom), and a note for each row it cannot place (an element
+    outside the reference); where the formation energy has a spread, also `p_stable` (`probability_stable`).
     """
+    models = model_files(models)
     if not models:
         raise OptionError("no model given")
+    if isinstance(hull, bool):  # from Python, as --hull: the shipped reference
+        from srscreen.screening.hull import default_reference
+
+        hull = default_reference() if hull else None
+    if hull is not None and not hasattr(hull, "e_above_hull"):
+        raise OptionError(f"`hull` must be True or a ReferenceHull (srscreen.screening.hull), not {hull!r}")
+    where = [Condition.parse(c) if isinstance(c, str) else c for c in ([where] if isinstance(where, str) else where)]
     check_targets(models)
     targets = [t for m in models for t in m.targets]
     energy = next((t for t in targets if t in FORMATION_ENERGY_TARGETS), None)
