@@ -76,7 +76,8 @@ NON_NEGATIVE = ("band_gap", "gap")
 # Targets measured from each element's own lowest-energy phase, so never negative for a crystal of one
 # element (all 157 elemental crystals of the Materials Project set are >= 0): predictions of those are
 # floored at 0 (`target_columns`), else a polymorph of W at -0.1 eV/atom would rank as surely stable.
-ELEMENT_REFERENCED = ("formation_energy_per_atom", "formation_energy")
+# Every name `predict --hull` takes as a formation energy (FORMATION_ENERGY_TARGETS) is among them.
+ELEMENT_REFERENCED = ("formation_energy_per_atom", "e_form", "formation_energy")
 # A legacy (schema 1-3) head's weights, which schema 4 keeps as the first of `heads`.
 _LEGACY_HEAD = re.compile(r"^(conv_to_fc|fcs|fc_out)\.")
 
