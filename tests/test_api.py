@@ -67,6 +67,27 @@ def test_import_srscreen_is_light():
     assert out == "False"
 
 
+def test_what_is_not_a_list_of_structures_is_named():
+    """One Structure where a list belongs, a Molecule, None or a name: one line saying what was given
+    (they failed with KeyError 'Invalid key=0', AttributeError or TypeError); a generator is a list."""
+    from pymatgen.core import Molecule
+
+    model = srscreen.load_model("sr-cgcnn-ef", device="cpu")
+    nacl, cu = build_prototypes()["NaCl"], build_prototypes()["Cu"]
+    with pytest.raises(OptionError, match="`structures` is one Structure: give a list"):
+        model.predict_structures(nacl)
+    carbon_monoxide = Molecule(["C", "O"], [[0, 0, 0], [0, 0, 1.13]])
+    for bad, shown in ((carbon_monoxide, "a Molecule, not a pymatgen Structure; a Molecule has no cell"),
+                       (None, "a NoneType, not"), ("NaCl", "a str, not")):
+        with pytest.raises(ValueError, match=f"structure 1: {shown}"):
+            model.predict_structures([nacl, bad])
+    overlapping = nacl.copy()
+    overlapping.append("Na", [0.01, 0, 0], validate_proximity=False)
+    with pytest.raises(ValueError, match=r"structure 1 \(Na5Cl4\): overlapping atoms"):
+        model.predict_structures(s for s in [cu, overlapping])  # named from a generator too (TypeError before)
+    np.testing.assert_array_equal(model.predict_structures(s for s in [nacl, cu]), model.predict_structures([nacl, cu]))
+
+
 @pytest.fixture(scope="module")
 def small_graphs(tmp_path_factory):
     """Three prototypes featurized for the shipped models, with Ef labels."""

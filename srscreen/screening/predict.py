@@ -66,7 +66,8 @@ def model_files(models: object) -> list[ModelFile]:
     if isinstance(models, (str, os.PathLike, ModelFile)) or hasattr(models, "file"):
         models = [models]
     if not isinstance(models, (list, tuple)):
-        raise OptionError(f"`models` must be a list of model files, names or loaded models, not {type(models).__name__}")
+        raise OptionError(f"`models` must be a list of model files, names or loaded models, "
+                          f"not {type(models).__name__}")
     files = []
     for m in models:
         m = getattr(m, "file", m)  # a srscreen.load_model Model carries its ModelFile

@@ -85,6 +85,14 @@ class Model:
                                  batch_atoms or (1024 if self.device.type == "cpu" else 32768))
 
     def _shard(self, structures: Sequence) -> Graphs:
+        if hasattr(structures, "lattice"):  # iterating one Structure gives its sites: "KeyError: 'Invalid key=0'"
+            raise OptionError("`structures` is one Structure: give a list of them, or call predict_structure")
+        structures = list(structures)  # a generator too: a failure names its structure by position
+        for i, s in enumerate(structures):
+            if not (hasattr(s, "lattice") and hasattr(s, "frac_coords")):
+                molecule = hasattr(s, "cart_coords")
+                box = "; a Molecule has no cell: give Molecule.get_boxed_structure(a, b, c)" if molecule else ""
+                raise InputError(f"structure {i}: a {type(s).__name__}, not a pymatgen Structure{box}")
         found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))
         graphs, failures = graph_records(found, self._options, self._supported)
         if failures:
