@@ -551,7 +551,7 @@ def predict_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing --out or --damaged-list; without it they are refused. Never an input of the command (GRAPHS, a --model file, --reference), even with it."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
     threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); with several predicts on one machine, give each cores/N."),
-    hull: bool = typer.Option(False, "--hull", help="Add e_above_hull (eV/atom): predicted formation energy against the convex hull of a reference (default: srscreen's Materials Project reference)."),
+    hull: bool = typer.Option(False, "--hull", help="Add e_above_hull (eV/atom): predicted formation energy against the convex hull of a reference (default: srscreen's Materials Project reference); p_stable, the probability that the crystal is on or below it given the formation energy's sigma (not with --fast); and hull_note, why a row has no e_above_hull (an element the reference lacks)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference for --hull (implies it): CSV of formula and formation_energy_per_atom, or a fetch-mp labels.csv."),
     skip_damaged: bool = typer.Option(False, "--skip-damaged", help="Rank every intact shard and list the structures of damaged ones in --damaged-list, instead of stopping."),
     damaged_list: Optional[Path] = typer.Option(None, "--damaged-list", help="CSV of the skipped shards' structures (shard,id,reason); default: GRAPHS.damaged.csv in the current folder."),

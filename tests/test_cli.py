@@ -308,6 +308,14 @@ def test_help_at_80_columns_reads_as_plain_text(monkeypatch):
     assert "Usage: root featurize [OPTIONS] SOURCE OUT" in cli("featurize", "-h").stdout
 
 
+def test_predict_help_names_the_columns_hull_adds():
+    """--hull adds p_stable and hull_note besides e_above_hull; its help named only e_above_hull."""
+    text = " ".join(cli("predict", "--help").stdout.split())
+    start = text.index("--hull Add")
+    hull = text[start:text.index("--reference <path>", start)]
+    assert all(column in hull for column in ("e_above_hull", "p_stable", "hull_note")), hull
+
+
 def test_every_option_and_argument_has_a_description():
     import typer.main
 
