@@ -42,6 +42,9 @@ EF_COLUMNS = ("formation_energy_per_atom", "e_form", "e_form_per_atom", "ef", "e
 ID_COLUMNS = ("material_id", "id")
 DEFAULT_REFERENCE = "data_files/mp_reference.csv.gz"  # inside the srscreen package
 _TOL = 1e-11  # pymatgen's formation_energy_tol: only rows below this are hull points
+# How far below 0 a row of one element may lie (numerical noise of a user's own calculations); the 71
+# elemental rows of the shipped reference are all >= 0, and total energies per atom lie eV below.
+ELEMENT_SLACK = 0.01
 
 
 class ReferenceFileError(SrscreenError):
@@ -101,6 +104,11 @@ class ReferenceHull:
             if comp.num_atoms <= 0:
                 raise ReferenceFileError(f"{source}: {formula!r} has no atoms")
             symbols = {el.symbol for el in comp.elements}
+            if len(symbols) == 1 and ef < -ELEMENT_SLACK:  # total energies, say: every row would be nonsense
+                raise ReferenceFileError(
+                    f"{source}: {comp.reduced_formula} has formation energy {ef:g} eV/atom, below 0, where an "
+                    "element's own is 0 (its other phases above): is this a file of total energies? Give formation "
+                    "energies per atom")
             self.elements |= symbols
             key = comp.reduced_formula
             if key not in self._lowest or ef < self._lowest[key][1]:
