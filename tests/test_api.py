@@ -122,3 +122,17 @@ def test_predict_and_evaluate_take_names_paths_and_loaded_models(small_graphs):
             srscreen.predict(graphs, bad)
     with pytest.raises(OptionError, match="`hull` must be True or a ReferenceHull"):
         srscreen.predict(graphs, model, hull="mp")
+
+
+@pytest.mark.parametrize("name", ["p_stable", "formation_energy_per_atom_std", "n_atoms", "rank", "hull_note"])
+def test_a_target_named_like_another_column_is_refused(small_graphs, name):
+    """A model whose target is named like a column the ranking has already (a fixed column, a --hull column,
+    another model's target or _std) is refused: beside sr-cgcnn-ef with --hull, a target named p_stable had
+    its values replaced by the hull's, and one named formation_energy_per_atom_std by sr-cgcnn-ef's σ."""
+    from dataclasses import replace
+
+    graphs, _ = small_graphs
+    ef = srscreen.load_model("sr-cgcnn-ef", device="cpu").file
+    renamed = replace(ef, targets=[name], calibration={"scale": {name: 1.0}}, source=f"{name}.pt")
+    with pytest.raises(OptionError, match=f"{name}.pt writes a column '{name}', which the ranking has already"):
+        predict(graphs, [renamed, ef], hull=True, device="cpu")

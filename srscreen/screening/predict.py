@@ -27,7 +27,7 @@ from srscreen.model.compiled import Compiled
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
 from srscreen.graph.csr import Graphs
-from srscreen.screening.ranking import Condition, Ranking, check_columns, check_top
+from srscreen.screening.ranking import FIXED_COLUMNS, NOTE_COLUMN, Condition, Ranking, check_columns, check_top
 from srscreen.errors import OptionError
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs 
 
 # Targets that are formation energies per atom, which `--hull` places against a reference hull.
 FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")
+# The columns `--hull` adds to a ranking.
+HULL_COLUMNS = ("e_above_hull", "p_stable", NOTE_COLUMN)
 
 
 def pick_device(name: str) -> torch.device:
@@ -81,12 +83,19 @@ def model_files(models: object) -> list[ModelFile]:
 
 
 def check_targets(models: list[ModelFile]) -> None:
-    """Refuse two models of one target: a ranking has one column per target."""
+    """Refuse two models of one target, or a column that another already is: a ranking has one column per
+    name (a model of a target named p_stable had its values replaced by --hull's, silently)."""
     targets = [t for m in models for t in m.targets]
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:
         raise OptionError(f"two models predict {', '.join(twice)} ({', '.join(str(m.source) for m in models)}); "
                           "give each target once")
+    taken = [*FIXED_COLUMNS, *HULL_COLUMNS]
+    for m in models:
+        others = taken + [c for other in models if other is not m for c in other.columns]
+        for column in (c for c in m.columns if c in others):
+            raise OptionError(f"{m.source} writes a column {column!r}, which the ranking has already "
+                              f"({', '.join(taken)}, and each target and its _std); train it under another target name")
 
 
 # Structures from which compiling pays back its one-off cost on CPU: 7-12 s against ~0.07 ms saved each
