@@ -72,7 +72,7 @@ class Graphs:
     @cached_property
     def elemental(self) -> np.ndarray:
         """Whether each crystal is of one element (bool per crystal): its formation energy cannot be
-        negative (`ELEMENT_REFERENCED`). Every crystal has a node, so each run of nodes is non-empty."""
+        negative (`FORMATION_ENERGY_TARGETS`). Every crystal has a node, so each run of nodes is non-empty."""
         if not len(self):
             return np.zeros(0, dtype=bool)
         z = self.atomic_numbers

@@ -73,11 +73,11 @@ _REQUIRED = (
 # Targets that are never negative: a model file trained by srscreen carries their bound, and a legacy
 # one gets it on loading (the v2 band-gap model gave metals gaps of -0.005 eV).
 NON_NEGATIVE = ("band_gap", "gap")
-# Targets measured from each element's own lowest-energy phase, so never negative for a crystal of one
-# element (all 157 elemental crystals of the Materials Project set are >= 0): predictions of those are
-# floored at 0 (`target_columns`), else a polymorph of W at -0.1 eV/atom would rank as surely stable.
-# Every name `predict --hull` takes as a formation energy (FORMATION_ENERGY_TARGETS) is among them.
-ELEMENT_REFERENCED = ("formation_energy_per_atom", "e_form", "formation_energy")
+# Formation energies per atom (what `predict --hull` places against a hull): measured from each element's
+# own lowest-energy phase, so never negative for a crystal of one element (all 157 elemental crystals of
+# the Materials Project set are >= 0). Predictions of those are floored at 0 (`target_columns`), else a
+# polymorph of W at -0.1 eV/atom would rank as surely stable.
+FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")
 # A legacy (schema 1-3) head's weights, which schema 4 keeps as the first of `heads`.
 _LEGACY_HEAD = re.compile(r"^(conv_to_fc|fcs|fc_out)\.")
 
@@ -376,7 +376,7 @@ class ModelFile:
         """Network output -> the columns this model adds to a ranking (`columns`): each target in its unit,
         and where the model gives a spread, `<target>_std`, its calibrated standard deviation
         (`calibration_scale`). `elemental` (bool per crystal, `Graphs.elemental`) marks crystals of one
-        element, whose ELEMENT_REFERENCED targets are floored at 0.
+        element, whose FORMATION_ENERGY_TARGETS are floored at 0.
 
         `output` is (crystals, heads), or (members, crystals, heads) for an ensemble. The raw spread
         combines what the model has: the members' disagreement (sample variance, ddof 1) and the
@@ -421,14 +421,14 @@ def target_columns(members: torch.Tensor, normalizers: list[list[dict]], targets
                    elemental: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(members, crystals, heads) normalised outputs -> each member's targets in their units (members,
     crystals, targets), and per target their mean clipped to its bounds, and where `elemental` (bool per
-    crystal) marks a crystal of one element, an ELEMENT_REFERENCED target floored at 0: the one
+    crystal) marks a crystal of one element, a FORMATION_ENERGY_TARGETS one floored at 0: the one
     denormalisation, which `ModelFile.values` and training's validation share, so a metric is of what
     `predict` prints."""
     std, mean = (members.new_tensor([[n[k] for n in member] for member in normalizers]).unsqueeze(1)
                  for k in ("std", "mean"))
     values = members[..., : len(targets)] * std + mean
     columns = {t: within_bounds(values[..., i].mean(0), bounds.get(t)) for i, t in enumerate(targets)}
-    for t in ELEMENT_REFERENCED:
+    for t in FORMATION_ENERGY_TARGETS:
         if t in columns and elemental is not None:
             columns[t] = torch.where(elemental, columns[t].clamp(min=0.0), columns[t])
     return values, columns

@@ -21,7 +21,7 @@ import torch
 
 from srscreen.model.allocator import reuse_freed_memory
 from srscreen.data.batch import collate, pack_by_atoms, with_atoms
-from srscreen.model.model_file import ModelFile
+from srscreen.model.model_file import FORMATION_ENERGY_TARGETS, ModelFile
 from srscreen.model.registry import resolve_model
 from srscreen.model.compiled import Compiled
 from srscreen.graph.equivalent_atoms import quotient, unmerged
@@ -33,8 +33,6 @@ from srscreen.errors import OptionError
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
     from srscreen.screening.hull import ReferenceHull
 
-# Targets that are formation energies per atom, which `--hull` places against a reference hull.
-FORMATION_ENERGY_TARGETS = ("formation_energy_per_atom", "e_form")
 # The columns `--hull` adds to a ranking.
 HULL_COLUMNS = ("e_above_hull", "p_stable", NOTE_COLUMN)
 
