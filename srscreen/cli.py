@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -763,7 +764,10 @@ def evaluate_cmd(
     for note in left_out:
         err.print(f"warning: {escape(note)}", highlight=False, soft_wrap=True)
     if as_json:
-        sys.stdout.write(json.dumps({name: {t: vars(r) for t, r in per.items()} for name, per in results.items()}) + "\n")
+        # NaN (R² or Spearman of one crystal) as null, as `predict --format jsonl` writes it: strict parsers refuse NaN.
+        figures = {name: {t: {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in vars(r).items()}
+                          for t, r in per.items()} for name, per in results.items()}
+        sys.stdout.write(json.dumps(figures, allow_nan=False) + "\n")
         return
     table = Table(title=f"{graphs} vs {labels}")
     spread = any(hasattr(r, "spearman") for per in results.values() for r in per.values())

@@ -219,6 +219,22 @@ def test_evaluate_scores_what_a_blank_column_leaves_and_refuses_only_nothing(dat
                        "'band_gap'")
 
 
+def test_evaluate_json_is_strict_json_when_a_figure_is_undefined(data, tmp_path):
+    """With one labelled crystal R² is undefined: --json wrote NaN, which strict JSON parsers refuse; it is
+    null, as in `predict --format jsonl`."""
+    row = next(csv.DictReader(data["labels"].open()))
+    one = tmp_path / "one.csv"
+    one.write_text(f"id,formation_energy_per_atom\n{row['material_id']},{row['formation_energy_per_atom']}\n")
+    result = cli("evaluate", data["graphs"], "--labels", one, "--model", data["ef"], "--json")
+    assert result.exit_code == 0, (result.stderr, result.exception)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    figures = json.loads(result.stdout, parse_constant=refuse)["ef"]["formation_energy_per_atom"]
+    assert figures["count"] == 1 and figures["r2"] is None and figures["mae"] >= 0
+
+
 def test_evaluate_asks_nothing_of_a_model_it_cannot_score(data, tmp_path, monkeypatch):
     """With Ef labels only, the Eg model was still predicted over the whole graph file (half the pair's time,
     for no figure) and, with `split`, refused when its file recorded no split (an imported model)."""
