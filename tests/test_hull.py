@@ -194,6 +194,14 @@ def test_bad_reference_files(tmp_path, text, message):
     assert "\n" not in str(error.value) and str(path) in str(error.value)
 
 
+def test_a_graph_file_given_as_reference_is_named_for_what_it_is(tmp_path):
+    """An HDF5 graph file given as --reference said "'utf-8' codec can't decode byte 0x89"."""
+    path = tmp_path / "graphs.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(range(256)) * 4)
+    with pytest.raises(ReferenceFileError, match=r"graphs.h5: binary file \(HDF5: a graph file\?\), not a reference CSV"):
+        ReferenceHull.from_csv(path)
+
+
 def test_builder_keeps_the_lowest_per_composition(tmp_path):
     folder = tmp_path / "structures"
     folder.mkdir()

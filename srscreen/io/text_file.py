@@ -38,14 +38,14 @@ def text_lines(path: str | Path, what: str) -> Iterator[str]:
             for raw in _raw_lines(stream, head):
                 first = first or raw
                 if b"\x00" in raw:
-                    raise InputError(f"{path}: binary file{_kind(first)}, not {what}")
+                    raise InputError(f"{path}: binary file{binary_kind(first)}, not {what}")
                 if len(raw) > MAX_LINE_BYTES:
                     raise InputError(f"{path}: a line longer than {MAX_LINE_BYTES:,} bytes at byte {offset}, not {what}")
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
                     if offset < SNIFF_BYTES and b"\x00" in head:
-                        raise InputError(f"{path}: binary file{_kind(first)}, not {what}") from None
+                        raise InputError(f"{path}: binary file{binary_kind(first)}, not {what}") from None
                     raise InputError(f"{path}: not UTF-8 text at byte {offset + e.start} (latin-1 or another "
                                      f"encoding?), not {what}: save it as UTF-8") from None
                 if offset == 0:
@@ -80,8 +80,8 @@ def _raw_lines(stream: BinaryIO, pending: bytes = b"", block: int = 1 << 16) -> 
             return
 
 
-def _kind(head: bytes) -> str:
-    """What a binary file most likely is, when its first bytes say so."""
+def binary_kind(head: bytes) -> str:
+    """What a binary file most likely is, when its first bytes say so (" (HDF5: a graph file?)"), else ""."""
     if head.startswith(b"\x89HDF"):
         return " (HDF5: a graph file?)"
     if head.startswith(b"PK\x03\x04"):

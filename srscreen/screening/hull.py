@@ -36,6 +36,7 @@ from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, get_facets
 from pymatgen.core import Composition, Element
 
 from srscreen.errors import SrscreenError
+from srscreen.io.text_file import binary_kind
 
 FORMULA_COLUMNS = ("formula", "composition", "reduced_formula", "pretty_formula", "formula_pretty")
 EF_COLUMNS = ("formation_energy_per_atom", "e_form", "e_form_per_atom", "ef", "e_f", "formation_energy")
@@ -347,7 +348,10 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
         text = raw.decode("utf-8-sig")
-    except (OSError, EOFError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError:  # a graph or model file given by mistake: say what it is, not the codec's words
+        raise ReferenceFileError(f"{path}: binary file{binary_kind(raw[:8])}, not a reference CSV "
+                                 "(formula and formation_energy_per_atom columns)") from None
+    except (OSError, EOFError) as error:
         raise ReferenceFileError(f"{path}: cannot read: {error}") from None
     return [(n, t) for n, t in enumerate(text.splitlines(), 1) if t.strip() and not t.startswith("#")]
 
