@@ -86,6 +86,11 @@ def test_what_is_not_a_list_of_structures_is_named():
     with pytest.raises(ValueError, match=r"structure 1 \(Na5Cl4\): overlapping atoms"):
         model.predict_structures(s for s in [cu, overlapping])  # named from a generator too (TypeError before)
     np.testing.assert_array_equal(model.predict_structures(s for s in [nacl, cu]), model.predict_structures([nacl, cu]))
+    for bad in (0, -1, 2.5, True):  # 0 silently took the default; -1 named `max_atoms`
+        with pytest.raises(OptionError, match=f"`batch_atoms` must be a whole number of at least 1, not {bad!r}"):
+            model.predict_structures([nacl], batch_atoms=bad)
+    np.testing.assert_allclose(model.predict_structures([nacl, cu], batch_atoms=1), model.predict_structures([nacl, cu]),
+                               atol=1e-5)
 
 
 @pytest.fixture(scope="module")

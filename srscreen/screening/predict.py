@@ -128,10 +128,15 @@ def _prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
         yield item
 
 
-def _default_batch_atoms(device: torch.device) -> int:
-    """1,024 nodes (atoms, or classes of them) keep a CPU's working set in cache (measured fastest on
-    atoms); a GPU wants large batches."""
-    return 32768 if device.type == "cuda" else 1024
+def batch_atoms_for(device: torch.device, batch_atoms: int | None) -> int:
+    """The atoms per batch asked for (at least 1), or by default what suits the device: 1,024 nodes
+    (atoms, or classes of them) keep a CPU's working set in cache (measured fastest on atoms); a GPU
+    wants large batches."""
+    if batch_atoms is None:
+        return 32768 if device.type == "cuda" else 1024
+    if isinstance(batch_atoms, bool) or not isinstance(batch_atoms, (int, np.integer)) or batch_atoms < 1:
+        raise OptionError(f"`batch_atoms` must be a whole number of at least 1, not {batch_atoms!r}")
+    return int(batch_atoms)
 
 
 def predict_shard(q: Graphs, nets: list[torch.nn.Module], models: list[ModelFile], device: torch.device,
@@ -218,9 +223,8 @@ def predict(
     sort_by = sort_by or targets[0]
     check_columns([*outputs, "n_atoms"], sort_by, where)  # before any work, even when the chosen shards are empty
     check_top(top)
-    if batch_atoms is not None and batch_atoms < 1:
-        raise OptionError(f"`batch_atoms` must be at least 1, not {batch_atoms}")
     dev = pick_device(device)
+    batch_atoms = batch_atoms_for(dev, batch_atoms)
     reuse_freed_memory()
     with GraphFile(graph_path) as graphs:
         check_compatible(graphs, models)
@@ -242,7 +246,7 @@ def predict(
                 if isinstance(shard, DamagedShardError):
                     on_damaged(DamagedShard(shard.shard, shard.reason, graphs.shard_ids(index)))
                     continue
-                values = predict_shard(q, nets, models, dev, batch_atoms or _default_batch_atoms(dev))
+                values = predict_shard(q, nets, models, dev, batch_atoms)
                 notes = None
                 if hull is not None:
                     values["e_above_hull"], placed = hull.e_above_hull(shard.formula, values[energy])

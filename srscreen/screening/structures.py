@@ -23,7 +23,7 @@ from srscreen.graph.elements import supported_numbers
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.featurize import FeaturizeOptions, graph_records
 from srscreen.graph.settings import GraphSettings
-from srscreen.screening.predict import pick_device, predict_shard
+from srscreen.screening.predict import batch_atoms_for, pick_device, predict_shard
 from srscreen.io.formats.pymatgen_json import from_pymatgen
 from srscreen.model.registry import resolve_model
 from srscreen.errors import InputError, OptionError
@@ -78,11 +78,11 @@ class Model:
     def predict_columns(self, structures: Sequence, batch_atoms: int | None = None) -> dict[str, np.ndarray]:
         """Every column the model gives (each target, and `<target>_std` where it has a spread) for many
         pymatgen Structures, in input order."""
+        batch_atoms = batch_atoms_for(self.device, batch_atoms)  # before the graphs: a bad value fails at once
         shard = self._shard(structures)
         with torch.inference_mode():
             q = quotient(shard, self.file.architecture["steps"]) if self.device.type == "cpu" else unmerged(shard)
-            return predict_shard(q, [self._net], [self.file], self.device,
-                                 batch_atoms or (1024 if self.device.type == "cpu" else 32768))
+            return predict_shard(q, [self._net], [self.file], self.device, batch_atoms)
 
     def _shard(self, structures: Sequence) -> Graphs:
         if hasattr(structures, "lattice"):  # iterating one Structure gives its sites: "KeyError: 'Invalid key=0'"
