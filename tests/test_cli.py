@@ -469,6 +469,10 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["models", tmp_path / "absent.pt"], ["absent.pt: cannot read model file"]),
         (["import-cgcnn", labels, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],
          ["labels.csv: not a readable CGCNN checkpoint"]),
+        # A training checkpoint said "no schema_version"; a srscreen model file given to import-cgcnn "KeyError: 'args'".
+        (["models", f"{ef}.ckpt"], [f"{Path(ef).name}.ckpt: not a srscreen model file", "a training checkpoint", "--resume"]),
+        (["import-cgcnn", ef, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],
+         [f"{Path(ef).name}: a srscreen model file already", "--model"]),
     ]
 
 
@@ -480,7 +484,8 @@ CASES = [
     "not-a-model-file", "two-models-one-target", "sort-unknown", "top-zero", "format", "shards-reversed",
     "shards-outside", "shards-words", "device", "out-in-missing-folder", "brackets-in-path", "markup-closing-tag",
     "evaluate-labels-without-column", "evaluate-labels-missing", "train-labels-without-column", "train-split-missing",
-    "info-missing", "models-missing", "import-cgcnn-not-a-checkpoint",
+    "info-missing", "models-missing", "import-cgcnn-not-a-checkpoint", "models-training-checkpoint",
+    "import-cgcnn-srscreen-model",
 ]
 
 

@@ -199,6 +199,9 @@ class ModelFile:
             hint = ""
             if isinstance(payload, dict) and {"state_dict", "args", "normalizer"} <= payload.keys():
                 hint = "; it looks like an original CGCNN checkpoint: convert it with convert_cgcnn_checkpoint"
+            elif isinstance(payload, dict) and {"config", "epoch", "optimizer", "best_state"} <= payload.keys():
+                hint = ("; it is a training checkpoint (srscreen train/finetune --resume continues it; the model "
+                        "file is written beside it, without .ckpt, when training ends)")
             raise fail(f"not a srscreen model file (no schema_version){hint}")
         version = payload["schema_version"]
         damage = _digest_problem(payload)  # first: nothing below may act on bytes that changed since `save`
@@ -457,11 +460,15 @@ def convert_cgcnn_checkpoint(
     Its `convs.N.{fc_full,bn1,bn2}` become `{fc_full,bn1,bn2}.N` of a stacked (shared=False) network.
     """
     source = str(checkpoint_path)
+    checkpoint = None
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         args, weights = dict(checkpoint["args"]), checkpoint["state_dict"]
         normalizer = {k: float(checkpoint["normalizer"][k]) for k in ("mean", "std")}
     except Exception as exc:
+        if isinstance(checkpoint, dict) and "schema_version" in checkpoint:  # bound above once torch.load read it
+            raise ModelFileError(f"{source}: a srscreen model file already, not a CGCNN checkpoint: give it to "
+                                 "predict with --model as it is") from None
         raise ModelFileError(f"{source}: not a readable CGCNN checkpoint ({_first_line(exc)})") from exc
     if args.get("task", "regression") != "regression":
         raise ModelFileError(f"{source}: only regression checkpoints convert (task is {args.get('task')!r})")
