@@ -93,6 +93,27 @@ def test_what_is_not_a_list_of_structures_is_named():
                                atol=1e-5)
 
 
+def test_featurize_policies_are_load_models_arguments():
+    """A partly occupied structure failed with "use --on-disorder majority", which a Python user could not
+    do: load_model takes on_disorder and max_atoms, and the messages name them."""
+    nacl = build_prototypes()["NaCl"]
+    mixed = nacl.copy()
+    mixed.replace(0, {"Na": 0.75, "K": 0.25})
+    strict = srscreen.load_model("sr-cgcnn-ef", device="cpu")
+    with pytest.raises(ValueError, match=r"structure 0 \(.*\): disordered site.*srscreen.load_model\(\.\.\., on_disorder='majority'\)"):
+        strict.predict_structures([mixed])
+    ordered = nacl.copy()
+    ordered.replace(0, "Na")
+    majority = srscreen.load_model("sr-cgcnn-ef", device="cpu", on_disorder="majority")
+    assert majority.predict_structure(mixed) == pytest.approx(strict.predict_structure(ordered), abs=1e-6)
+    small = srscreen.load_model("sr-cgcnn-ef", device="cpu", max_atoms=4)
+    with pytest.raises(ValueError, match=r"more than max_atoms=4 \(srscreen.load_model\(\.\.\., max_atoms=N\) raises it\)"):
+        small.predict_structures([nacl])  # 8 atoms in the conventional cell
+    for bad in ({"on_disorder": "average"}, {"max_atoms": 0}):
+        with pytest.raises(OptionError, match=f"`{next(iter(bad))}` must be"):
+            srscreen.load_model("sr-cgcnn-ef", device="cpu", **bad)
+
+
 @pytest.fixture(scope="module")
 def small_graphs(tmp_path_factory):
     """Three prototypes featurized for the shipped models, with Ef labels."""

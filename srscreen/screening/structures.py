@@ -13,6 +13,7 @@ structure that cannot be featurized raises one ValueError naming its position an
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -29,15 +30,26 @@ from srscreen.model.registry import resolve_model
 from srscreen.errors import InputError, OptionError
 from srscreen.graph.csr import Graphs
 
-class Model:
-    """A trained model, ready to predict structures in memory."""
+# A failure's reason names featurize's flags; from Python, the same choices are load_model's arguments.
+_API_SPELLING = ((re.compile(r"--on-disorder (\w+)"), r"srscreen.load_model(..., on_disorder='\1')"),
+                 (re.compile(r"--max-atoms (\d+)"), r"max_atoms=\1 (srscreen.load_model(..., max_atoms=N) raises it)"))
 
-    def __init__(self, model_file: ModelFile, device: str = "auto") -> None:
+
+class Model:
+    """A trained model, ready to predict structures in memory. `on_disorder` ("fail", or "majority": each
+    partly occupied site takes its majority species) and `max_atoms` are featurize's policies."""
+
+    def __init__(self, model_file: ModelFile, device: str = "auto", *, on_disorder: str = "fail",
+                 max_atoms: int = 1000) -> None:
+        if on_disorder not in ("fail", "majority"):
+            raise OptionError(f"`on_disorder` must be 'fail' or 'majority', not {on_disorder!r}")
+        if isinstance(max_atoms, bool) or not isinstance(max_atoms, int) or max_atoms < 1:
+            raise OptionError(f"`max_atoms` must be a whole number of at least 1, not {max_atoms!r}")
         self.file = model_file
         self.targets, self.units = model_file.targets, model_file.units
         self.device = pick_device(device)
         self.settings = GraphSettings.from_attrs(model_file.graph_settings)
-        self._options = FeaturizeOptions(graph=self.settings)  # featurize's policies, max_atoms included
+        self._options = FeaturizeOptions(graph=self.settings, max_atoms=max_atoms, on_disorder=on_disorder)
         self._net = model_file.build_network().to(self.device).eval()
         self._supported = supported_numbers(model_file.state_dict["feature_table"].numpy())
 
@@ -93,15 +105,21 @@ class Model:
                 molecule = hasattr(s, "cart_coords")
                 box = "; a Molecule has no cell: give Molecule.get_boxed_structure(a, b, c)" if molecule else ""
                 raise InputError(f"structure {i}: a {type(s).__name__}, not a pymatgen Structure{box}")
-        found = ((str(i), from_pymatgen(str(i), s, "fail")) for i, s in enumerate(structures))
+        found = ((str(i), from_pymatgen(str(i), s, self._options.on_disorder)) for i, s in enumerate(structures))
         graphs, failures = graph_records(found, self._options, self._supported)
         if failures:
             first = failures[0]
-            raise InputError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): "
-                             f"{first.reason}")
+            reason = first.reason
+            for flag, argument in _API_SPELLING:
+                reason = flag.sub(argument, reason)
+            raise InputError(f"structure {first.id} ({structures[int(first.id)].composition.reduced_formula}): {reason}")
         return graphs
 
 
-def load_model(name_or_path: str | os.PathLike, device: str = "auto") -> Model:
-    """A pretrained model by name (`srscreen models` lists them) or a model file by path."""
-    return Model(resolve_model(str(name_or_path)), device=device)
+def load_model(name_or_path: str | os.PathLike, device: str = "auto", *, on_disorder: str = "fail",
+               max_atoms: int = 1000) -> Model:
+    """A pretrained model by name (`srscreen models` lists them) or a model file by path. `on_disorder`
+    and `max_atoms` are what `featurize --on-disorder/--max-atoms` are: "majority" orders partly occupied
+    sites by their majority species (default: such a structure fails), and larger cells than `max_atoms`
+    fail."""
+    return Model(resolve_model(str(name_or_path)), device=device, on_disorder=on_disorder, max_atoms=max_atoms)
