@@ -165,6 +165,17 @@ def test_finetune_one_head_of_a_multi_target_model(data, tmp_path):
     assert result.exit_code == 2 and "--new-head" in result.stderr
 
 
+def test_finetuning_both_heads_on_labels_of_one_says_how_to_tune_that_one(data, tmp_path):
+    """Fine-tuning an Ef+Eg model (every head, the default) on labels whose band gaps are all blank said only
+    "only 0 crystals labelled with band_gap match": it says how to tune the Ef head alone."""
+    blank = tmp_path / "ef-labels.csv"
+    blank.write_text(f"id,{EF},{EG}\n" + "".join(f"{i},{v[0]}," + "\n" for i, v in sorted(data["values"].items())))
+    result = cli("finetune", data["graphs"], "--labels", blank, "--from", data["both"], "-o", tmp_path / "x.pt",
+                 "--epochs", "1", "-q")
+    assert_usage_error(result, "ef-labels.csv: only 0 crystals labelled with band_gap match",
+                       f"to train {EF} alone, give only that with --target")
+
+
 def test_finetuning_keeps_the_target_weights_the_model_was_trained_with(data, tmp_path):
     """finetune had no --target-weight and trained every head at 1, whatever balance the model learnt with:
     it now inherits the recorded weights (per target, 1 for a new head), and --target-weight overrides."""

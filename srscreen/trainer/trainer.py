@@ -142,7 +142,11 @@ class Trainer:
         self.matched = {t: match(self.graphs.ids, read_labels(self.labels_path, t)) for t in config.targets}
         for t, m in self.matched.items():
             if len(m.positions) < 3:
-                raise InputError(f"{self.labels_path}: only {len(m.positions)} crystals labelled with {t} match {self.graph_path}")
+                others = [o for o in config.targets if o != t]
+                hint = (f"; to train {', '.join(others)} alone, give only {'that' if len(others) == 1 else 'those'} "
+                        "with `target`") if others else ""
+                raise InputError(f"{self.labels_path}: only {len(m.positions)} crystals labelled with {t} match "
+                                 f"{self.graph_path}{hint}")
         # (crystals, targets): a crystal labelled for some targets trains those heads only.
         self.y_all = np.full((len(self.graphs), len(config.targets)), np.nan)
         for i, m in enumerate(self.matched.values()):
