@@ -128,9 +128,10 @@ def v3_flags(folder: Path) -> tuple[dict[str, list[str]], str]:
     if FAST_MODEL in pretrained_files():
         from srscreen.model.model_file import ModelFile
 
-        members = ModelFile.load(pretrained_files()["sr-cgcnn-ef"]).n_members
+        members = ", ".join(f"{name} {ModelFile.load(pretrained_files()[name]).n_members}"
+                            for name in ("sr-cgcnn-ef", "sr-cgcnn-eg"))
         return ({"fast": ["--fast"], "default": []},
-                f"the installed release ({members} member(s) per target): "
+                f"the installed release (members: {members}): "
                 f"{os.path.relpath(pretrained_files()[FAST_MODEL].parent, ROOT)}")
     from srscreen.screening.calibrate import assemble
 
