@@ -526,7 +526,7 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
     lines.append("")
     if training:
         lines += [f"**A partial release**: {', '.join(training)} still training (benchmarks/campaign.py); until "
-                  "they ship, " + ("`--fast` runs the first member of each default file." if "sr-cgcnn-fast" not in shipped
+                  f"{'they ship' if len(training) > 1 else 'it ships'}, " + ("`--fast` runs the first member of each default file." if "sr-cgcnn-fast" not in shipped
                                    else "the files above hold the members finished so far."), ""]
     lines += [
         "Why one ensemble per target rather than one network for both: the campaign's screen (below) found a "
