@@ -65,6 +65,14 @@ class FeaturizeOptions:
     # decompressed; larger ones are failures, never read past the limit (decompression bombs).
     max_file_mb: float = MAX_STRUCTURE_MB
 
+    def __post_init__(self) -> None:
+        """The policies a structure is judged by, checked where they are defined (the Python API's
+        `load_model` passes them through, as the CLI's flags do)."""
+        if self.on_disorder not in ("fail", "majority"):
+            raise OptionError(f"`on_disorder` must be 'fail' or 'majority', not {self.on_disorder!r}")
+        if isinstance(self.max_atoms, bool) or not isinstance(self.max_atoms, (int, np.integer)) or self.max_atoms < 1:
+            raise OptionError(f"`max_atoms` must be a whole number of at least 1, not {self.max_atoms!r}")
+
     @property
     def max_bytes(self) -> int:
         return int(self.max_file_mb * (1 << 20))

@@ -41,15 +41,12 @@ class Model:
 
     def __init__(self, model_file: ModelFile, device: str = "auto", *, on_disorder: str = "fail",
                  max_atoms: int = 1000) -> None:
-        if on_disorder not in ("fail", "majority"):
-            raise OptionError(f"`on_disorder` must be 'fail' or 'majority', not {on_disorder!r}")
-        if isinstance(max_atoms, bool) or not isinstance(max_atoms, int) or max_atoms < 1:
-            raise OptionError(f"`max_atoms` must be a whole number of at least 1, not {max_atoms!r}")
+        self._options = FeaturizeOptions(graph=GraphSettings.from_attrs(model_file.graph_settings),
+                                         max_atoms=max_atoms, on_disorder=on_disorder)  # checks both
+        self.settings = self._options.graph
         self.file = model_file
         self.targets, self.units = model_file.targets, model_file.units
         self.device = pick_device(device)
-        self.settings = GraphSettings.from_attrs(model_file.graph_settings)
-        self._options = FeaturizeOptions(graph=self.settings, max_atoms=max_atoms, on_disorder=on_disorder)
         self._net = model_file.build_network().to(self.device).eval()
         self._supported = supported_numbers(model_file.state_dict["feature_table"].numpy())
 
