@@ -96,6 +96,12 @@ FINAL: list[tuple[str, list[str], tuple[int, ...], dict]] | None = [
 # on one core against 2.4 h for 300). The cosine schedule is fitted to the run's own length, and an ensemble
 # gains from its members' diversity more than from the last percent of each.
 EPOCHS = {"final-ef-seed2": 200}
+# Stopped, with the epoch reached. final-eg-seed1 was stopped at 20:15 of the fifth session, when a timing with
+# stand-ins (3 Ef + 2 Eg members against v2's pair under today's code, `predict --top 100` on the 20,000
+# crystals of predict_modes.py, trainings paused) measured five width-64 forwards at 0.48x: the default's speed
+# goal (>= 0.5x) leaves four, and Ef is the target that misses its bound, so the fourth goes to Ef and its
+# core to final-ef-seed2.
+STOPPED = {"final-eg-seed1": 164}
 
 
 def final_runs() -> list[dict]:
@@ -115,6 +121,7 @@ def final_runs() -> list[dict]:
         return []
     runs = [{"name": f"{name}-seed{seed}", "stage": "final", "targets": targets, "seed": seed, "split": "final",
              "epochs": EPOCHS.get(f"{name}-seed{seed}", FINAL_EPOCHS), "options": options}
+            | ({"stopped": STOPPED[f"{name}-seed{seed}"]} if f"{name}-seed{seed}" in STOPPED else {})
             for name, targets, seeds, options in FINAL for seed in seeds]
     return sorted(runs, key=lambda r: r["seed"])  # one member of each network first: a stop leaves each one
 
@@ -206,12 +213,12 @@ def options_of(run: dict) -> dict:
     return {**RECIPE, **run.get("options", {}), "epochs": run["epochs"]}
 
 
-def command(run: dict, graphs: Path, labels: Path) -> list[str]:
+def command(run: dict, graphs: Path, labels: Path, threads: int = 1) -> list[str]:
     flags = [item for key, value in options_of(run).items() for item in (f"--{key}", str(value))]
     targets = [item for t in run["targets"] for item in ("--target", t)]
     return [sys.executable, "-c", "from srscreen.cli import main; main()", "train", str(graphs), "--labels", str(labels),
             *targets, "--scale-head", "-o", str(RESULTS / f"{run['name']}.pt"),
-            "--split", str(RESULTS / f"split-{run['split']}.csv"), "--seed", str(run["seed"]), "--threads", "1",
+            "--split", str(RESULTS / f"split-{run['split']}.csv"), "--seed", str(run["seed"]), "--threads", str(threads),
             "--compile", "--resume", "-q", *flags]
 
 
@@ -232,10 +239,10 @@ def commit_finished(run: dict) -> None:
     print(f"could not commit {run['name']}: {added.stderr.strip() or done.stderr.strip()}", flush=True)
 
 
-def run_one(run: dict, graphs: Path, labels: Path, commit: bool = False) -> None:
+def run_one(run: dict, graphs: Path, labels: Path, commit: bool = False, threads: int = 1) -> None:
     started = time.time()
     print(f"{time.strftime('%H:%M:%S')} start {run['name']} (epoch {len(log_of(run))} of {run['epochs']})", flush=True)
-    result = subprocess.run(command(run, graphs, labels))
+    result = subprocess.run(command(run, graphs, labels, threads))
     done = result.returncode == 0 and (RESULTS / f"{run['name']}.pt").exists()
     if done:
         record(run)
@@ -377,7 +384,7 @@ def ship(graphs: Path, partial: bool = False) -> None:
     calibrated on the final split's validation crystals; the sigma methods' comparison in
     results/campaign/sigma.json and the model card beside the files. With `partial`, what has finished
     (at least one member of Ef and of Eg), so that users get it while the rest trains; ship again later."""
-    missing = [r["name"] for r in final_runs() if r["name"] not in summary()]
+    missing = [r["name"] for r in final_runs() if r["name"] not in summary() and "stopped" not in r]
     if missing and not partial:
         sys.exit(f"not finished: {', '.join(missing)} (python benchmarks/campaign.py run --graphs ...; "
                  "--partial ships what has)")
@@ -560,11 +567,13 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
                      f"({row['best_epoch']}) | {row['compute_h']:.2f} | {cells} |")
     lines += ["", "Recipes (benchmarks/campaign.py `command`):", ""]
     for name, targets, seeds, _ in FINAL:
-        run = next(r for r in final_runs() if r["name"] == f"{name}-seed{seeds[0]}")
-        recipe = " ".join(f"--{k} {v}" for k, v in options_of(run).items())
+        runs = [r for r in final_runs() if r["name"].rsplit("-seed", 1)[0] == name]
+        recipe = " ".join(f"--{k} {v}" for k, v in options_of(runs[0]).items() if k != "epochs")
         flags = " ".join(f"--target {t}" for t in targets)
-        lines.append(f"- {name} (seeds {', '.join(map(str, seeds))}): `srscreen train mp.h5 --labels campaign-labels.csv "
-                     f"{flags} --scale-head --split split-final.csv --seed N {recipe} --threads 1 --compile`")
+        epochs = ", ".join(f"seed {r['seed']}: {r['epochs']}" + (f" (stopped at {r['stopped']})" if "stopped" in r else "")
+                           for r in runs)
+        lines.append(f"- {name} (epochs: {epochs}): `srscreen train mp.h5 --labels campaign-labels.csv "
+                     f"{flags} --scale-head --split split-final.csv --seed N --epochs E {recipe} --threads 1 --compile`")
     lines += ["",
               "## Test figures of the shipped files", "",
               "| file | target | MAE | RMSE | R² | crystals | sigma within 1 | within 2 | Spearman | "
@@ -618,6 +627,7 @@ def main() -> None:
     run_parser.add_argument("--workers", type=int, default=2)
     run_parser.add_argument("--stage", choices=("screen", "final", "all"), default="all")
     run_parser.add_argument("--commit", action="store_true", help="git-commit each run's files when it finishes")
+    run_parser.add_argument("--threads", type=int, default=1, help="torch threads per run (2 for a last run alone)")
     sub.add_parser("report")
     sigma_parser = sub.add_parser("sigma")
     sigma_parser.add_argument("--graphs", type=Path, required=True, help="the shared MP set featurized with the defaults")
@@ -660,7 +670,7 @@ def main() -> None:
             break
         todo = [r for r in plan() if r["stage"] == stage and r["name"] not in summary() and "stopped" not in r]
         with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(lambda r: run_one(r, args.graphs.resolve(), labels, args.commit), todo))
+            list(pool.map(lambda r: run_one(r, args.graphs.resolve(), labels, args.commit, args.threads), todo))
 
 
 if __name__ == "__main__":
