@@ -318,7 +318,8 @@ def gp_sigma(model, graphs: Path, labels: Path, val: list[str], test: list[str],
                 batch = data.batch(pos[b])
                 feats.append(net.crystal_features(batch))
                 outs.append(net(batch))
-        values = {k: v.numpy() for k, v in model.values(torch.cat(outs).double()).items()}
+        elemental = torch.from_numpy(data.elemental[pos])  # one-element crystals' Ef floored at 0, as in predict
+        values = {k: v.numpy() for k, v in model.values(torch.cat(outs).double(), elemental).items()}
         return torch.cat(feats).double(), values
 
     train_ids = model.training["split"]["train"]

@@ -396,6 +396,7 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
                   quiet: bool, overwrite: bool) -> None:
     from srscreen.io.outputs import check_output, output_lock
     from srscreen.model.registry import resolve_model
+    from srscreen.trainer.config import check_config
     from srscreen.trainer.trainer import train
     _use_threads(threads)
     progress, on_epoch = _train_progress(config.epochs, quiet)
@@ -408,6 +409,7 @@ def _run_training(graphs: Path, labels: Path, out: Path, config: TrainConfig, *,
         if split is not None:
             from srscreen.trainer.split import read_split_file
             read_split_file(split)  # unusable arguments fail in one line, before any note on the labels
+        check_config(config)
         if not quiet:
             _label_notes(labels, list(config.targets))
         with output_lock(out), progress:

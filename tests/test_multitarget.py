@@ -451,3 +451,29 @@ def test_models_says_when_a_model_has_no_sigma_and_shows_no_empty_unit(data, tmp
     result = cli("models", tmp_path / "plain.pt", env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.stderr
     assert "sigma     none" in result.stdout and "()" not in result.stdout and f"{EG}, test MAE" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["p_stable", "rank", "n_atoms", "e_above_hull"])
+def test_a_target_named_like_a_ranking_column_is_refused_before_training(data, tmp_path, name):
+    """Such a model trained for hours, then `predict` refused it (its column would be overwritten)."""
+    labels = tmp_path / "labels.csv"
+    rows = list(csv.reader(data["labels"].open()))
+    labels.write_text("\n".join(",".join([*row[:2], row[1] if k else name]) for k, row in enumerate(rows)) + "\n")
+    result = cli("train", data["graphs"], "--labels", labels, "--target", name, "-o", tmp_path / "m.pt",
+                 "--epochs", "1", "--batch-size", "8", "--split", data["split"], *TINY)
+    assert_usage_error(result, f"'{name}' is a column the ranking writes itself")
+    assert not list(tmp_path.glob("m.pt*"))
+    tuned = cli("finetune", data["graphs"], "--labels", labels, "--from", data["both"], "--target", name, "--new-head",
+                "-o", tmp_path / "t.pt", "--epochs", "1", "--split", data["split"])
+    assert_usage_error(tuned, f"'{name}' is a column the ranking writes itself")
+
+
+@pytest.mark.parametrize("weight", ["1e308", "1e-30", "0", "nan"])
+def test_a_target_weight_that_overflows_or_vanishes_is_refused(data, tmp_path, weight):
+    """1e308 overflowed float32 losses and the run diverged; 1e-30 vanished under Adam's eps (a head that
+    silently never learnt)."""
+    result = cli("train", data["graphs"], "--labels", data["labels"], "--target", EF, "--target", EG,
+                 "--target-weight", "1", "--target-weight", weight, "-o", tmp_path / "m.pt", "--epochs", "1",
+                 "--batch-size", "8", "--split", data["split"], *TINY)
+    assert_usage_error(result, "--target-weight")
+    assert "from 1e-06 to 1e+06" in result.stderr

@@ -281,6 +281,23 @@ def test_labels_and_split_files_read_with_any_line_end(tmp_path, end):
     assert len(lines) == len(ids) + 1 and all(line.endswith("\n") and "\r" not in line for line in lines)
 
 
+def test_ids_from_file_names_with_outer_spaces_find_their_labels_and_split(tmp_path):
+    """`mp-1 .cif` gives the id `mp-1 `, while labels and split files are read stripped: its row `mp-1`
+    matched nothing. The stripped form finds it, unless another id claims that form (then it is counted
+    as unmatched, not guessed)."""
+    from srscreen.trainer.split import make_split
+
+    ids = ["mp-1 ", " mp-2", "mp-3", "a", "a ", " b", "b "]
+    labels = {"mp-1": 1.0, "mp-2": 2.0, "mp-3": 3.0, "a": 4.0, "b": 5.0}
+    matched = match(ids, labels)
+    assert dict(zip(matched.positions.tolist(), matched.values.tolist())) == {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}
+    assert (matched.missing_in_labels, matched.missing_in_graphs) == (3, 1)  # "a ", " b", "b "; label "b"
+    split = tmp_path / "split.csv"
+    split.write_text("id,split\nmp-1,val\nmp-2,test\nmp-3,train\na,train\n")
+    parts = make_split(ids, matched.positions, 0, 0.1, 0.1, split)
+    assert (parts.train.tolist(), parts.val.tolist(), parts.test.tolist()) == ([2, 3], [0], [1])
+
+
 @pytest.mark.slow
 def test_a_graph_file_given_as_a_ranking_in_a_real_process(data):
     proc = subprocess.run([*SRSCREEN, "merge", str(data["ranking"]), str(data["graphs"])], capture_output=True,

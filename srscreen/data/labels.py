@@ -153,9 +153,26 @@ def _shown(cell: str) -> str:
     return repr(cell) if cell else "blank"
 
 
+def graph_index(ids: list[str]) -> dict[str, int]:
+    """Position of each graph id, for looking up the ids of a user's table (labels, a split file).
+
+    Tables are read with their cells stripped, while a graph id keeps its file name whole: the structure
+    in `mp-1 .cif` is `mp-1 `, and its label row `mp-1` matched nothing. So an id with outer spaces is
+    also found by its stripped form, unless another graph id is (or strips to) that form: then which
+    crystal the row meant is not known, and it is counted as unmatched rather than guessed.
+    """
+    index = {id_: i for i, id_ in enumerate(ids)}
+    stripped: dict[str, int | None] = {}
+    for i, id_ in enumerate(ids):
+        key = id_.strip()
+        if key != id_ and key not in index:
+            stripped[key] = None if key in stripped else i
+    return index | {key: i for key, i in stripped.items() if i is not None}
+
+
 def match(ids: list[str], labels: dict[str, float]) -> Matched:
     """Pair graph ids with labels; unmatched ids on either side and non-finite labels are counted, not guessed."""
-    index = {id_: i for i, id_ in enumerate(ids)}
+    index = graph_index(ids)
     positions, values, not_finite = [], [], 0
     for id_, value in labels.items():
         i = index.get(id_)

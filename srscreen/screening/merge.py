@@ -30,8 +30,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from srscreen.model.columns import FIXED_COLUMNS, NOTE_COLUMN
 from srscreen.screening.ranking import (
-    FIXED_COLUMNS, NOTE_COLUMN, Condition, Table, best, check_columns, check_top, delimiter, shown, sort_key,
+    Condition, Table, best, check_columns, check_top, delimiter, shown, sort_key,
 )
 from srscreen.screening.ranking import write_table as write_merged  # noqa: F401 - the name callers know
 from srscreen.errors import InputError, OptionError

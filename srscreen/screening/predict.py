@@ -27,14 +27,12 @@ from srscreen.model.compiled import Compiled
 from srscreen.graph.equivalent_atoms import quotient, unmerged
 from srscreen.data.graph_file import DamagedShardError, GraphFile, check_fits_model
 from srscreen.graph.csr import Graphs
-from srscreen.screening.ranking import FIXED_COLUMNS, NOTE_COLUMN, Condition, Ranking, check_columns, check_top
+from srscreen.model.columns import FIXED_COLUMNS, HULL_COLUMNS
+from srscreen.screening.ranking import Condition, Ranking, check_columns, check_top
 from srscreen.errors import OptionError
 
 if TYPE_CHECKING:  # pymatgen's phase diagrams take ~0.8 s to import: only runs with --hull pay it
     from srscreen.screening.hull import ReferenceHull
-
-# The columns `--hull` adds to a ranking.
-HULL_COLUMNS = ("e_above_hull", "p_stable", NOTE_COLUMN)
 
 
 def pick_device(name: str) -> torch.device:

@@ -32,9 +32,8 @@ import numpy as np
 
 from srscreen.errors import OptionError
 from srscreen.io.atomic_write import replace_when_done
+from srscreen.model.columns import FIXED_COLUMNS, NOTE_COLUMN
 
-FIXED_COLUMNS = ("rank", "id", "formula", "n_atoms")
-NOTE_COLUMN = "hull_note"
 FORMATS = ("csv", "tsv", "jsonl")
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     ">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,

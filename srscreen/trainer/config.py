@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from srscreen.errors import OptionError
+from srscreen.model.columns import check_target_names
 
 Loss = Literal["mse", "l1", "huber"]
 Schedule = Literal["multistep", "cosine", "constant"]
@@ -16,6 +17,8 @@ ARCHITECTURE = frozenset({"steps", "shared", "atom_fea_len", "h_fea_len", "n_h",
 # What fine-tuning changes from training from scratch (as `srscreen finetune` does): a lower constant
 # rate, smaller batches, an L1 loss and early stopping, so a few labels do not undo what was learnt.
 FINETUNE_DEFAULTS = {"batch_size": 64, "lr": 1e-4, "loss": "l1", "schedule": "constant", "patience": 20}
+# The weights a target's loss may take (`target_weights`); only their ratios matter to Adam.
+WEIGHT_RANGE = (1e-6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,14 @@ def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train (rather than silently training something else)."""
     if not config.targets or len(set(config.targets)) != len(config.targets) or not all(config.targets):
         raise OptionError(f"`target` must name distinct label columns, not {', '.join(map(repr, config.targets)) or 'none'}")
+    check_target_names(config.targets)
+    # Weights scale float32 losses and Adam's squared gradients: far outside [1e-6, 1e6] those overflow to inf
+    # (1e308 diverged at once) or vanish under Adam's eps (the head silently stops learning).
     if config.target_weights and (len(config.target_weights) != len(config.targets) or
-                                  not all(w > 0 and w < float("inf") for w in config.target_weights)):
-        raise OptionError(f"`target_weights` must be one positive, finite number per target ({len(config.targets)} "
-                          f"target{'s' if len(config.targets) > 1 else ''}), not {', '.join(map(str, config.target_weights))}")
+                                  not all(WEIGHT_RANGE[0] <= w <= WEIGHT_RANGE[1] for w in config.target_weights)):
+        raise OptionError(f"`target_weights` must be one number from {WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g} per target "
+                          f"({len(config.targets)} target{'s' if len(config.targets) > 1 else ''}), "
+                          f"not {', '.join(map(str, config.target_weights))}")
     if config.loss not in ("mse", "l1", "huber"):
         raise OptionError(f"`loss` must be mse, l1 or huber, not {config.loss!r}")
     if config.schedule not in ("multistep", "cosine", "constant"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from srscreen.data.labels import graph_index
 from srscreen.errors import InputError
 from srscreen.io.text_file import text_lines
 
@@ -32,9 +33,11 @@ def make_split(ids: list[str], labelled: np.ndarray, seed: int, val_fraction: fl
     """
     if split_file is not None:
         part_of = read_split_file(split_file)
+        position = graph_index(ids)
+        part_at = {position[id_]: part for id_, part in part_of.items() if id_ in position}
         parts = {name: [] for name in PARTS}
         for p in labelled:
-            part = part_of.get(ids[p])
+            part = part_at.get(p)
             if part in parts:
                 parts[part].append(p)
         return Split(*(np.array(parts[n], dtype=np.int64) for n in PARTS))
