@@ -184,6 +184,8 @@ def test_gzip_comments_and_fetch_mp_labels(tmp_path):
     ("formula,ef\nLi2O,-2.0,extra\n", r"refs.csv line 2: 3 cells, the header has 2"),
     ("formula,ef\n", r"refs.csv: no reference rows"),
     ("formula,e_form\nLi,-1.9\nO2,-4.9\nLi2O,-4.8\n", r"refs.csv: Li has formation energy -1.9 eV/atom, below 0.*tota"),
+    # qhull's error, over 40 lines, ended predict --reference in a traceback
+    ("formula,ef\nLi2O,-1e20\n", r"refs.csv: formation energy of Li2O is -1e\+20 eV/atom, beyond ±1,000,000"),
     ("", r"refs.csv: empty reference file"),
 ])
 def test_bad_reference_files(tmp_path, text, message):

@@ -35,6 +35,7 @@ import numpy as np
 from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram, get_facets
 from pymatgen.core import Composition, Element
 
+from srscreen.data.labels import LABEL_LIMIT
 from srscreen.errors import SrscreenError
 from srscreen.io.text_file import binary_kind
 
@@ -102,6 +103,9 @@ class ReferenceHull:
             ef = float(ef)
             if not math.isfinite(ef):
                 raise ReferenceFileError(f"{source}: formation energy of {formula} is not a finite number ({ef})")
+            if abs(ef) > LABEL_LIMIT:  # qhull fails on the hull's scale (-1e20 ended predict in a traceback)
+                raise ReferenceFileError(f"{source}: formation energy of {comp.reduced_formula} is {ef:g} eV/atom, beyond "
+                                         f"±{LABEL_LIMIT:,.0f} (a typing or unit mistake?)")
             if comp.num_atoms <= 0:
                 raise ReferenceFileError(f"{source}: {formula!r} has no atoms")
             symbols = {el.symbol for el in comp.elements}
