@@ -533,6 +533,14 @@ def _models(names: list[str], fast: bool = False) -> list[ModelFile]:
     return [m.fast() for m in models] if fast else models
 
 
+RANKING_OUT_HELP = "Write here instead of stdout (whole or not at all); '-' is stdout."
+
+
+def _dash_is_stdout(out: Optional[Path]) -> Optional[Path]:
+    """`-o -` means stdout, as it does for most Unix tools: it wrote a file named '-' and the pipe got nothing."""
+    return None if out is not None and str(out) == "-" else out
+
+
 WHERE_HELP = ("Filter COLUMN OP NUMBER (OP: >= <= > < == !=), e.g. 'band_gap>=1.0', 'n_atoms<50'; values are compared "
               "as printed (6 significant digits); repeats combine as AND.")
 
@@ -550,7 +558,7 @@ def predict_cmd(
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
     shards: Optional[str] = typer.Option(None, help="Shard range I:J of the file (for splitting one file over several GPUs)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (whole or not at all)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_dash_is_stdout, help=RANKING_OUT_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing --out or --damaged-list; without it they are refused. Never an input of the command (GRAPHS, a --model file, --reference), even with it."),
     fmt: str = typer.Option("csv", "--format", help="csv, tsv or jsonl."),
     threads: int = typer.Option(0, help="CPU threads for the network (0: torch's default, one per physical core); with several predicts on one machine, give each cores/N."),
@@ -624,7 +632,7 @@ def merge_cmd(
     sort: Optional[str] = typer.Option(None, help="Column to rank by (as printed; equal values by id, as predict ranks); default: the first target column (predict's default)."),
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (whole or not at all)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", callback=_dash_is_stdout, help=RANKING_OUT_HELP),
     overwrite: bool = typer.Option(False, help="Replace an existing --out; without it, it is refused. Never one of the PARTS, even with it."),
 ) -> None:
     """Merge the rankings of several `predict --shards` runs (GPUs, nodes) into one global ranking."""

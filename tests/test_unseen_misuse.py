@@ -318,3 +318,21 @@ def test_an_element_table_of_empty_vectors_is_refused(tmp_path, prototypes):
     (tmp_path / "atom_init.json").write_text(json.dumps({"11": [], "17": []}))
     result = cli("featurize", src, tmp_path / "g.h5", "--atom-features", tmp_path / "atom_init.json", "-j", "1")
     assert_usage_error(result, "atom_init.json", "the vectors are empty")
+
+
+def test_out_dash_is_stdout_for_predict_and_merge(tmp_path, prototypes, monkeypatch):
+    """`predict -o - | head` wrote a file named '-' in the current folder and the pipe got nothing."""
+    from helpers.screening_data import cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "NaCl.cif").write_text(cif_text(prototypes["NaCl"]))
+    assert cli("featurize", src, tmp_path / "g.h5", "-j", "1", "-q").exit_code == 0
+    part = tmp_path / "part.csv"
+    assert cli("predict", tmp_path / "g.h5", "-o", part, "-q").exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    for command in (["predict", tmp_path / "g.h5", "-q"], ["merge", part]):
+        result = cli(*command, "-o", "-")
+        assert result.exit_code == 0, (result.stderr, result.exception)
+        assert result.stdout == part.read_text()
+        assert not (tmp_path / "-").exists()
