@@ -577,7 +577,8 @@ def predict_cmd(
     _use_threads(threads)
     damaged_path = damaged_list or Path(graphs.name + ".damaged.csv")
     try:
-        from srscreen.io.outputs import check_output
+        from srscreen.io.outputs import check_distinct_outputs, check_output
+        check_distinct_outputs({"out": out, "damaged_list": damaged_path if skip_damaged else None})
         for written in ([out] if out is not None else []) + ([damaged_path] if skip_damaged else []):
             check_output(written, [graphs, reference, *_model_files(model)], overwrite=overwrite)
         conditions = [Condition.parse(w) for w in where]

@@ -336,3 +336,31 @@ def test_out_dash_is_stdout_for_predict_and_merge(tmp_path, prototypes, monkeypa
         assert result.exit_code == 0, (result.stderr, result.exception)
         assert result.stdout == part.read_text()
         assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_and_damaged_list_that_are_one_file_are_refused_before_any_work(tmp_path, prototypes, monkeypatch,
+                                                                              overwrite):
+    """`predict --skip-damaged -o x.csv --damaged-list x.csv`: with --overwrite the ranking replaced the list
+    of skipped structures without a word (the warning still named the file); without it the ranking was
+    refused as 'appeared while this command ran'. The default list (GRAPHS.damaged.csv here) counts too."""
+    import h5py
+    from helpers.screening_data import assert_usage_error, cli
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("NaCl", "Cu", "Fe"):
+        (src / f"{name}.cif").write_text(cif_text(prototypes[name]))
+    graphs = tmp_path / "g.h5"
+    assert cli("featurize", src, graphs, "-j", "1", "-q", "--shard-size", "1").exit_code == 0
+    with h5py.File(graphs, "r") as f:
+        offset = f["shards/000001/nbr_dist"].id.get_offset()
+    with graphs.open("r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff\xff\xff\xff")
+    monkeypatch.chdir(tmp_path)
+    flags = ["--overwrite"] if overwrite else []
+    for out, listing in (("x.csv", ["--damaged-list", "x.csv"]), ("g.h5.damaged.csv", [])):
+        result = cli("predict", graphs, "-q", "--skip-damaged", "-o", out, *listing, *flags)
+        assert_usage_error(result, "--out and --damaged-list are the same file", out)
+        assert not (tmp_path / out).exists()

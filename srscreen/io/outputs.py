@@ -57,6 +57,19 @@ def check_not_an_input(written: Iterable[Path], reads: Iterable[Path | None]) ->
                 raise InputError(f"{out} is a folder that holds the input {source}; write the output to another path")
 
 
+def check_distinct_outputs(outputs: dict[str, Path | None]) -> None:
+    """Refuse two outputs of one command (by parameter name; None: not written) that are one file: the
+    second written would replace the first (predict's ranking over its --damaged-list, with `overwrite`;
+    without it the ranking was refused as a file that appeared meanwhile)."""
+    seen: dict[str, str] = {}
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        first = seen.setdefault(_real(Path(path)), name)
+        if first != name:
+            raise InputError(f"`{first}` and `{name}` are the same file ({path}); name two")
+
+
 def _check_names_fit(written: list[Path]) -> None:
     """A legal OUT name can still be too long once `.partial`, `.lock` or `.log.jsonl` is added: say so
     before any work, naming OUT, not only after it (as an errno line naming a file the user never named)."""
