@@ -103,6 +103,25 @@ def test_symmetry_cif_is_expanded_to_the_full_cell(prototypes):
     assert len(nacl.numbers) == 8
 
 
+def test_cif_space_group_by_number_or_unknown_symbol_is_never_read_as_p1(prototypes):
+    """Without symmetry operations, a block naming its group by number alone (or by a symbol gemmi does not
+    know, beside the number) was read as P1: wurtzite's 2 unique sites as a 2-atom crystal, predicted
+    1.1 eV/atom off. The number is used; an unknown symbol with no number is a failure naming it."""
+    text = cif_text(prototypes["ZnO"], symprec=0.1)
+    ops = text[text.index("loop_\n _symmetry_equiv_pos_site_id"):text.index("loop_\n _atom_site_type_symbol")]
+    assert ops.count("\n") == 15
+    no_ops = text.replace(ops, "")
+    number_only = no_ops.replace("_symmetry_space_group_name_H-M   P6_3mc\n", "")
+    unknown_and_number = no_ops.replace("P6_3mc", "'P6_3mc (186)'")
+    unknown_only = unknown_and_number.replace("_symmetry_Int_Tables_number   186\n", "")
+    assert len({text, no_ops, number_only, unknown_and_number, unknown_only}) == 5
+    for variant in (no_ops, number_only, unknown_and_number):
+        result = parse_one("ZnO.cif", variant)
+        assert len(result.numbers) == 4
+        assert_parses_to(result, prototypes["ZnO"])
+    assert_failure(parse_one("ZnO.cif", unknown_only), "unknown space group H-M symbol 'P6_3mc (186)'")
+
+
 def test_cif_coordinates_are_kept_as_written(prototypes):
     """No snapping: 0.33330000 stays 0.3333 (pymatgen's CifParser would make it 1/3)."""
     text = cif_text(prototypes["ZnO"]).replace("0.33333333", "0.33330000").replace("0.66666667", "0.66670000")

@@ -43,6 +43,7 @@ def parse_cif(stem: str, text: str, policy: DisorderPolicy) -> Iterator[Parsed |
             _check_cif_coordinate_tags(lambda tag: bool(block.find_values(tag)))
             params = _cif_cell_parameters(block.find_value)
             small = gemmi.make_small_structure_from_block(block)
+            _settle_space_group(small)
             cell = small.cell
             _check_cell_used((cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma), params)
             sites = small.get_all_unit_cell_sites()
@@ -226,6 +227,24 @@ def _p1_block_arrays(block) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         return None
     return np.array(unit_cell.orth.mat.tolist()).T, frac, numbers
 
+
+
+def _settle_space_group(small) -> None:
+    """gemmi takes a block's symmetry from its operations, Hall or H-M symbol, and without any reads its
+    sites as P1: a block naming its group by number only, or by a symbol gemmi does not know ('F 4/m -3
+    2/m', 'Fm-3m (225)'), became its asymmetric unit alone, another crystal, without a word. The number
+    is used where given; an unknown symbol is a ReadError. '?' and '.' name no group (P1, as before)."""
+    if small.spacegroup is not None or small.symops:  # operations gemmi found no table entry for still apply
+        return
+    if small.spacegroup_number > 0:
+        small.determine_and_set_spacegroup("N")
+        if small.spacegroup is not None:
+            return
+        raise ReadError(f"unknown space group number {small.spacegroup_number}")
+    for kind, symbol in (("Hall", small.spacegroup_hall), ("H-M", small.spacegroup_hm)):
+        if symbol.strip() not in ("", "?", "."):
+            raise ReadError(f"unknown space group {kind} symbol {one_line(symbol)[:40]!r}: give its number "
+                            "(_space_group_IT_number) or its operations (_space_group_symop_operation_xyz)")
 
 
 def _by_position(sites: list) -> list[list]:
