@@ -882,5 +882,34 @@ def import_cgcnn_cmd(
               highlight=False)
 
 
+class _ReaderMayLeave:
+    """stdout for a process whose reader may stop early (`| head`, `| head -c 0`): a closed pipe ends the
+    output, not the run, and is not an error. Click and rich both exit 1 on it (Click's main on EPIPE,
+    rich's Console.on_broken_pipe), so `models`, `info`, `evaluate`, `--help` and `--version` failed
+    under `set -o pipefail` where predict and merge, which catch it themselves, did not."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            from srscreen.screening.ranking import reader_closed_stdout
+            reader_closed_stdout()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            from srscreen.screening.ranking import reader_closed_stdout
+            reader_closed_stdout()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def main() -> None:
+    sys.stdout = _ReaderMayLeave(sys.stdout)
     app()
