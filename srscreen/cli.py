@@ -182,8 +182,6 @@ def featurize_cmd(
     from srscreen.graph.settings import ALGORITHMS, GraphSettings
     if on_disorder not in ("fail", "majority"):
         _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
-    if on_isolated_atoms not in ("fail", "pad"):
-        _fail(f"--on-isolated-atoms must be 'fail' or 'pad', not {on_isolated_atoms!r}")
     if graph_rule not in ALGORITHMS:
         _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
     if shard_size < 1 or max_atoms < 1 or jobs == 0 or not max_file_mb > 0:

@@ -109,7 +109,15 @@ def test_featurize_policies_are_load_models_arguments():
     small = srscreen.load_model("sr-cgcnn-ef", device="cpu", max_atoms=4)
     with pytest.raises(ValueError, match=r"more than max_atoms=4 \(srscreen.load_model\(\.\.\., max_atoms=N\) raises it\)"):
         small.predict_structures([nacl])  # 8 atoms in the conventional cell
-    for bad in ({"on_disorder": "average"}, {"max_atoms": 0}):
+    # An atom with no neighbour within 8 Å (a 20 Å box): its message named --on-isolated-atoms, a flag.
+    from pymatgen.core import Lattice, Structure
+
+    lone = Structure(Lattice.cubic(20.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"isolated atom.*srscreen.load_model\(\.\.\., on_isolated_atoms='pad'\)"):
+        strict.predict_structures([lone])
+    padded = srscreen.load_model("sr-cgcnn-ef", device="cpu", on_isolated_atoms="pad")
+    assert np.isfinite(padded.predict_structure(lone))
+    for bad in ({"on_disorder": "average"}, {"max_atoms": 0}, {"on_isolated_atoms": "drop"}):
         with pytest.raises(OptionError, match=f"`{next(iter(bad))}` must be"):
             srscreen.load_model("sr-cgcnn-ef", device="cpu", **bad)
 

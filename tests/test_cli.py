@@ -473,6 +473,11 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         (["models", f"{ef}.ckpt"], [f"{Path(ef).name}.ckpt: not a srscreen model file", "a training checkpoint", "--resume"]),
         (["import-cgcnn", ef, "--atom-features", labels, "--target", "x", "--unit", "eV", "-o", tmp_path / "c.pt"],
          [f"{Path(ef).name}: a srscreen model file already", "--model"]),
+        # Accepted before: a model whose column had no name, or that predict refused only later.
+        (["import-cgcnn", labels, "--atom-features", labels, "--target", " ", "--unit", "eV", "-o", tmp_path / "c.pt"],
+         ["--target ' ': a target needs a name"]),
+        (["import-cgcnn", labels, "--atom-features", labels, "--target", "rank", "--unit", "eV", "-o", tmp_path / "c.pt"],
+         ["--target 'rank' is a column the ranking writes itself"]),
     ]
 
 
@@ -485,7 +490,7 @@ CASES = [
     "shards-outside", "shards-words", "device", "out-in-missing-folder", "brackets-in-path", "markup-closing-tag",
     "evaluate-labels-without-column", "evaluate-labels-missing", "train-labels-without-column", "train-split-missing",
     "info-missing", "models-missing", "import-cgcnn-not-a-checkpoint", "models-training-checkpoint",
-    "import-cgcnn-srscreen-model",
+    "import-cgcnn-srscreen-model", "import-cgcnn-blank-target", "import-cgcnn-reserved-target",
 ]
 
 

@@ -49,6 +49,8 @@ class GraphSettings:
     def __post_init__(self) -> None:
         if self.rule not in ALGORITHMS:
             raise OptionError(f"`rule` must be one of {', '.join(ALGORITHMS)}, not {self.rule!r}")
+        if self.on_isolated_atoms not in ("fail", "pad"):
+            raise OptionError(f"`on_isolated_atoms` must be 'fail' or 'pad', not {self.on_isolated_atoms!r}")
         # `not` of the comparison: NaN fails every comparison, so `nan <= 0` would let it through
         if not (math.isfinite(self.radius) and 0 < self.radius <= MAX_RADIUS):
             raise OptionError(f"`radius` must be a number of Å above 0 and at most {MAX_RADIUS:g} (the neighbour search "

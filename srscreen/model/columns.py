@@ -20,7 +20,12 @@ RESERVED_COLUMNS = (*FIXED_COLUMNS, *HULL_COLUMNS)
 
 
 def check_target_names(targets: Iterable[str]) -> None:
-    """Refuse a target named like a column the ranking writes itself."""
+    """Refuse a target with no name (a blank column header would head its column) or named like a column
+    the ranking writes itself."""
+    targets = list(targets)
+    blank = [t for t in targets if not t.strip() or t != t.strip()]
+    if blank:
+        raise OptionError(f"`target` {blank[0]!r}: a target needs a name without outer spaces")
     taken = [t for t in targets if t in RESERVED_COLUMNS]
     if taken:
         raise OptionError(f"`target` {taken[0]!r} is a column the ranking writes itself ({', '.join(RESERVED_COLUMNS)}); "

@@ -53,6 +53,7 @@ from srscreen import __version__
 from srscreen.io.atomic_write import replace_when_done
 from srscreen.graph.elements import load_atom_features, table_id
 from srscreen.errors import ModelFileError, OptionError
+from srscreen.model.columns import check_target_names
 from srscreen.model.ensemble import SPREAD_DDOF, EnsembleNet
 from srscreen.model.network import CrystalGraphNet
 
@@ -459,6 +460,7 @@ def convert_cgcnn_checkpoint(
     CGCNN does not save its graph settings; the defaults are those of its code and pretrained models.
     Its `convs.N.{fc_full,bn1,bn2}` become `{fc_full,bn1,bn2}.N` of a stacked (shared=False) network.
     """
+    check_target_names([target])
     source = str(checkpoint_path)
     checkpoint = None
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -32,17 +33,19 @@ from srscreen.graph.csr import Graphs
 
 # A failure's reason names featurize's flags; from Python, the same choices are load_model's arguments.
 _API_SPELLING = ((re.compile(r"--on-disorder (\w+)"), r"srscreen.load_model(..., on_disorder='\1')"),
+                 (re.compile(r"--on-isolated-atoms (\w+)"), r"srscreen.load_model(..., on_isolated_atoms='\1')"),
                  (re.compile(r"--max-atoms (\d+)"), r"max_atoms=\1 (srscreen.load_model(..., max_atoms=N) raises it)"))
 
 
 class Model:
     """A trained model, ready to predict structures in memory. `on_disorder` ("fail", or "majority": each
-    partly occupied site takes its majority species) and `max_atoms` are featurize's policies."""
+    partly occupied site takes its majority species), `on_isolated_atoms` ("fail", or "pad": CGCNN's
+    padding for an atom with no neighbour within the radius) and `max_atoms` are featurize's policies."""
 
     def __init__(self, model_file: ModelFile, device: str = "auto", *, on_disorder: str = "fail",
-                 max_atoms: int = 1000) -> None:
-        self._options = FeaturizeOptions(graph=GraphSettings.from_attrs(model_file.graph_settings),
-                                         max_atoms=max_atoms, on_disorder=on_disorder)  # checks both
+                 max_atoms: int = 1000, on_isolated_atoms: str = "fail") -> None:
+        graph = replace(GraphSettings.from_attrs(model_file.graph_settings), on_isolated_atoms=on_isolated_atoms)
+        self._options = FeaturizeOptions(graph=graph, max_atoms=max_atoms, on_disorder=on_disorder)  # checks them
         self.settings = self._options.graph
         self.file = model_file
         self.targets, self.units = model_file.targets, model_file.units
@@ -114,9 +117,11 @@ class Model:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "auto", *, on_disorder: str = "fail",
-               max_atoms: int = 1000) -> Model:
-    """A pretrained model by name (`srscreen models` lists them) or a model file by path. `on_disorder`
-    and `max_atoms` are what `featurize --on-disorder/--max-atoms` are: "majority" orders partly occupied
-    sites by their majority species (default: such a structure fails), and larger cells than `max_atoms`
-    fail."""
-    return Model(resolve_model(str(name_or_path)), device=device, on_disorder=on_disorder, max_atoms=max_atoms)
+               max_atoms: int = 1000, on_isolated_atoms: str = "fail") -> Model:
+    """A pretrained model by name (`srscreen models` lists them) or a model file by path. `on_disorder`,
+    `on_isolated_atoms` and `max_atoms` are what `featurize --on-disorder/--on-isolated-atoms/--max-atoms`
+    are: "majority" orders partly occupied sites by their majority species (default: such a structure
+    fails), "pad" keeps an atom with no neighbour within the radius (default: it fails), and larger cells
+    than `max_atoms` fail."""
+    return Model(resolve_model(str(name_or_path)), device=device, on_disorder=on_disorder, max_atoms=max_atoms,
+                 on_isolated_atoms=on_isolated_atoms)
