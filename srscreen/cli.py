@@ -184,8 +184,12 @@ def featurize_cmd(
         _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
     if graph_rule not in ALGORITHMS:
         _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
-    if shard_size < 1 or max_atoms < 1 or jobs == 0 or not max_file_mb > 0:
-        _fail("--shard-size, --max-atoms and --max-file-mb must be positive, and --jobs non-zero")
+    for flag, value, ok, need in (("--shard-size", shard_size, shard_size >= 1, "at least 1"),
+                                  ("--max-atoms", max_atoms, max_atoms >= 1, "at least 1"),
+                                  ("--max-file-mb", max_file_mb, max_file_mb > 0, "above 0"),
+                                  ("--jobs", jobs, jobs != 0, "non-zero (-1: every core)")):
+        if not ok:  # one flag a message, the one that is wrong (`not` also refuses NaN)
+            _fail(f"{flag} must be {need}, not {value}")
     if backend == "local" and jobs > 0:
         from srscreen.data.backends import local_workers
         if local_workers(jobs) < jobs:

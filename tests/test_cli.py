@@ -438,6 +438,9 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
         *((["featurize", data["clean"], tmp_path / "x.h5", "--radius", r], ["--radius", "above 0 and at most 30", r])
           for r in ("nan", "inf", "-1")),
         (["featurize", data["clean"], tmp_path / "x.h5", "--tie-tolerance", "nan"], ["--tie-tolerance", "nan"]),
+        # One message named four flags whichever was wrong.
+        (["featurize", data["clean"], tmp_path / "x.h5", "-j", "0"], ["--jobs must be non-zero", "not 0"]),
+        (["featurize", data["clean"], tmp_path / "x.h5", "--max-file-mb", "nan"], ["--max-file-mb must be above 0, not nan"]),
         (["predict", g, "--model", ef, "--where", "band_gap>nan"], ["band_gap>nan", "nothing compares with nan"]),
         (["predict", g, "--model", ef, "--where", "band_gap>>1"], ["band_gap>>1", "COLUMN OP NUMBER"]),
         (["predict", g, "--model", ef, "--where", "band_gap is large"], ["band_gap is large", "COLUMN OP NUMBER"]),
@@ -483,7 +486,7 @@ def usage_cases(data, tmp_path) -> list[tuple[list, list]]:
 
 CASES = [
     "featurize-on-disorder", "featurize-on-isolated", "featurize-missing-source", "radius-nan", "radius-inf",
-    "radius-negative", "tie-tolerance-nan", "where-nan",
+    "radius-negative", "tie-tolerance-nan", "jobs-zero", "max-file-mb-nan", "where-nan",
     "where-operator", "where-words", "where-unknown-column", "where-unknown-column-no-shard", "where-not-a-number",
     "unknown-model-name", "missing-model-file",
     "not-a-model-file", "two-models-one-target", "sort-unknown", "top-zero", "format", "shards-reversed",
