@@ -102,7 +102,8 @@ EPOCHS = {"final-ef-seed2": 160}
 # crystals of predict_modes.py, trainings paused) measured five width-64 forwards at 0.48x: the default's speed
 # goal (>= 0.5x) leaves four, and Ef is the target that misses its bound, so the fourth goes to Ef and its
 # core to final-ef-seed2.
-STOPPED = {"final-eg-seed1": 164}
+STOPPED = {"final-eg-seed1": (164, "five width-64 forwards measured 0.48x v2's pair, under the default's 0.5x "
+                                   "goal, so the fourth forward went to a third Ef member (final-ef-seed2)")}
 
 
 def final_runs() -> list[dict]:
@@ -122,7 +123,7 @@ def final_runs() -> list[dict]:
         return []
     runs = [{"name": f"{name}-seed{seed}", "stage": "final", "targets": targets, "seed": seed, "split": "final",
              "epochs": EPOCHS.get(f"{name}-seed{seed}", FINAL_EPOCHS), "options": options}
-            | ({"stopped": STOPPED[f"{name}-seed{seed}"]} if f"{name}-seed{seed}" in STOPPED else {})
+            | ({"stopped": STOPPED[f"{name}-seed{seed}"][0]} if f"{name}-seed{seed}" in STOPPED else {})
             for name, targets, seeds, options in FINAL for seed in seeds]
     return sorted(runs, key=lambda r: r["seed"])  # one member of each network first: a stop leaves each one
 
@@ -567,6 +568,7 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
         cells = " | ".join(f"{row[k][t]:.4f}" if t in row[k] else "–" for k in ("val_mae", "test_mae") for t in (EF, EG))
         lines.append(f"| {run['name']} | `{file}` | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} "
                      f"({row['best_epoch']}) | {row['compute_h']:.2f} | {cells} |")
+    lines += [f"\nStopped, not shipped: {name} at epoch {epoch} of {FINAL_EPOCHS}: {why}." for name, (epoch, why) in STOPPED.items()]
     lines += ["", "Recipes (benchmarks/campaign.py `command`):", ""]
     for name, targets, seeds, _ in FINAL:
         runs = [r for r in final_runs() if r["name"].rsplit("-seed", 1)[0] == name]
