@@ -97,6 +97,9 @@ FINAL: list[tuple[str, list[str], tuple[int, ...], dict]] | None = [
 # rate stepped from 0.97 to 0.96 of its peak there). An ensemble gains from its members' diversity more than
 # from the last percent of each.
 EPOCHS = {"final-ef-seed2": 160}
+# How a run's compute differs from the rest (each ran on one thread beside others, so its hours are thread-hours).
+COMPUTE_NOTES = {"final-ef-seed2": "ran alone on both cores (`run --threads 2`) from epoch 26, so its hours are "
+                                   "wall hours of 2 threads (about 2.5 thread-hours)"}
 # Stopped, with the epoch reached. final-eg-seed1 was stopped at 20:15 of the fifth session, when a timing with
 # stand-ins (3 Ef + 2 Eg members against v2's pair under today's code, `predict --top 100` on the 20,000
 # crystals of predict_modes.py, trainings paused) measured five width-64 forwards at 0.48x: the default's speed
@@ -568,6 +571,7 @@ def card(shipped: dict, methods: dict, gap: dict, training: list[str]) -> str:
         cells = " | ".join(f"{row[k][t]:.4f}" if t in row[k] else "–" for k in ("val_mae", "test_mae") for t in (EF, EG))
         lines.append(f"| {run['name']} | `{file}` | {', '.join(row['targets'])} | {row['seed']} | {row['epochs']} "
                      f"({row['best_epoch']}) | {row['compute_h']:.2f} | {cells} |")
+    lines += [f"\n{name} {note}." for name, note in COMPUTE_NOTES.items() if name in done]
     lines += [f"\nStopped, not shipped: {name} at epoch {epoch} of {FINAL_EPOCHS}: {why}." for name, (epoch, why) in STOPPED.items()]
     lines += ["", "Recipes (benchmarks/campaign.py `command`):", ""]
     for name, targets, seeds, _ in FINAL:

@@ -555,7 +555,7 @@ def predict_cmd(
     desc: bool = typer.Option(False, "--desc", help="Rank highest first."),
     where: list[str] = typer.Option([], help=WHERE_HELP),
     model: list[str] = typer.Option([], help="Pretrained name or model file, repeatable; default: sr-cgcnn-ef and sr-cgcnn-eg (with --fast: sr-cgcnn-fast, where installed)."),
-    fast: bool = typer.Option(False, "--fast", help="Skip sigma for speed: no *_std or p_stable columns. Without --model: sr-cgcnn-fast, one network for Ef and Eg (v3), ~0.55x the time of v2's Ef and Eg pair, where the default with sigma takes ~1.35x (v3 as released: two Ef members, one Eg) to ~1.6x (two members per target) (benchmarks/predict_modes.py). With --model: each model's first member alone without scale heads; single models without scale heads: no change."),
+    fast: bool = typer.Option(False, "--fast", help="Skip sigma for speed: no *_std or p_stable columns. Without --model: sr-cgcnn-fast, one network for Ef and Eg (v3), ~0.5x the time of v2's Ef and Eg pair, where the default with sigma (three Ef members, one Eg) takes ~1.5x (benchmarks/predict_modes.py). With --model: each model's first member alone without scale heads; single models without scale heads: no change."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     batch_atoms: Optional[int] = typer.Option(None, help="Atoms per batch; default 1,024 on CPU (fastest measured), 32,768 on a GPU."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the models (~1.2x faster on CPU after a ~7-60 s compile); default: only for files of 150,000+ structures."),
