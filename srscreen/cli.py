@@ -180,8 +180,6 @@ def featurize_cmd(
     """Read a structure database in parallel, build crystal graphs and write them into HDF5 shards."""
     from srscreen.data.featurize import FeaturizeOptions, featurize
     from srscreen.graph.settings import ALGORITHMS, GraphSettings
-    if on_disorder not in ("fail", "majority"):
-        _fail(f"--on-disorder must be 'fail' or 'majority', not {on_disorder!r}")
     if graph_rule not in ALGORITHMS:
         _fail(f"--graph-rule must be {' or '.join(ALGORITHMS)}, not {graph_rule!r}")
     for flag, value, ok, need in (("--shard-size", shard_size, shard_size >= 1, "at least 1"),
@@ -198,23 +196,17 @@ def featurize_cmd(
              if ctx.get_parameter_source(name).name != "DEFAULT"]
     if like is not None and given:
         _fail(f"--like takes the model's graph settings and element table: drop {', '.join(given)}")
-    try:  # the graph settings check their own values (--radius nan or inf is refused there)
+    try:  # the settings check their own values (--radius nan, --on-disorder average are refused there)
         graph = GraphSettings(radius=radius, max_nbr=max_nbr, min_distance=min_distance,
                               on_isolated_atoms=on_isolated_atoms, rule=graph_rule, tie_tolerance=tie_tolerance)
+        options = FeaturizeOptions(graph=graph, max_atoms=max_atoms, on_disorder=on_disorder, shard_size=shard_size,
+                                   id_key=id_key, max_file_mb=max_file_mb)
         model = None
         if like is not None:
             from srscreen.model.registry import resolve_model
             model = resolve_model(like)
     except USAGE_ERRORS as e:
         _fail(str(e))
-    options = FeaturizeOptions(
-        graph=graph,
-        max_atoms=max_atoms,
-        on_disorder=on_disorder,
-        shard_size=shard_size,
-        id_key=id_key,
-        max_file_mb=max_file_mb,
-    )
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=None),
         TextColumn("{task.fields[rate]}"), TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
@@ -894,16 +886,16 @@ class _ReaderMayLeave:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            from srscreen.screening.ranking import reader_closed_stdout
-            reader_closed_stdout()
-            return len(text)
+        self._unless_closed(self._stream.write, text)
+        return len(text)
 
     def flush(self) -> None:
+        self._unless_closed(self._stream.flush)
+
+    @staticmethod
+    def _unless_closed(call: Callable[..., object], *args: object) -> None:
         try:
-            self._stream.flush()
+            call(*args)
         except BrokenPipeError:
             from srscreen.screening.ranking import reader_closed_stdout
             reader_closed_stdout()

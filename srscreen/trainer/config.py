@@ -72,9 +72,9 @@ class TrainConfig:
 
 def check_config(config: TrainConfig) -> None:
     """Refuse settings that cannot train (rather than silently training something else)."""
-    if not config.targets or len(set(config.targets)) != len(config.targets) or not all(config.targets):
+    if not config.targets or len(set(config.targets)) != len(config.targets):
         raise OptionError(f"`target` must name distinct label columns, not {', '.join(map(repr, config.targets)) or 'none'}")
-    check_target_names(config.targets)
+    check_target_names(config.targets)  # blank or reserved names
     # Weights scale float32 losses and Adam's squared gradients: far outside [1e-6, 1e6] those overflow to inf
     # (1e308 diverged at once) or vanish under Adam's eps (the head silently stops learning).
     if config.target_weights and (len(config.target_weights) != len(config.targets) or
